@@ -1,0 +1,69 @@
+"""Atomic writes: every output goes to a temp file in its folder, then is renamed into place.
+
+A stage killed mid-write therefore leaves either the old file, no file, or a
+hidden `.NAME.tmp-PID` file, never a truncated output that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temp folder; swap it in for `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write text atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically, indented, keys in the order given (stable diffs)."""
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def save_torch(path: str | Path, obj: Any) -> None:
+    """torch.save atomically (tensors and plain containers only, loadable with weights_only)."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def save_figure(fig: Any, path: str | Path, **kwargs: Any) -> None:
+    """Save a matplotlib figure atomically; PNG metadata pinned so bytes are reproducible."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip("."), metadata={"Software": None}, **kwargs)

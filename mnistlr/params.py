@@ -1,0 +1,144 @@
+"""Typed, validated params: loaded once from params.yaml at the edge of each stage."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mnistlr.errors import MnistlrError
+
+MNIST_TRAIN_SIZE = 60_000
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    # strict: "10" is not a number; extra=forbid: a misspelt key is an error, not a new knob.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class DataParams(_Strict):
+    mean: float = 0.1307
+    std: PositiveFloat = 0.3081
+    val_size: Annotated[int, Field(gt=0, lt=MNIST_TRAIN_SIZE)] = 10_000
+
+
+class VariantParams(_Strict):
+    fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    noise: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class LearningRates(_Strict):
+    sgd: PositiveFloat = 0.1
+    adam: PositiveFloat = 1e-3
+
+
+class TrainParams(_Strict):
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 64
+    lr: LearningRates = LearningRates()
+    schedule: Literal["constant", "cosine"] = "cosine"
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    weight_decay: NonNegativeFloat = 0.0
+    l1: NonNegativeFloat = 0.0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class EvaluateParams(_Strict):
+    sparsity_threshold: PositiveFloat = 1e-3
+
+
+class ReportParams(_Strict):
+    top_confusions: PositiveInt = 5
+
+
+VariantName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+class Params(_Strict):
+    seed: Annotated[int, Field(ge=0)] = 42
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    data: DataParams = DataParams()
+    variants: dict[VariantName, VariantParams] = Field(
+        default_factory=lambda: {"full": VariantParams()}, min_length=1
+    )
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    report: ReportParams = ReportParams()
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the chosen optimizer."""
+        return getattr(self.train.lr, self.optimizer)
+
+    def variant(self, name: str) -> VariantParams:
+        """The params of one training-set variant, or a clear error naming the known ones."""
+        if name not in self.variants:
+            raise MnistlrError(
+                f"unknown variant {name!r}; params.yaml defines: {', '.join(self.variants)}"
+            )
+        return self.variants[name]
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that holds the field at `loc`, to list its accepted keys."""
+    model: type[BaseModel] = Params
+    parts = list(loc[:-1])
+    while parts:
+        field = model.model_fields.get(str(parts.pop(0)))
+        if field is None:
+            return None
+        ann = field.annotation
+        if get_origin(ann) is dict:  # variants: the next part is a variant's name
+            parts = parts[1:]
+            ann = get_args(ann)[1]
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def _describe(err: dict[str, Any], source: str) -> str:
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc)
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        model = _model_at(loc)
+        accepted = list(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(loc[-1]), accepted, n=1)
+        hint = f" (did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?)" if close else ""
+        return f"{source}: unknown key {key!r}{hint}; accepted here: {', '.join(accepted)}"
+    if err["type"] == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        return f"{source}: {key} = {value!r} is not accepted; accepted: {expected}"
+    return f"{source}: {key} = {value!r}: {err['msg'].lower()}"
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a params mapping; a bad value raises one MnistlrError naming it."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise MnistlrError(f"{source}: expected a mapping of keys, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise MnistlrError(_describe(exc.errors()[0], source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise MnistlrError(f"params file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise MnistlrError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    return parse_params(raw, str(path))

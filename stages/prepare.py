@@ -1,0 +1,27 @@
+"""DVC stage: raw MNIST -> normalized train/val/test tensors and training-set variants."""
+
+from pathlib import Path
+
+import typer
+
+from mnistlr.cli_support import user_errors
+from mnistlr.params import load_params
+from mnistlr.prepare import prepare
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+@user_errors
+def main(
+    params: Path = typer.Option("params.yaml", help="params file"),
+    out: Path = typer.Option("data/prepared", help="output folder (replaced atomically)"),
+    raw: Path = typer.Option("data/raw", help="download folder, used when MNISTLR_MNIST_DIR is unset"),
+) -> None:
+    """Fetch (or read from the MNISTLR_MNIST_DIR mirror) and verify MNIST, split it, build the variants."""
+    for name, s in prepare(load_params(params), out, raw).items():
+        typer.echo(f"{name}: {s['size']} images, {s['labels_changed']} labels changed")
+
+
+if __name__ == "__main__":
+    app()

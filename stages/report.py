@@ -1,0 +1,30 @@
+"""DVC stage: the markdown report over all variants."""
+
+from pathlib import Path
+
+import typer
+
+from mnistlr.cli_support import user_errors
+from mnistlr.params import load_params
+from mnistlr.report import build_report
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+@user_errors
+def main(
+    params: Path = typer.Option("params.yaml", help="params file"),
+    metrics: Path = typer.Option("metrics", help="folder of <variant>.json metrics"),
+    summaries: Path = typer.Option("data/prepared/variants", help="folder of <variant>.json data summaries"),
+    curves: Path = typer.Option("plots/train", help="folder of <variant>.csv learning curves"),
+    predictions: Path = typer.Option("plots/predictions", help="folder of <variant>.csv test predictions"),
+    out: Path = typer.Option("reports/report.md", help="report to write"),
+) -> None:
+    """Write the report: results table against the tutorial's numbers, curves, confusions, weights."""
+    build_report(load_params(params), metrics, summaries, curves, predictions, out)
+    typer.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    app()
