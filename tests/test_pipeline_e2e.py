@@ -1,0 +1,107 @@
+"""End to end through real `dvc` commands in a temporary git repo."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from tests.conftest import SMALL_PARAMS, dvc, make_project, project_env, run
+
+STAGE_RUN = re.compile(r"Running stage '([^']+)'")
+
+
+def ran(proc) -> list[str]:
+    return STAGE_RUN.findall(proc.stdout)
+
+
+def set_param(project, dotted: str, value) -> None:
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    *parents, last = dotted.split(".")
+    node = params
+    for p in parents:
+        node = node[p]
+    node[last] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def commit(project, env, message: str) -> None:
+    run(["git", "add", "-A"], project, env)
+    run(["git", "commit", "-qm", message], project, env)
+
+
+@pytest.fixture(scope="module")
+def synthetic_project(tmp_path_factory, synthetic_mirror):
+    project = make_project(tmp_path_factory.mktemp("proj"), SMALL_PARAMS)
+    env = project_env(synthetic_mirror, synthetic=True)
+    first = dvc("repro", cwd=project, env=env)
+    return project, env, first
+
+
+def test_repro_runs_every_stage_and_writes_outputs(synthetic_project):
+    project, _, first = synthetic_project
+    variants = ["full", "noise10"]
+    assert set(ran(first)) == {"prepare", "report"} | {f"{s}@{v}" for s in ("train", "evaluate") for v in variants}
+    for v in variants:
+        m = json.loads((project / "metrics" / f"{v}.json").read_text())
+        assert 0 <= m["test"]["accuracy"] <= 1 and m["test"]["loss"] > 0
+        assert {"accuracy", "loss"} <= set(m["val"]) and set(m["classes"]) == {str(c) for c in range(10)}
+        assert 0 <= m["weights"]["sparsity"] <= 1
+        assert (project / "reports" / "figures" / v / "confusion.png").stat().st_size > 1000
+        assert (project / "reports" / "figures" / v / "weights.png").stat().st_size > 1000
+        assert (project / "plots" / "train" / f"{v}.csv").read_text().startswith("epoch,train_loss")
+    summary = json.loads((project / "data/prepared/variants/noise10.json").read_text())
+    assert summary["labels_changed"] == round(0.1 * summary["size"])
+    report = (project / "reports" / "report.md").read_text()
+    assert "| variant" in report and "92-93" in report and "figures/full/confusion.png" in report
+    # the synthetic digits are easy: the model must actually learn them
+    assert json.loads((project / "metrics" / "full.json").read_text())["test"]["accuracy"] > 0.9
+
+
+def test_nothing_changed_runs_nothing(synthetic_project):
+    project, env, _ = synthetic_project
+    again = dvc("repro", cwd=project, env=env)
+    assert ran(again) == []
+    assert "up to date" in dvc("status", cwd=project, env=env).stdout
+
+
+def test_report_param_reruns_only_report_and_train_param_never_prepare(synthetic_project):
+    project, env, _ = synthetic_project
+    set_param(project, "report.top_confusions", 3)
+    assert ran(dvc("repro", cwd=project, env=env)) == ["report"]
+    set_param(project, "train.epochs", 2)
+    stages = ran(dvc("repro", cwd=project, env=env))
+    assert "prepare" not in stages and "train@full" in stages and "report" in stages
+
+
+def test_exp_run_adam_then_metrics_diff_and_plots(synthetic_project):
+    project, env, _ = synthetic_project
+    commit(project, env, "baseline")
+    out = dvc("exp", "run", "-S", "optimizer=adam", cwd=project, env=env)
+    assert "train@full" in ran(out) and "prepare" not in ran(out)
+    assert yaml.safe_load((project / "params.yaml").read_text())["optimizer"] == "adam"
+    diff = dvc("metrics", "diff", "--all", "--md", cwd=project, env=env).stdout
+    assert re.search(r"metrics/full\.json\s*\|\s*test\.accuracy", diff), diff
+    shown = json.loads(dvc("exp", "show", "--json", cwd=project, env=env).stdout)
+    assert shown  # experiments table is readable
+    html = dvc("plots", "show", "-o", "dvc_plots", cwd=project, env=env)
+    assert (project / "dvc_plots" / "index.html").is_file(), html.stdout
+
+
+@pytest.mark.slow
+def test_real_mnist_meets_the_accuracy_floors(tmp_path, real_mirror):
+    """Default params on the canonical data (variant `full` only, to keep it short)."""
+    project = make_project(tmp_path, {"variants": {"full": {"fraction": 1.0, "noise": 0.0}}, "train": {"device": "cpu"}})
+    env = project_env(real_mirror, synthetic=False)
+    dvc("repro", cwd=project, env=env)
+    sgd = json.loads((project / "metrics/full.json").read_text())["test"]["accuracy"]
+    assert sgd >= 0.920, sgd
+    commit(project, env, "sgd baseline")
+    dvc("exp", "run", "-S", "optimizer=adam", cwd=project, env=env)
+    adam = json.loads((project / "metrics/full.json").read_text())["test"]["accuracy"]
+    assert adam >= 0.925, adam
+    diff = dvc("metrics", "diff", cwd=project, env=env).stdout
+    assert "metrics/full.json" in diff and "test.accuracy" in diff
