@@ -48,6 +48,7 @@ class TrainParams(_Strict):
     weight_decay: NonNegativeFloat = 0.0
     l1: NonNegativeFloat = 0.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    cuda_graph: bool = True
 
 
 class EvaluateParams(_Strict):

@@ -1,0 +1,242 @@
+"""Benchmark: the tutorial's DataLoader loop against mnistlr's trainer, plus pipeline wall time and memory.
+
+Run `make bench` (or `python bench/benchmark.py --help`). Prints a markdown table.
+It measures; it asserts nothing: speed goals are checked by reading its output, not by tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import typer
+from torch import nn
+
+from mnistlr.dataset import generator, normalize
+from mnistlr.device import resolve_device
+from mnistlr.evaluation import loss_and_accuracy
+from mnistlr.idx import read_images, read_labels
+from mnistlr.params import TrainParams
+from mnistlr.sources import locate
+from mnistlr.trainer import fit
+
+REPO = Path(__file__).resolve().parents[1]
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+class TutorialLogisticRegression(nn.Module):
+    """The seed's model, verbatim."""
+
+    def __init__(self, in_dim: int = 28 * 28, out_dim: int = 10) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view(x.size(0), -1)
+        return self.fc(x)
+
+
+def train_epoch(model, loader, criterion, optimizer, device):
+    """The seed's train_epoch, verbatim (per-batch .item() tracking included)."""
+    model.train()
+    total_loss, correct, total = 0.0, 0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        optimizer.zero_grad()
+        logits = model(x)
+        loss = criterion(logits, y)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * x.size(0)
+        preds = logits.argmax(dim=1)
+        correct += (preds == y).sum().item()
+        total += y.size(0)
+    return total_loss / total, correct / total
+
+
+def validate(model, loader, criterion, device):
+    """The seed's validate, verbatim."""
+    model.eval()
+    total_loss, correct, total = 0.0, 0, 0
+    with torch.no_grad():
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            loss = criterion(logits, y)
+            total_loss += loss.item() * x.size(0)
+            preds = logits.argmax(dim=1)
+            correct += (preds == y).sum().item()
+            total += y.size(0)
+    return total_loss / total, correct / total
+
+
+def tutorial_loop(root: Path, epochs: int, seed: int, device: torch.device) -> tuple[list[float], float]:
+    """The seed's loop: torchvision MNIST + ToTensor/Normalize, random_split, DataLoader(64, shuffle), SGD 0.1."""
+    from torch.utils.data import DataLoader, random_split
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    train_ds = datasets.MNIST(root=str(root), train=True, download=True, transform=transform)
+    test_ds = datasets.MNIST(root=str(root), train=False, download=True, transform=transform)
+    train_ds, val_ds = random_split(train_ds, [50_000, 10_000], generator=torch.Generator().manual_seed(seed))
+    train_loader = DataLoader(train_ds, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    val_loader = DataLoader(val_ds, batch_size=64)
+    torch.manual_seed(seed)
+    model = TutorialLogisticRegression().to(device)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    epoch_s = []
+    for _ in range(epochs):
+        _sync(device)
+        t = time.perf_counter()
+        train_epoch(model, train_loader, criterion, optimizer, device)
+        validate(model, val_loader, criterion, device)
+        _sync(device)
+        epoch_s.append(time.perf_counter() - t)
+    _, test_acc = validate(model, DataLoader(test_ds, batch_size=64), criterion, device)
+    return epoch_s, test_acc
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def trainer_run(
+    files: dict, epochs: int, seed: int, device: torch.device, batch_size: int, cuda_graph: bool
+) -> tuple[float, float]:
+    """mnistlr's trainer with the tutorial's settings (SGD lr 0.1, constant, batch 64).
+
+    Returns (seconds per epoch, test accuracy after `epochs`). Seconds per epoch is the
+    marginal cost of 5 more epochs, so one-off costs (model init, graph capture) don't count.
+    Like the tutorial's, each epoch includes a train and a validation evaluation pass.
+    """
+    x = normalize(read_images(files["train-images-idx3-ubyte.gz"]), 0.1307, 0.3081)
+    y = read_labels(files["train-labels-idx1-ubyte.gz"])
+    perm = torch.randperm(60_000, generator=generator(seed, "split"))
+    tx = normalize(read_images(files["t10k-images-idx3-ubyte.gz"]), 0.1307, 0.3081).to(device)
+    ty = read_labels(files["t10k-labels-idx1-ubyte.gz"]).to(device)
+    xtr, ytr = x[perm[10_000:]].to(device), y[perm[10_000:]].to(device)
+    xva, yva = x[perm[:10_000]].to(device), y[perm[:10_000]].to(device)
+
+    def timed(n_epochs: int):
+        cfg = TrainParams(epochs=n_epochs, batch_size=batch_size, schedule="constant", cuda_graph=cuda_graph)
+        _sync(device)
+        t = time.perf_counter()
+        model, _ = fit(xtr, ytr, xva, yva, cfg, "sgd", 0.1, seed)
+        _sync(device)
+        return time.perf_counter() - t, model
+
+    timed(1)  # warm-up: allocator, first kernel launches
+    short, model = timed(epochs)
+    long, _ = timed(epochs + 5)
+    _, acc = loss_and_accuracy(model, tx, ty)
+    return (long - short) / 5, float(acc)
+
+
+def pipeline_timings(mirror: Path) -> dict:
+    """Cold `dvc repro` (fresh copy, empty cache), then a no-op one; peak RSS of each stage."""
+    tmp = Path(tempfile.mkdtemp(prefix="mnistlr-bench-"))
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        if rel.startswith(("dvc.lock", "metrics/", "plots/", "reports/")) or not (REPO / rel).is_file():
+            continue
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, tmp / rel)
+    shim_dir = tmp / ".shim"
+    shim_dir.mkdir()
+    log = tmp / ".rss.jsonl"
+    # A `python` first on PATH that records each stage's wall time and peak RSS.
+    (shim_dir / "python").write_text(
+        f"#!{sys.executable}\n"
+        "import json, resource, subprocess, sys, time\n"
+        "t = time.perf_counter()\n"
+        f"rc = subprocess.call([{sys.executable!r}, *sys.argv[1:]])\n"
+        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+        f"open({str(log)!r}, 'a').write(json.dumps({{'cmd': sys.argv[1:4], 'wall_s': time.perf_counter() - t, 'max_rss_mb': rss / 1024}}) + '\\n')\n"
+        "sys.exit(rc)\n"
+    )
+    (shim_dir / "python").chmod(0o755)
+    env = dict(os.environ, PATH=f"{shim_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               MNISTLR_MNIST_DIR=str(mirror), DVC_NO_ANALYTICS="1")
+    env.pop("MNISTLR_MD5SUMS", None)
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], [*git, "commit", "-qm", "bench"]):
+        subprocess.run(cmd, cwd=tmp, check=True, capture_output=True)
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    t = time.perf_counter()
+    subprocess.run([dvc, "repro"], cwd=tmp, env=env, check=True, capture_output=True)
+    cold = time.perf_counter() - t
+    t = time.perf_counter()
+    noop_out = subprocess.run([dvc, "repro"], cwd=tmp, env=env, check=True, capture_output=True, text=True).stdout
+    noop = time.perf_counter() - t
+    stages = [json.loads(line) for line in log.read_text().splitlines()]
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {"cold_s": cold, "noop_s": noop, "noop_ran_nothing": "Running stage" not in noop_out, "stages": stages}
+
+
+@app.command()
+def main(
+    epochs: int = typer.Option(3, help="epochs for both loops"),
+    seed: int = typer.Option(42),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    pipeline: bool = typer.Option(True, help="also time a cold and a no-op `dvc repro`"),
+    out: Path = typer.Option(None, help="also write the results as JSON here"),
+    cuda_graph: bool = typer.Option(True, help="trainer: replay epochs as CUDA graphs (CUDA only)"),
+    tutorial: bool = typer.Option(True, help="also time the tutorial's loop"),
+) -> None:
+    """Tutorial loop vs mnistlr trainer (s/epoch, ratio, test accuracy), then pipeline timings."""
+    dev = resolve_device(device)
+    files = locate(REPO / "data" / "raw")
+    root = Path(tempfile.mkdtemp(prefix="mnistlr-tv-"))
+    (root / "MNIST" / "raw").mkdir(parents=True)
+    for name, path in files.items():  # torchvision's MNIST reads <root>/MNIST/raw; it extracts, never downloads
+        shutil.copy(path, root / "MNIST" / "raw" / name)
+    tut_times, tut_acc = tutorial_loop(root, epochs, seed, dev) if tutorial else ([float("nan")], float("nan"))
+    ours_epoch, ours_acc = trainer_run(files, epochs, seed, dev, 64, cuda_graph)
+    shutil.rmtree(root, ignore_errors=True)
+    tut_epoch = sum(tut_times) / len(tut_times)
+    name = torch.cuda.get_device_name() if dev.type == "cuda" else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    results = {
+        "device": name, "torch": torch.__version__, "epochs": epochs,
+        "tutorial_s_per_epoch": tut_epoch, "trainer_s_per_epoch": ours_epoch, "speedup": tut_epoch / ours_epoch,
+        "tutorial_test_accuracy": tut_acc, "trainer_test_accuracy": ours_acc,
+    }
+    lines = [
+        f"Device: {name}; torch {torch.__version__}; {epochs} epochs, SGD lr 0.1 constant, batch 64, seed {seed}",
+        "",
+        "| loop | s / epoch | speed-up | test accuracy |",
+        "|---|---:|---:|---:|",
+        f"| tutorial (DataLoader) | {tut_epoch:.3f} | 1.0x | {100 * tut_acc:.2f} % |",
+        f"| mnistlr trainer{' (CUDA graph)' if dev.type == 'cuda' and cuda_graph else ''} | {ours_epoch:.4f} | {tut_epoch / ours_epoch:.1f}x | {100 * ours_acc:.2f} % |",
+        "",
+        f"Accuracy difference: {100 * abs(tut_acc - ours_acc):.2f} points.",
+    ]
+    if pipeline:
+        mirror = Path(os.environ.get("MNISTLR_MNIST_DIR") or Path(files["train-images-idx3-ubyte.gz"]).parent)
+        p = pipeline_timings(mirror)
+        results["pipeline"] = p
+        lines += [
+            "",
+            f"Cold `dvc repro` (empty cache, all variants): {p['cold_s']:.1f} s; no-op `dvc repro`: {p['noop_s']:.2f} s"
+            f" ({'ran no stage' if p['noop_ran_nothing'] else 'RAN STAGES'}).",
+            "",
+            "| stage command | wall s | peak RSS (MB) |",
+            "|---|---:|---:|",
+            *[f"| `{' '.join(s['cmd'])}` | {s['wall_s']:.1f} | {s['max_rss_mb']:.0f} |" for s in p["stages"]],
+        ]
+    typer.echo("\n".join(lines))
+    if out:
+        out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Every GPU check in one go (for a machine with CUDA and torch installed, no dvc needed):
+# the CUDA tests plus the unit tests, then the benchmark on CUDA (graph and eager trainer).
+# Usage: MNISTLR_MNIST_DIR=/path/to/mnist bash bench/gpu_check.sh [OUTDIR]
+set -uo pipefail
+out=${1:-gpu-results}
+mkdir -p "$out"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+$py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" | tee -a "$out/gpu.txt"
+$py -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_model_and_trainer.py tests/test_dataset.py \
+  tests/test_idx.py tests/test_evaluation.py 2>&1 | tee "$out/pytest.log" | tail -15
+$py bench/benchmark.py --device cuda --no-pipeline --epochs 3 --out "$out/bench_cuda_graph.json" 2>&1 | tee "$out/bench_cuda_graph.md"
+$py bench/benchmark.py --device cuda --no-pipeline --no-tutorial --no-cuda-graph --epochs 3 --out "$out/bench_cuda_eager.json" 2>&1 | tee "$out/bench_cuda_eager.md"
