@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install repro test clean
+.PHONY: install repro test bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Tutorial loop vs trainer, cold and no-op `dvc repro`, peak RSS per stage (a measurement, not a test).
+bench: $(STAMP)
+	$(BIN)/python bench/benchmark.py --out bench/results/latest.json
 
 clean:
 	rm -rf $(VENV) dvc_plots .pytest_cache
