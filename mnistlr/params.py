@@ -48,6 +48,8 @@ class TrainParams(_Strict):
     weight_decay: NonNegativeFloat = 0.0
     l1: NonNegativeFloat = 0.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    grad_clip: NonNegativeFloat = 0.0  # max global gradient norm per step; 0 = off
+    patience: Annotated[int, Field(ge=0)] = 0  # epochs without val-accuracy gain before stopping; 0 = off
 
 
 class EvaluateParams(_Strict):

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from mnistlr.dataset import generator
+from mnistlr.early_stopping import EarlyStopping
 from mnistlr.errors import MnistlrError
 from mnistlr.evaluation import loss_and_accuracy
 from mnistlr.model import LogisticRegression
@@ -72,7 +73,11 @@ def fit(
     lr: float,
     seed: int,
 ) -> tuple[LogisticRegression, list[EpochRecord]]:
-    """Train a fresh model on (x, y), which live on the device to train on; log each epoch."""
+    """Train a fresh model on (x, y), which live on the device to train on; log each epoch.
+
+    cfg.grad_clip > 0 clips each step's global gradient norm; cfg.patience > 0 stops after that
+    many epochs without a val-accuracy gain and returns the best epoch's weights.
+    """
     device = x.device
     torch.manual_seed(seed)  # weight init
     model = LogisticRegression().to(device)
@@ -89,6 +94,7 @@ def fit(
     order = generator(seed, "batches")  # on the CPU, so batch order is the same on every device
     step_losses = torch.empty(steps, device=device)
     history = []
+    stopper = EarlyStopping(cfg.patience)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         perm = torch.randperm(n, generator=order).to(device)
@@ -97,6 +103,9 @@ def fit(
             _, loss = training_loss(model, criterion, xs[step * bs : (step + 1) * bs], ys[step * bs : (step + 1) * bs], cfg.l1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip > 0:
+                # The returned norm stays unread: reading it would sync with the device every step.
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
             opt.step()
             if schedule is not None:
                 schedule.step()
@@ -107,6 +116,9 @@ def fit(
         history.append(
             EpochRecord(epoch, float(train_loss), float(train_acc), float(val_loss), float(val_acc), opt.param_groups[0]["lr"])
         )
+        if stopper.update(epoch, history[-1].val_accuracy, model):
+            break
+    stopper.restore(model)
     return model.eval(), history
 
 
@@ -116,5 +128,6 @@ def _raise_if_diverged(step_losses: torch.Tensor, epoch: int, optimizer: str, lr
         step = int((~finite).nonzero()[0, 0]) + 1
         raise MnistlrError(
             f"training diverged: loss became {float(step_losses[step - 1])} at epoch {epoch}, step {step} "
-            f"with train.lr.{optimizer} = {lr}; lower the learning rate"
+            f"with train.lr.{optimizer} = {lr}; "
+            "lower the learning rate or set train.grad_clip (e.g. 1.0)"
         )
