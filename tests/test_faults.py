@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from mnistlr import atomic
+from mnistlr import atomic, trainer
 from mnistlr.early_stopping import EarlyStopping
 from mnistlr.errors import MnistlrError
 from mnistlr.model import LogisticRegression
@@ -63,6 +63,32 @@ def test_grad_clip_bounds_the_update_to_lr_times_max_norm():
     assert free > 5  # without clipping the big inputs give a big step...
     assert clipped <= 0.5 * (1 + 1e-5)  # ...with it the step is at most lr * grad_clip
     assert clipped > 0.45  # and clipping rescales, it does not zero the gradient
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_clipped_training_steps_never_wait_for_the_gpu(monkeypatch):
+    # Sync debug mode "error" from the first step to the per-epoch divergence check: any
+    # host sync inside the inner loop (an .item() on the clipped norm, say) raises.
+    real_loss, real_check = trainer.training_loss, trainer._raise_if_diverged
+
+    def loss_in_error_mode(*args):
+        torch.cuda.set_sync_debug_mode("error")
+        return real_loss(*args)
+
+    def check_in_default_mode(*args):
+        torch.cuda.set_sync_debug_mode("default")
+        return real_check(*args)
+
+    monkeypatch.setattr(trainer, "training_loss", loss_in_error_mode)
+    monkeypatch.setattr(trainer, "_raise_if_diverged", check_in_default_mode)
+    x, y = (t.cuda() for t in _blobs())
+    try:
+        for optimizer, lr in (("sgd", 0.1), ("adam", 1e-2)):
+            cfg = TrainParams(epochs=2, batch_size=20, grad_clip=0.5, l1=1e-4, patience=1)
+            model, history = fit(x, y, x, y, cfg, optimizer, lr, seed=0)
+            assert history and model.fc.weight.is_cuda
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_early_stopping_keeps_the_best_epochs_weights():
