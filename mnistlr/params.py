@@ -19,8 +19,9 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class _Strict(BaseModel):
-    # strict: "10" is not a number; extra=forbid: a misspelt key is an error, not a new knob.
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    # strict: "10" is not a number; extra=forbid: a misspelt key is an error, not a new knob;
+    # no inf/nan: YAML's .inf would pass lr > 0 and only fail later, mid-training.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataParams(_Strict):

@@ -42,6 +42,8 @@ def _message(raw: dict) -> str:
         ({"data": {"val_size": 70000}}, "data.val_size = 70000: input should be less than 60000"),
         ({"train": {"epochs": "10"}}, "train.epochs = '10': input should be a valid integer"),
         ({"train": {"lr": {"sgd": "fast"}}}, "train.lr.sgd = 'fast': input should be a valid number"),
+        ({"train": {"lr": {"sgd": float("inf")}}}, "train.lr.sgd = inf: input should be a finite number"),
+        ({"data": {"mean": float("nan")}}, "data.mean = nan: input should be a finite number"),
         ({"train": {"grad_clip": -1}}, "train.grad_clip = -1: input should be greater than or equal to 0"),
         ({"train": {"patience": 1.5}}, "train.patience = 1.5: input should be a valid integer"),
         ({"optimzer": "adam"}, "unknown key 'optimzer' (did you mean 'optimizer'?); accepted here: seed, optimizer,"),
