@@ -10,6 +10,12 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
                   help="Multinomial logistic regression on MNIST: tools around the DVC pipeline.")
 
 
+@app.callback()
+def main() -> None:
+    # A callback keeps `mnistlr` a group: with one command Typer would make it the whole CLI.
+    pass
+
+
 @app.command()
 def version() -> None:
     """Print the mnistlr version."""

@@ -19,8 +19,9 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class _Strict(BaseModel):
-    # strict: "10" is not a number; extra=forbid: a misspelt key is an error, not a new knob.
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    # strict: "10" is not a number; extra=forbid: a misspelt key is an error, not a new knob;
+    # no inf/nan: YAML's .inf would pass lr > 0 and only fail later, mid-training.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataParams(_Strict):
@@ -48,7 +49,9 @@ class TrainParams(_Strict):
     weight_decay: NonNegativeFloat = 0.0
     l1: NonNegativeFloat = 0.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    cuda_graph: bool = True
+    cuda_graph: bool = True  # on CUDA, replay epochs after the first as one CUDA graph each
+    grad_clip: NonNegativeFloat = 0.0  # max global gradient norm per step; 0 = off
+    patience: Annotated[int, Field(ge=0)] = 0  # epochs without val-accuracy gain before stopping; 0 = off
 
 
 class EvaluateParams(_Strict):

@@ -89,7 +89,8 @@ def download(root: str | Path) -> dict[str, Path]:
                     download_url(base + name, root=str(root), filename=name, md5=sums[name])
                     break
                 except Exception as exc:  # noqa: BLE001 - try the next mirror, report all
-                    errors.append(f"{base}: {exc}")
+                    # first line only: the error must stay one line
+                    errors.append(f"{base}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}")
             else:
                 raise MnistlrError(
                     f"could not download {name} ({'; '.join(errors)}); "

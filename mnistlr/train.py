@@ -15,13 +15,25 @@ from mnistlr.prepare import load_split, load_variant
 from mnistlr.trainer import EpochRecord, fit
 
 
-def write_history(path: str | Path, history: Sequence[EpochRecord]) -> None:
-    """The learning curve as CSV, one row per epoch (DVC plots it with x = epoch)."""
+def best_epoch(history: Sequence[EpochRecord]) -> int:
+    """The first epoch with the highest val accuracy: the one early stopping keeps."""
+    return max(history, key=lambda r: r.val_accuracy).epoch
+
+
+def write_history(path: str | Path, history: Sequence[EpochRecord], best: int | None = None) -> None:
+    """The learning curve as CSV, one row per epoch (DVC plots it with x = epoch).
+
+    With `best` (early stopping on) a `best` column marks the epoch whose weights were kept.
+    """
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(history[0].as_dict()), lineterminator="\n")
+    fields = list(history[0].as_dict()) + (["best"] if best is not None else [])
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for record in history:
-        writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.as_dict().items()})
+        row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.as_dict().items()}
+        if best is not None:
+            row["best"] = int(record.epoch == best)
+        writer.writerow(row)
     atomic.write_text(path, buf.getvalue())
 
 
@@ -33,5 +45,6 @@ def train(params: Params, variant: str, prepared: str | Path, model_path: str | 
     val_x, val_y = load_split(prepared, "val", device)
     model, history = fit(x, y, val_x, val_y, params.train, params.optimizer, params.lr, params.seed)
     save_model(model, model_path)
-    write_history(log_path, history)
+    # Only with early stopping are the saved weights the best epoch's rather than the last's.
+    write_history(log_path, history, best_epoch(history) if params.train.patience > 0 else None)
     return history

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from mnistlr.dataset import generator
+from mnistlr.early_stopping import EarlyStopping
 from mnistlr.errors import MnistlrError
 from mnistlr.evaluation import loss_and_accuracy
 from mnistlr.model import LogisticRegression
@@ -103,6 +104,9 @@ def fit(
 ) -> tuple[LogisticRegression, list[EpochRecord]]:
     """Train a fresh model on (x, y), which live on the device to train on; log each epoch.
 
+    cfg.grad_clip > 0 clips each step's global gradient norm; cfg.patience > 0 stops after that
+    many epochs without a val-accuracy gain and returns the best epoch's weights.
+
     On CUDA (with train.cuda_graph) the first epoch runs eagerly, then one whole
     epoch is captured as a CUDA graph and replayed for the others: one launch per
     epoch instead of ~10 per step. The arithmetic is the same either way.
@@ -126,6 +130,7 @@ def fit(
     epoch_rates = torch.empty(steps, device=device) if graphed else None
     graph = None
     history = []
+    stopper = EarlyStopping(cfg.patience)
 
     def run_epoch(set_lr) -> None:
         for step in range(steps):
@@ -133,6 +138,9 @@ def fit(
             _, loss = training_loss(model, criterion, xs[step * bs : (step + 1) * bs], ys[step * bs : (step + 1) * bs], cfg.l1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip > 0:
+                # The returned norm stays unread: reading it would sync with the device every step.
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
             opt.step()
             step_losses[step] = loss.detach()
 
@@ -161,9 +169,9 @@ def fit(
         history.append(
             EpochRecord(epoch, float(train_loss), float(train_acc), float(val_loss), float(val_acc), rates[epoch * steps])
         )
-    if graphed:
-        for group in opt.param_groups:
-            group["lr"] = float(lr_now)
+        if stopper.update(epoch, history[-1].val_accuracy, model):
+            break
+    stopper.restore(model)
     return model.eval(), history
 
 
@@ -188,5 +196,6 @@ def _raise_if_diverged(step_losses: torch.Tensor, epoch: int, optimizer: str, lr
         step = int((~finite).nonzero()[0, 0]) + 1
         raise MnistlrError(
             f"training diverged: loss became {float(step_losses[step - 1])} at epoch {epoch}, step {step} "
-            f"with train.lr.{optimizer} = {lr}; lower the learning rate"
+            f"with train.lr.{optimizer} = {lr}; "
+            "lower the learning rate or set train.grad_clip (e.g. 1.0)"
         )
