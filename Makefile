@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install repro test clean
+.PHONY: install repro test clean review
 
 install: $(STAMP)
 
@@ -24,6 +24,17 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Pull-request review (also run by .github/workflows/review.yml): run the pipeline,
+# write reports/review.md (params and metrics diffs against BASE, figures), then
+# the regression gate, which fails the target when a variant's metric drops too far.
+BASE ?= main
+GATE_METRIC ?= test.accuracy
+MAX_DROP ?= 0.002
+review: $(STAMP)
+	$(BIN)/dvc repro
+	$(BIN)/mnistlr review --base $(BASE) --metric $(GATE_METRIC) --max-drop $(MAX_DROP) --out reports/review.md
+	$(BIN)/mnistlr gate --base $(BASE) --metric $(GATE_METRIC) --max-drop $(MAX_DROP)
 
 clean:
 	rm -rf $(VENV) dvc_plots .pytest_cache

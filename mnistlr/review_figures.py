@@ -76,3 +76,11 @@ def confusion_examples_figure(examples: Sequence[tuple[int, int, np.ndarray]], p
 
 def close(fig: Figure) -> None:
     plt.close(fig)
+
+
+def message_figure(text: str) -> Figure:
+    """A small figure holding one line of text (stands in for a figure with nothing to show)."""
+    fig, ax = plt.subplots(figsize=(5, 1), dpi=100)
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    return fig
