@@ -147,6 +147,9 @@ def compare_experiments(out_dir: str | Path, variant: str = "full", metric: str 
 
     args = ["exp", "show"] + (["--all-commits"] if all_commits else [a for r in revs or [] for a in ("--rev", r)])
     runs = runs_from_exp_show(dvc_json(*args, cwd=cwd), variant)
+    if not runs:
+        raise MnistlrError(f"no committed run or experiment has metrics/{variant}.json; check --variant "
+                           "(a name under `variants` in params.yaml) or run experiments first")
     table = comparison_table(runs, metric)
     diff = differing_params(runs)
     out_dir = Path(out_dir)
