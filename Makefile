@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install repro test bench clean
+.PHONY: install repro test bench review clean
 
 install: $(STAMP)
 
@@ -28,6 +28,17 @@ test: $(STAMP)
 # Tutorial loop vs trainer, cold and no-op `dvc repro`, peak RSS per stage (a measurement, not a test).
 bench: $(STAMP)
 	$(BIN)/python bench/benchmark.py --out bench/results/latest.json
+
+# Pull-request review (also run by .github/workflows/review.yml): run the pipeline,
+# write reports/review.md (params and metrics diffs against BASE, figures), then
+# the regression gate, which fails the target when a variant's metric drops too far.
+BASE ?= main
+GATE_METRIC ?= test.accuracy
+MAX_DROP ?= 0.002
+review: $(STAMP)
+	$(BIN)/dvc repro
+	$(BIN)/mnistlr review --base $(BASE) --metric $(GATE_METRIC) --max-drop $(MAX_DROP) --out reports/review.md
+	$(BIN)/mnistlr gate --base $(BASE) --metric $(GATE_METRIC) --max-drop $(MAX_DROP)
 
 clean:
 	rm -rf $(VENV) dvc_plots .pytest_cache

@@ -23,3 +23,5 @@ def version() -> None:
 
 
 # Subcommands register themselves on `app` from their own modules, one import line each.
+
+from mnistlr import review_commands  # noqa: E402,F401  (gate, review, compare)

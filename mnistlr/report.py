@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mnistlr import atomic
+from mnistlr import atomic, report_review
 from mnistlr.evaluation import top_confusions
 from mnistlr.params import Params
 
@@ -82,6 +82,8 @@ def build_report(
     predictions_dir: str | Path,
     out_path: str | Path,
     figures_rel: str = "figures",
+    prepared_dir: str | Path = "data/prepared",
+    experiments_dir: str | Path = "experiments",
 ) -> str:
     """Write reports/report.md (and its summary figures beside it); return the markdown."""
     import torch
@@ -151,6 +153,7 @@ def build_report(
             )
     if noisy:
         lines.append("")
+    lines += report_review.noise_section(params, metrics, fig_dir)
     lines += [
         f"## Top confusions of `{ref}` (test set)",
         "",
@@ -158,6 +161,7 @@ def build_report(
         "",
         confusions.to_markdown(index=False) if len(confusions) else "No errors.",
         "",
+        *report_review.confusion_examples_section(params, ref, pairs, Path(predictions_dir), Path(prepared_dir), fig_dir),
         f"![confusion matrix of {ref}](figures/{ref}/confusion.png)",
         "",
         f"## What `{ref}` learned",
@@ -167,6 +171,7 @@ def build_report(
         f"![per-class weights of {ref}](figures/{ref}/weights.png)",
         "",
     ]
+    lines += report_review.experiments_section(Path(experiments_dir), out_path.parent)
     text = "\n".join(lines)
     atomic.write_text(out_path, text)
     return text

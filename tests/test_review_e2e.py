@@ -1,0 +1,162 @@
+"""Reviewing results end to end in a temp git + DVC project: plots render in headless Chromium,
+`make review` on an Adam branch writes real diffs, the gate fails on a worse branch and passes on main."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mnistlr import html_render
+from tests.conftest import dvc, make_project, project_env, run
+
+PARAMS = {
+    "data": {"val_size": 200},
+    "variants": {"full": {"fraction": 1.0, "noise": 0.0}, "noise10": {"fraction": 1.0, "noise": 0.1}},
+    "train": {"epochs": 2, "batch_size": 32, "device": "cpu"},
+}
+BIN = Path(sys.executable).parent
+
+
+def set_params(project: Path, **dotted) -> None:
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for key, value in dotted.items():
+        *parents, last = key.split("__")
+        node = params
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def git(project: Path, env: dict, *args: str) -> str:
+    return run(["git", *args], project, env).stdout
+
+
+def commit_all(project: Path, env: dict, message: str) -> None:
+    git(project, env, "add", "-A")
+    git(project, env, "commit", "-qm", message)
+
+
+def back_to_main(project: Path, env: dict) -> None:
+    """Check out main with its outputs (metrics are in git; models come back from the DVC cache)."""
+    git(project, env, "checkout", "-q", "-f", "main")
+    dvc("checkout", "-f", cwd=project, env=env)
+
+
+def mnistlr(project: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return run([str(BIN / "mnistlr"), *args], project, env, check=False)
+
+
+def local_vega(html: Path, cache: Path) -> Path | None:
+    """The vega/vega-lite/vega-embed builds DVC's page names, fetched once with `npm pack`; None without npm."""
+    npm = shutil.which("npm")
+    if npm is None:
+        return None
+    js = cache / "js"
+    js.mkdir(parents=True, exist_ok=True)
+    for name, version in re.findall(r"cdn\.jsdelivr\.net/npm/(vega(?:-lite|-embed)?)@([\w.\-]+)", html.read_text()):
+        target = js / f"{name}.min.js"
+        if target.is_file():
+            continue
+        proc = subprocess.run([npm, "pack", f"{name}@{version}", "--pack-destination", str(cache)],
+                              capture_output=True, text=True, timeout=180)
+        if proc.returncode != 0:
+            return None
+        with tarfile.open(cache / f"{name}-{version}.tgz") as tar:
+            target.write_bytes(tar.extractfile(f"package/build/{name}.min.js").read())
+    return js
+
+
+def render_plots(project: Path, env: dict, args: list[str], out: str, cache: Path) -> tuple[html_render.Rendered, int]:
+    """`dvc plots ARGS -o OUT`, then render OUT/index.html; returns the render and the number of vega charts."""
+    if html_render.find_chromium() is None:
+        pytest.skip("chromium not installed (.ci/run installs it)")
+    dvc("plots", *args, "-o", out, cwd=project, env=env)
+    page = project / out / "index.html"
+    js = local_vega(page, cache)
+    if js is not None:
+        assert html_render.localize_scripts(page, js) == 3
+    rendered = html_render.render(page, project / out / "screenshot.png")
+    charts = len(re.findall(r'class="marks"', rendered.dom))
+    if charts == 0 and js is None:
+        pytest.skip("vega scripts unavailable: no npm to fetch them and the CDN is unreachable")
+    return rendered, charts
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, synthetic_mirror):
+    """A project whose main branch holds a full pipeline run (metrics and curves committed)."""
+    proj = make_project(tmp_path_factory.mktemp("review"), PARAMS)
+    env = project_env(synthetic_mirror, synthetic=True)
+    dvc("repro", cwd=proj, env=env)
+    commit_all(proj, env, "main results")
+    return proj, env
+
+
+def test_plots_show_renders_in_headless_chromium(project, tmp_path_factory):
+    proj, env = project
+    rendered, charts = render_plots(proj, env, ["show"], "dvc_plots", tmp_path_factory.mktemp("vega"))
+    assert rendered.errors() == [], rendered.console
+    # loss, accuracy, val accuracy of all variants, confusion matrix
+    assert charts >= 4, rendered.dom[:2000]
+    source = (proj / "dvc_plots" / "index.html").read_text()  # charts draw on canvas: titles are in the specs
+    for title in ("Loss of full (train vs val)", "Accuracy of full (train vs val)", "Confusion matrix of full (test set)"):
+        assert title in source
+    pngs = sorted((proj / "reports" / "figures").rglob("*.png"))
+    assert len(pngs) >= 6 and rendered.dom.count("<img") >= len(pngs)
+    assert rendered.screenshot.stat().st_size > 20_000
+
+
+def test_make_review_on_an_adam_branch_writes_measured_diffs(project):
+    proj, env = project
+    git(proj, env, "checkout", "-q", "-b", "try-adam")
+    set_params(proj, optimizer="adam")
+    proc = run(["make", "review", "BASE=main", f"BIN={BIN}", "STAMP="], proj, env, check=False)
+    md = (proj / "reports" / "review.md").read_text()
+    assert md.startswith("<!-- mnistlr-review -->"), proc.stdout + proc.stderr
+    assert re.search(r"\|\s*params\.yaml\s*\|\s*optimizer\s*\|\s*sgd\s*\|\s*adam\s*\|", md), md
+    old = json.loads(git(proj, env, "show", "main:metrics/full.json"))["test"]["loss"]
+    new = json.loads((proj / "metrics" / "full.json").read_text())["test"]["loss"]
+    assert f"| full | test.loss | {old:.4f} | {new:.4f} |" in md, md
+    assert re.search(r"metrics/full\.json\s*\|\s*test\.loss", md), md  # dvc metrics diff --md
+    assert "![learning curves (all variants)](figures/learning_curves.png)" in md
+    assert "![confusion matrix of full](figures/full/confusion.png)" in md
+    # make fails exactly when the gate does, and the page says which
+    assert ("gate passed" in md) == (proc.returncode == 0), proc.stdout + proc.stderr
+    commit_all(proj, env, "adam")
+    back_to_main(proj, env)
+
+
+def test_gate_fails_on_a_worse_branch_and_passes_on_main(project, tmp_path_factory):
+    proj, env = project
+    git(proj, env, "checkout", "-q", "-b", "worse")
+    set_params(proj, train__epochs=1, train__lr__sgd=1e-6)  # barely moves from the random init
+    dvc("repro", cwd=proj, env=env)
+    old = json.loads(git(proj, env, "show", "main:metrics/full.json"))["test"]["accuracy"]
+    new = json.loads((proj / "metrics" / "full.json").read_text())["test"]["accuracy"]
+    assert old - new > 0.002
+    failed = mnistlr(proj, env, "gate", "--base", "main", "--metric", "test.accuracy", "--max-drop", "0.002")
+    assert failed.returncode == 1
+    line = failed.stderr.strip()
+    assert "\n" not in line and "full" in line and f"{old:.4f}" in line and f"{new:.4f}" in line, line
+    # `dvc plots diff main` overlays this branch's curves on main's
+    shown = json.loads(dvc("plots", "diff", "main", "--json", cwd=proj, env=env).stdout)
+    loss = shown["data"]["Loss of full (train vs val)"][0]
+    assert set(loss["revisions"]) == {"main", "workspace"}
+    assert {row["rev"] for row in loss["content"]["data"]["values"]} == {"main", "workspace"}
+    if html_render.find_chromium():
+        rendered, charts = render_plots(proj, env, ["diff", "main"], "dvc_plots_diff", tmp_path_factory.mktemp("vega"))
+        assert rendered.errors() == [] and charts >= 4, rendered.console
+    commit_all(proj, env, "worse")
+    back_to_main(proj, env)
+    passed = mnistlr(proj, env, "gate", "--base", "main")
+    assert passed.returncode == 0 and passed.stdout.startswith("gate passed"), passed.stdout + passed.stderr
