@@ -15,6 +15,7 @@ from torch import nn
 from mnistlr.dataset import generator
 from mnistlr.errors import MnistlrError
 from mnistlr.evaluation import loss_and_accuracy
+from mnistlr.losses import make_criterion
 from mnistlr.model import LogisticRegression
 from mnistlr.params import TrainParams
 
@@ -73,10 +74,14 @@ def fit(
     seed: int,
 ) -> tuple[LogisticRegression, list[EpochRecord]]:
     """Train a fresh model on (x, y), which live on the device to train on; log each epoch."""
+    if optimizer == "lbfgs":  # full batch, its own loop (mnistlr/lbfgs.py)
+        from mnistlr.lbfgs import fit_lbfgs
+
+        return fit_lbfgs(x, y, val_x, val_y, cfg, lr, seed)
     device = x.device
     torch.manual_seed(seed)  # weight init
     model = LogisticRegression().to(device)
-    criterion = nn.CrossEntropyLoss()
+    criterion = make_criterion(cfg.loss)
     opt = make_optimizer(model, optimizer, lr, cfg.momentum, cfg.weight_decay)
     n = x.shape[0]
     bs = min(cfg.batch_size, n)
