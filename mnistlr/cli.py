@@ -17,3 +17,5 @@ def version() -> None:
 
 
 # Subcommands register themselves on `app` from their own modules, one import line each.
+
+from mnistlr import predict as _predict  # noqa: E402,F401  (mnistlr predict)
