@@ -85,7 +85,9 @@ class OptimumStudy(_Strict):
 
 class L1L2Study(_Strict):
     values: list[NonNegativeFloat] = [0.0, 1e-6, 1e-5, 1e-4]  # each used as train.l1, then as train.weight_decay
-    epochs: PositiveInt = 10
+    epochs: PositiveInt = 5
+    batch_size: PositiveInt = 256
+    lr: PositiveFloat = 0.4  # SGD
 
 
 class SweepStudy(_Strict):

@@ -18,7 +18,7 @@ TINY = {
     "studies": {
         "mse": {"lr": 0.003, "epochs": 2},
         "optimum": {"weight_decays": [1.0e-3], "lbfgs_iters": 100, "epochs": 2},
-        "l1l2": {"values": [0.0, 1.0e-3], "epochs": 2},
+        "l1l2": {"values": [0.0, 1.0e-3], "epochs": 2, "batch_size": 32, "lr": 0.1},
         "sweep": {"candidates": [{"optimizer": "sgd", "lr": 0.1, "epochs": 2, "batch_size": 32, "weight_decay": 0.0},
                                  {"optimizer": "adam", "lr": 0.001, "epochs": 2, "batch_size": 32, "weight_decay": 0.0}]},
     },
@@ -49,11 +49,11 @@ def test_studies_on_a_tiny_problem_and_their_report(tiny_data, tmp_path):
     assert [r["penalty"] for r in l12["rows"]] == ["none", "l1", "weight_decay"]
     assert (tmp_path / "w.png").stat().st_size > 1000
     sweep = study_sweep(params, tiny_data, opt)
-    assert len(sweep["rows"]) == 3 and "test_accuracy" not in sweep["rows"][sweep["best_index"]]
+    assert len(sweep["rows"]) == 5 and "test_accuracy" not in sweep["rows"][sweep["best_index"]]
     assert all("test_accuracy" not in r for r in sweep["rows"])  # selection never sees test
     assert 0 <= sweep["refit_on_train_val"]["test_accuracy"] <= 1
-    for name, result in (("mse", mse), ("optimum", {"params": {"lbfgs_iters": 100}, **opt}),
-                         ("l1l2", {"params": {"epochs": 2}, **l12}), ("sweep", sweep)):
+    for name, result in (("mse", mse), ("optimum", opt), ("l1l2", l12), ("sweep", sweep)):
+        result = {"params": params.studies.model_dump()[name], **result}
         (tmp_path / f"{name}.json").write_text(json.dumps(result))
     text = write_studies_report(tmp_path, tmp_path / "studies.md")
     assert "**(selected)**" in text and "## 2. The convex optimum" in text and "| l1 |" in text
