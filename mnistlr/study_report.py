@@ -55,7 +55,13 @@ def optimum_section(o: dict) -> list[str]:
             "Training objective = mean cross-entropy on the 50k training images + weight_decay/2 * ||W||^2 "
             "(the function SGD and Adam with the same `weight_decay` minimize). L-BFGS: full batch, "
             f"{o['params']['lbfgs_iters']} iterations, strong-Wolfe line search. Gap = run - L-BFGS.", "",
-            *_table(["weight decay", "optimizer", "train objective", "objective gap", "val acc %", "test acc %", "test acc gap (pts)"], rows)]
+            *_table(["weight decay", "optimizer", "train objective", "objective gap", "val acc %", "test acc %", "test acc gap (pts)"], rows),
+            "At weight decay 0 the objective is not strongly convex and L-BFGS is still descending when it stops "
+            "(its row is an upper bound on the minimum, and it overfits: lowest objective, lowest accuracy). "
+            "With weight decay the minimum is unique and reached. A positive objective gap is how far the "
+            "10-epoch runs stop short of it; their accuracy is nevertheless as good or better: stopping early "
+            "regularizes much as weight decay does.", "",
+            f"Best test accuracy of an exact optimum over this weight-decay grid: **{_pct(max(e['lbfgs']['test_accuracy'] for e in o['rows']))} %**.", ""]
 
 
 def l1l2_section(d: dict) -> list[str]:
@@ -64,6 +70,8 @@ def l1l2_section(d: dict) -> list[str]:
     return ["## 5. L1 and L2 seen", "",
             f"SGD lr {d['params']['lr']:g}, batch {d['params']['batch_size']}, {d['params']['epochs']} epochs, cosine; sparsity = share of |w| < {d['sparsity_threshold']:g}.", "",
             *_table(["penalty", "strength", "test acc %", "sparsity %", "exact zeros %", "sum abs w", "norm w"], rows),
+            "L1 drives many weights (mostly the always-blank border pixels) towards zero while L2 at the same "
+            "strength only shrinks them all a little; plain (sub)gradient steps make weights small, not exactly 0.", "",
             "![L1 vs L2 weights](studies/l1l2_weights.png)", ""]
 
 
@@ -77,6 +85,8 @@ def sweep_section(s: dict) -> list[str]:
            "Every candidate is trained on the 50k training images and scored on the 10k validation images; "
            "the one with the highest validation accuracy is selected, and only it touches the test set.", "",
            *_table(["config", "train objective", "train acc %", "val acc %"], rows),
+           "The validation accuracies differ by tenths of a point, within one standard error of a 10k-image "
+           "accuracy (about 0.27 points at 92 %): on raw pixels every reasonable linear fit lands in the same place.", "",
            f"Selected: `{json.dumps(b)}`", "",
            f"- trained on train (50k): val {_pct(t['val_accuracy'])} %, **test {_pct(t['test_accuracy'])} %**"]
     if "refit_on_train_val" in s:
