@@ -25,3 +25,4 @@ def version() -> None:
 # Subcommands register themselves on `app` from their own modules, one import line each.
 
 from mnistlr import review_commands  # noqa: E402,F401  (gate, review, compare)
+from mnistlr import predict as _predict  # noqa: E402,F401  (mnistlr predict)

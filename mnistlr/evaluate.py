@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from mnistlr import atomic
+from mnistlr.calibration import calibration_metrics, reliability_bins
 from mnistlr.device import resolve_device
 from mnistlr.evaluation import confusion_matrix, per_class_metrics, predict_logits, weight_sparsity
 from mnistlr.model import load_model
@@ -41,8 +42,10 @@ def evaluate(
         x, y = load_split(prepared, split, device)
         logits = predict_logits(model, x)
         metrics[split] = split_metrics(logits, y)
+        metrics[split].update(calibration_metrics(logits, y, params.evaluate.ece_bins))
         if split == "test":
             y_test, pred_test = y.cpu(), logits.argmax(dim=1).cpu()
+            bins_test = reliability_bins(torch.softmax(logits.double(), dim=1).cpu(), y_test, params.evaluate.ece_bins)
     cm = confusion_matrix(y_test, pred_test)
     weight = model.fc.weight.detach().cpu()
     metrics["classes"] = per_class_metrics(cm)
@@ -55,6 +58,7 @@ def evaluate(
     lines = ["actual,predicted"] + [f"{a},{p}" for a, p in zip(y_test.tolist(), pred_test.tolist())]
     atomic.write_text(predictions_path, "\n".join(lines) + "\n")
     _write_figures(cm, weight, variant, Path(figures_dir))
+    _write_reliability(bins_test, metrics["test"]["ece"], variant, Path(figures_dir))
     return metrics
 
 
@@ -66,4 +70,12 @@ def _write_figures(cm: torch.Tensor, weight: torch.Tensor, variant: str, figures
     figures.close(fig)
     fig = figures.weight_grid_figure(weight.numpy(), title=f"Per-class weights ({variant}); red +, blue -")
     atomic.save_figure(fig, figures_dir / "weights.png")
+    figures.close(fig)
+
+
+def _write_reliability(bins: dict, ece: float, variant: str, figures_dir: Path) -> None:
+    from mnistlr import figures, study_figures
+
+    fig = study_figures.reliability_figure(bins, ece, title=f"Reliability diagram, test set ({variant})")
+    atomic.save_figure(fig, figures_dir / "reliability.png")
     figures.close(fig)

@@ -14,6 +14,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mnistlr import atomic
+
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
 # The flags keep Chromium from making (failing) network calls of its own.
 QUIET_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -32,7 +34,7 @@ def localize_scripts(html_path: Path, js_dir: Path) -> int:
     """Rewrite the CDN vega script tags to `js_dir/<name>.min.js`; return how many were rewritten."""
     text = html_path.read_text()
     new, n = CDN_SCRIPT.subn(lambda m: f'src="{(js_dir / (m.group(1) + ".min.js")).resolve().as_uri()}"', text)
-    html_path.write_text(new)
+    atomic.write_text(html_path, new)
     return n
 
 

@@ -38,6 +38,7 @@ class VariantParams(_Strict):
 class LearningRates(_Strict):
     sgd: PositiveFloat = 0.1
     adam: PositiveFloat = 1e-3
+    lbfgs: PositiveFloat = 1.0
 
 
 class TrainParams(_Strict):
@@ -52,14 +53,59 @@ class TrainParams(_Strict):
     cuda_graph: bool = True  # on CUDA, replay epochs after the first as one CUDA graph each
     grad_clip: NonNegativeFloat = 0.0  # max global gradient norm per step; 0 = off
     patience: Annotated[int, Field(ge=0)] = 0  # epochs without val-accuracy gain before stopping; 0 = off
+    loss: Literal["ce", "mse"] = "ce"  # ce: logistic regression; mse: least squares on one-hot targets
+    lbfgs_iters: PositiveInt = 50  # optimizer lbfgs: full-batch L-BFGS iterations per epoch
 
 
 class EvaluateParams(_Strict):
     sparsity_threshold: PositiveFloat = 1e-3
+    ece_bins: PositiveInt = 15
 
 
 class ReportParams(_Strict):
     top_confusions: PositiveInt = 5
+
+
+class SweepPoint(_Strict):
+    """One candidate of the best-linear-model sweep: an optimizer and its hyperparameters."""
+
+    optimizer: Literal["sgd", "adam", "lbfgs"] = "sgd"
+    lr: PositiveFloat = 0.1
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 64
+    weight_decay: NonNegativeFloat = 0.0
+
+
+class MseStudy(_Strict):
+    lr: PositiveFloat = 0.003  # SGD on least squares diverges at the CE learning rate 0.1 (and at 0.01)
+    epochs: PositiveInt = 10
+
+
+class OptimumStudy(_Strict):
+    weight_decays: list[NonNegativeFloat] = [0.0, 1e-4, 1e-3]
+    lbfgs_iters: PositiveInt = 300  # total full-batch iterations per L-BFGS fit
+    epochs: PositiveInt = 10  # of the SGD and Adam runs compared against the optimum
+
+
+class L1L2Study(_Strict):
+    values: list[NonNegativeFloat] = [0.0, 1e-6, 1e-5, 1e-4]  # each used as train.l1, then as train.weight_decay
+    epochs: PositiveInt = 5
+    batch_size: PositiveInt = 256
+    lr: PositiveFloat = 0.4  # SGD
+
+
+class SweepStudy(_Strict):
+    candidates: list[SweepPoint] = [SweepPoint()]
+    refit: bool = True  # refit the winner on train + val before the single test evaluation
+
+
+class StudiesParams(_Strict):
+    """The separate studies pipeline (studies/dvc.yaml); each study stage reads only its own key."""
+
+    mse: MseStudy = MseStudy()
+    optimum: OptimumStudy = OptimumStudy()
+    l1l2: L1L2Study = L1L2Study()
+    sweep: SweepStudy = SweepStudy()
 
 
 VariantName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")]
@@ -67,7 +113,7 @@ VariantName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")]
 
 class Params(_Strict):
     seed: Annotated[int, Field(ge=0)] = 42
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: Literal["sgd", "adam", "lbfgs"] = "sgd"
     data: DataParams = DataParams()
     variants: dict[VariantName, VariantParams] = Field(
         default_factory=lambda: {"full": VariantParams()}, min_length=1
@@ -75,6 +121,7 @@ class Params(_Strict):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
+    studies: StudiesParams = StudiesParams()
 
     @property
     def lr(self) -> float:

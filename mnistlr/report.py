@@ -10,6 +10,7 @@ import pandas as pd
 from mnistlr import atomic, report_review
 from mnistlr.evaluation import top_confusions
 from mnistlr.params import Params
+from mnistlr.study_report import calibration_and_studies_lines
 
 # The tutorial's (the seed's) expected test accuracy, in %.
 EXPECTED_BY_FRACTION = {0.1: (80.0, 85.0), 0.25: (87.0, 89.0), 0.5: (90.0, 91.0), 1.0: (92.0, 93.0)}
@@ -172,6 +173,7 @@ def build_report(
         "",
     ]
     lines += report_review.experiments_section(Path(experiments_dir), out_path.parent)
+    lines += calibration_and_studies_lines(ref, metrics[ref])
     text = "\n".join(lines)
     atomic.write_text(out_path, text)
     return text

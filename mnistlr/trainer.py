@@ -18,6 +18,7 @@ from mnistlr.dataset import generator
 from mnistlr.early_stopping import EarlyStopping
 from mnistlr.errors import MnistlrError
 from mnistlr.evaluation import loss_and_accuracy
+from mnistlr.losses import make_criterion
 from mnistlr.model import LogisticRegression
 from mnistlr.params import TrainParams
 
@@ -111,10 +112,14 @@ def fit(
     epoch is captured as a CUDA graph and replayed for the others: one launch per
     epoch instead of ~10 per step. The arithmetic is the same either way.
     """
+    if optimizer == "lbfgs":  # full batch, its own loop (mnistlr/lbfgs.py)
+        from mnistlr.lbfgs import fit_lbfgs
+
+        return fit_lbfgs(x, y, val_x, val_y, cfg, lr, seed)
     device = x.device
     torch.manual_seed(seed)  # weight init
     model = LogisticRegression().to(device)
-    criterion = nn.CrossEntropyLoss()
+    criterion = make_criterion(cfg.loss)
     n = x.shape[0]
     bs = min(cfg.batch_size, n)
     steps = math.ceil(n / bs)

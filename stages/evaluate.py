@@ -20,7 +20,7 @@ def main(
     model: Path = typer.Option(..., help="state_dict written by the train stage"),
     metrics: Path = typer.Option(..., help="metrics JSON to write"),
     predictions: Path = typer.Option(..., help="test-set actual,predicted CSV to write"),
-    figures: Path = typer.Option(..., help="folder for confusion.png and weights.png"),
+    figures: Path = typer.Option(..., help="folder for confusion.png, weights.png and reliability.png"),
 ) -> None:
     """Write metrics JSON, test predictions, a confusion-matrix figure and the weight grid."""
     m = evaluate(load_params(params), variant, prepared, model, metrics, predictions, figures)

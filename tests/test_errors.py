@@ -30,7 +30,7 @@ def _message(raw: dict) -> str:
 @pytest.mark.parametrize(
     "raw,expected",
     [
-        ({"optimizer": "rmsprop"}, "optimizer = 'rmsprop' is not accepted; accepted: 'sgd' or 'adam'"),
+        ({"optimizer": "rmsprop"}, "optimizer = 'rmsprop' is not accepted; accepted: 'sgd', 'adam' or 'lbfgs'"),
         ({"train": {"lr": {"sgd": 0}}}, "train.lr.sgd = 0: input should be greater than 0"),
         ({"train": {"lr": {"adam": -0.1}}}, "train.lr.adam = -0.1: input should be greater than 0"),
         ({"train": {"epochs": 0}}, "train.epochs = 0: input should be greater than 0"),

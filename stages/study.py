@@ -1,0 +1,35 @@
+"""DVC stage of studies/dvc.yaml: run one study (mse, optimum, l1l2, sweep) and write its JSON."""
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mnistlr.cli_support import user_errors
+from mnistlr.params import load_params
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+@user_errors
+def main(
+    study: str = typer.Argument(..., help="mse | optimum | l1l2 | sweep"),
+    params: Path = typer.Option("params.yaml", help="params file (reads studies.<study>)"),
+    prepared: Path = typer.Option("data/prepared", help="output folder of the root prepare stage"),
+    out: Path = typer.Option(..., help="result JSON to write"),
+    figure: Optional[Path] = typer.Option(None, help="l1l2: weight-grid PNG to write"),
+    optimum: Optional[Path] = typer.Option(None, help="sweep: the optimum study's JSON"),
+) -> None:
+    """Run STUDY with the studies section of params.yaml."""
+    import torch
+
+    torch.set_num_threads(1)  # small matmuls: on a shared 2-core box one thread ran SGD 2.4x faster than two
+    from mnistlr.studies import run_study
+
+    run_study(study, load_params(params), prepared, out, figure, optimum)
+    typer.echo(f"{study}: wrote {out}")
+
+
+if __name__ == "__main__":
+    app()

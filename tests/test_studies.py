@@ -1,0 +1,87 @@
+"""The studies pipeline: each study on a tiny problem, its report, and its separation from `dvc repro`."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from mnistlr.errors import MnistlrError
+from mnistlr.params import parse_params
+from mnistlr.studies import run_study, study_l1l2, study_mse, study_optimum, study_sweep
+from mnistlr.study_report import write_studies_report
+from tests.conftest import SMALL_PARAMS, dvc, make_project, project_env
+
+TINY = {
+    "train": {"device": "cpu", "epochs": 2, "batch_size": 32},
+    "studies": {
+        "mse": {"lr": 0.003, "epochs": 2},
+        "optimum": {"weight_decays": [1.0e-3], "lbfgs_iters": 100, "epochs": 2},
+        "l1l2": {"values": [0.0, 1.0e-3], "epochs": 2, "batch_size": 32, "lr": 0.1},
+        "sweep": {"candidates": [{"optimizer": "sgd", "lr": 0.1, "epochs": 2, "batch_size": 32, "weight_decay": 0.0},
+                                 {"optimizer": "adam", "lr": 0.001, "epochs": 2, "batch_size": 32, "weight_decay": 0.0}]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(10, 784, generator=g)
+    out = {}
+    for split, n in (("train", 400), ("val", 100), ("test", 100)):
+        y = torch.arange(n) % 10
+        out[split] = (centers[y] * 0.3 + torch.randn(n, 784, generator=g), y)
+    return out
+
+
+def test_studies_on_a_tiny_problem_and_their_report(tiny_data, tmp_path):
+    import json
+
+    params = parse_params(TINY)
+    mse = study_mse(params, tiny_data)
+    assert mse["linear_regression_exact"]["objective"] <= mse["linear_regression_sgd"]["objective"] + 1e-6
+    opt = study_optimum(params, tiny_data)
+    row = opt["rows"][0]
+    assert row["sgd"]["objective_gap"] >= -1e-5 and row["adam"]["objective_gap"] >= -1e-5  # nothing beats the optimum
+    l12 = study_l1l2(params, tiny_data, tmp_path / "w.png")
+    assert [r["penalty"] for r in l12["rows"]] == ["none", "l1", "weight_decay"]
+    assert (tmp_path / "w.png").stat().st_size > 1000
+    sweep = study_sweep(params, tiny_data, opt)
+    assert len(sweep["rows"]) == 5 and "test_accuracy" not in sweep["rows"][sweep["best_index"]]
+    assert all("test_accuracy" not in r for r in sweep["rows"])  # selection never sees test
+    assert 0 <= sweep["refit_on_train_val"]["test_accuracy"] <= 1
+    for name, result in (("mse", mse), ("optimum", opt), ("l1l2", l12), ("sweep", sweep)):
+        result = {"params": params.studies.model_dump()[name], **result}
+        (tmp_path / f"{name}.json").write_text(json.dumps(result))
+    text = write_studies_report(tmp_path, tmp_path / "studies.md")
+    assert "**(selected)**" in text and "## 2. The convex optimum" in text and "| l1 |" in text
+
+
+def test_unknown_study_is_a_one_line_error(tmp_path):
+    with pytest.raises(MnistlrError, match="unknown study 'grid'; accepted: mse, optimum, l1l2, sweep"):
+        run_study("grid", parse_params(TINY), tmp_path, tmp_path / "x.json")
+
+
+def test_studies_params_are_strict():
+    with pytest.raises(MnistlrError, match="studies.sweep.candidates.0.optimiser"):
+        parse_params({"studies": {"sweep": {"candidates": [{"optimiser": "sgd"}]}}})
+
+
+RUNNING = re.compile(r"Running stage '([^']+)'")
+
+
+def test_plain_repro_runs_only_the_root_pipeline(tmp_path, synthetic_mirror):
+    small = {**SMALL_PARAMS, "variants": {"full": {"fraction": 1.0, "noise": 0.0}}, "train": {"epochs": 1, "device": "cpu"}}
+    project = make_project(tmp_path, small)
+    env = project_env(synthetic_mirror, synthetic=True)
+    root = set(RUNNING.findall(dvc("repro", cwd=project, env=env).stdout))
+    assert root == {"prepare", "train@full", "evaluate@full", "report"}  # no studies stage
+    assert (project / "reports/figures/full/reliability.png").is_file()
+    listed = dvc("stage", "list", "studies/dvc.yaml", cwd=project, env=env).stdout
+    for stage in ("study@mse", "study@optimum", "l1l2", "sweep", "report"):
+        assert f"studies/dvc.yaml:{stage}" in listed or stage in listed.split()
+    # not yet run: dvc status of the studies pipeline reports them, the root pipeline is up to date
+    assert "study@mse" in dvc("status", "studies/dvc.yaml", cwd=project, env=env).stdout
+    assert "up to date" in dvc("status", "dvc.yaml", cwd=project, env=env).stdout
