@@ -51,3 +51,12 @@ def test_no_host_sync_per_step(cuda_graph):
         return sum("synchroniz" in str(w.message) for w in caught)
 
     assert syncs(320) == syncs(3200)  # 20 vs 200 steps per epoch
+
+
+def test_cuda_graph_with_clipping_early_stopping_and_l1_matches_eager():
+    x, y = _data()
+    cfg = dict(epochs=5, batch_size=64, grad_clip=0.5, patience=2, l1=1e-5, weight_decay=1e-4)
+    graph_model, graph_hist = fit(x, y, x, y, TrainParams(**cfg, cuda_graph=True), "sgd", 0.1, seed=5)
+    eager_model, eager_hist = fit(x, y, x, y, TrainParams(**cfg, cuda_graph=False), "sgd", 0.1, seed=5)
+    assert len(graph_hist) == len(eager_hist)
+    assert torch.allclose(graph_model.fc.weight, eager_model.fc.weight, atol=1e-5)
