@@ -163,12 +163,13 @@ def fit(
         else:
             with _threads(1):  # batch-64 ops are too small to share: OpenMP hand-offs cost more than they save
                 run_epoch(lambda s: _set_lr(opt, rates[base + s]))
-        _raise_if_diverged(step_losses, epoch, optimizer, lr)
         if graphed and graph is None and epoch < cfg.epochs:
+            # Capturing records kernels without running them: the weights stay as epoch `epoch` left them.
             graph = torch.cuda.CUDAGraph()
             torch.cuda.synchronize()
             with torch.cuda.graph(graph):
                 run_epoch(lambda s: lr_now.copy_(epoch_rates[s]))
+        _raise_if_diverged(step_losses, epoch, optimizer, lr)
         train_loss, train_acc = loss_and_accuracy(model, x, y)
         val_loss, val_acc = loss_and_accuracy(model, val_x, val_y)
         history.append(
