@@ -7,9 +7,10 @@ and nothing in the inner loop reads a value back to the host.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -35,9 +36,15 @@ class EpochRecord:
     val_loss: float
     val_accuracy: float
     lr: float
+    # Wall time of the epoch (steps and both evaluation passes). Not logged and not compared:
+    # it varies run to run, and the log and metrics must not.
+    seconds: float = field(default=0.0, compare=False)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The loggable fields (everything but the wall time)."""
+        row = asdict(self)
+        del row["seconds"]
+        return row
 
 
 def make_optimizer(
@@ -150,6 +157,7 @@ def fit(
             step_losses[step] = loss.detach()
 
     for epoch in range(1, cfg.epochs + 1):
+        started = time.perf_counter()
         model.train()
         base = (epoch - 1) * steps
         perm = torch.randperm(n, generator=order).to(device)
@@ -172,9 +180,8 @@ def fit(
         _raise_if_diverged(step_losses, epoch, optimizer, lr)
         train_loss, train_acc = loss_and_accuracy(model, x, y)
         val_loss, val_acc = loss_and_accuracy(model, val_x, val_y)
-        history.append(
-            EpochRecord(epoch, float(train_loss), float(train_acc), float(val_loss), float(val_acc), rates[epoch * steps])
-        )
+        scores = [float(v) for v in (train_loss, train_acc, val_loss, val_acc)]  # the epoch's one wait for the device
+        history.append(EpochRecord(epoch, *scores, rates[epoch * steps], time.perf_counter() - started))
         if stopper.update(epoch, history[-1].val_accuracy, model):
             break
     stopper.restore(model)
