@@ -63,12 +63,13 @@ def make_optimizer(
         {"params": [model.fc.weight], "weight_decay": weight_decay},
         {"params": [model.fc.bias], "weight_decay": 0.0},
     ]
-    extra = {"fused": True} if fused else {}
+    # foreach: one op for both tensors instead of a Python loop over them (a few % off a CPU epoch)
+    extra = {"fused": True} if fused else {"foreach": True}
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, **extra)
     if name == "adam":
         # capturable keeps Adam's step count on the device, as graph capture requires
-        return torch.optim.Adam(groups, lr=lr, **({"fused": True, "capturable": True} if fused else {}))
+        return torch.optim.Adam(groups, lr=lr, **({"fused": True, "capturable": True} if fused else extra))
     raise MnistlrError(f"optimizer {name!r} is not accepted; accepted: {', '.join(OPTIMIZERS)}")
 
 
