@@ -9,13 +9,10 @@ import pandas as pd
 
 from mnistlr import atomic, report_review
 from mnistlr.evaluation import top_confusions
+from mnistlr.expectations import EXPECTED_BY_FRACTION, EXPECTED_BY_NOISE, EXPECTED_BY_OPTIMIZER
 from mnistlr.params import Params
 from mnistlr.study_report import calibration_and_studies_lines
 
-# The tutorial's (the seed's) expected test accuracy, in %.
-EXPECTED_BY_FRACTION = {0.1: (80.0, 85.0), 0.25: (87.0, 89.0), 0.5: (90.0, 91.0), 1.0: (92.0, 93.0)}
-EXPECTED_BY_NOISE = {0.1: (88.0, 89.0)}  # on the full training set
-EXPECTED_BY_OPTIMIZER = {"sgd": (91.0, 92.0), "adam": (92.0, 93.0)}
 
 
 def expected_range(fraction: float, noise: float) -> tuple[float, float] | None:

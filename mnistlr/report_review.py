@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from mnistlr import atomic
+from mnistlr.expectations import EXPECTED_BY_OPTIMIZER
 from mnistlr.params import Params
 
 NOISE_FIGURE = "noise.png"
@@ -106,6 +107,10 @@ def experiments_section(experiments_dir: Path, report_dir: Path) -> list[str]:
         best = max if not metric.endswith("loss") else min
         by_opt = runs.groupby("optimizer")[metric].agg([best, "count"]).reset_index()
         by_opt.columns = ["optimizer", f"best {metric}", "runs"]
+        if metric == "test.accuracy":  # the tutorial's ranges are test accuracies
+            by_opt["tutorial expects (%)"] = [
+                "{:g}-{:g}".format(*EXPECTED_BY_OPTIMIZER[o]) if o in EXPECTED_BY_OPTIMIZER else "-" for o in by_opt["optimizer"]
+            ]
         lines += ["Optimizer comparison:", "", by_opt.to_markdown(index=False, floatfmt=".4f"), ""]
     else:
         lines += [runs.to_markdown(index=False, floatfmt=".4f"), ""]
