@@ -27,7 +27,7 @@ test: $(STAMP)
 
 # Tutorial loop vs trainer, cold and no-op `dvc repro`, peak RSS per stage (a measurement, not a test).
 bench: $(STAMP)
-	$(BIN)/python bench/benchmark.py --out bench/results/latest.json
+	$(BIN)/python bench/benchmark.py --out bench/results/latest.json | tee bench/results/latest.md
 
 # Pull-request review (also run by .github/workflows/review.yml): run the pipeline,
 # write reports/review.md (params and metrics diffs against BASE, figures), then
