@@ -228,4 +228,4 @@ def test_sigkill_during_train_leaves_no_complete_output_and_repro_recovers(tmp_p
     again = dvc("repro", cwd=project, env=env)
     assert "Running stage 'train@full'" in again.stdout and "Running stage 'prepare'" not in again.stdout
     assert (project / "models" / "full.pt").is_file() and (project / "metrics" / "full.json").is_file()
-    assert "up to date" in dvc("status", cwd=project, env=env).stdout
+    assert "up to date" in dvc("status", "dvc.yaml", cwd=project, env=env).stdout
