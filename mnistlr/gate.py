@@ -24,6 +24,14 @@ class Change:
         return (self.old - self.new) if self.higher_is_better else (self.new - self.old)
 
 
+LOWER_IS_BETTER = ("loss", "ece", "nll")
+
+
+def higher_is_better(metric: str) -> bool:
+    """Losses and calibration errors fall when things improve; accuracy, F1 and the rest rise."""
+    return not metric.endswith(LOWER_IS_BETTER)
+
+
 def variant_of(metrics_path: str) -> str:
     """'metrics/full.json' -> 'full'."""
     return Path(metrics_path).stem
@@ -35,8 +43,7 @@ def changes(diff: dict, metric: str) -> list[Change]:
     for path, entries in sorted(diff.get("diff", diff).items()):
         if metric in entries:
             e = entries[metric]
-            # losses fall when things improve; every other metric here (accuracy, f1, ...) rises
-            out.append(Change(variant_of(path), e.get("old"), e.get("new"), not metric.endswith("loss")))
+            out.append(Change(variant_of(path), e.get("old"), e.get("new"), higher_is_better(metric)))
     if not out:
         known = sorted({k for entries in diff.get("diff", diff).values() for k in entries})
         raise MnistlrError(f"metric {metric!r} is in no metrics file; accepted: {', '.join(known) or 'none found'}")

@@ -31,6 +31,14 @@ def test_gate_passes_within_allowance_and_for_new_variants():
     assert ok and line.startswith("gate passed")
 
 
+@pytest.mark.parametrize("metric", ["test.ece", "val.nll"])
+def test_gate_treats_calibration_error_and_nll_as_lower_is_better(metric):
+    worse = {"metrics/full.json": {metric: {"old": 0.010, "new": 0.020}}}
+    better = {"metrics/full.json": {metric: {"old": 0.020, "new": 0.010}}}
+    assert not gate.verdict(gate.changes(worse, metric), metric, 0.005, "main")[0]
+    assert gate.verdict(gate.changes(better, metric), metric, 0.005, "main")[0]
+
+
 def test_gate_treats_loss_as_lower_is_better():
     d = {"metrics/full.json": {"test.loss": {"old": 0.30, "new": 0.35}}}
     ok, line = gate.verdict(gate.changes(d, "test.loss"), "test.loss", 0.01, "main")
