@@ -181,7 +181,7 @@ def fit(
         _raise_if_diverged(step_losses, epoch, optimizer, lr)
         train_loss, train_acc = loss_and_accuracy(model, x, y)
         val_loss, val_acc = loss_and_accuracy(model, val_x, val_y)
-        scores = [float(v) for v in (train_loss, train_acc, val_loss, val_acc)]  # with the divergence check, the only host syncs of an epoch
+        scores = [float(v) for v in (train_loss, train_acc, val_loss, val_acc)]  # the epoch's one wait for the device
         history.append(EpochRecord(epoch, *scores, rates[epoch * steps], time.perf_counter() - started))
         if stopper.update(epoch, history[-1].val_accuracy, model):
             break
