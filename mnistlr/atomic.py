@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -54,12 +56,11 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def save_torch(path: str | Path, obj: Any) -> None:
-    """torch.save atomically (tensors and plain containers only, loadable with weights_only)."""
-    import torch
-
+def write_arrays(path: str | Path, **arrays: Any) -> None:
+    """Write named arrays as one uncompressed .npz atomically (readable by numpy, no pickle)."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a bare temp name
+            np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
 
 
 def save_figure(fig: Any, path: str | Path, **kwargs: Any) -> None:

@@ -1,48 +1,61 @@
-"""The model: one linear layer, 784 pixels -> 10 raw class scores."""
+"""The trained model as a file: weights, bias and the preprocessing its inputs went through.
+
+A model is `logits = x @ weight.T + bias` on inputs normalized with its own mean and std.
+It is stored as an .npz of plain arrays (no pickle), so evaluate, report and predict use it
+with numpy alone; only training (mnistlr.train) builds the torch module.
+"""
 
 from __future__ import annotations
 
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torch import nn
+import numpy as np
 
 from mnistlr import atomic
+from mnistlr.data import IMAGE_SIDE, IN_FEATURES, NUM_CLASSES
 from mnistlr.errors import MnistlrError
 
-IN_FEATURES = 28 * 28
-NUM_CLASSES = 10
+FIELDS = ("weight", "bias", "mean", "std", "image_side")
 
 
-class LogisticRegression(nn.Module):
-    """Multinomial logistic regression. Returns raw logits: CrossEntropyLoss applies log-softmax itself."""
+@dataclass(frozen=True)
+class Model:
+    """Multinomial logistic regression: one linear map from 784 normalized pixels to 10 raw class scores."""
 
-    def __init__(self, in_features: int = IN_FEATURES, num_classes: int = NUM_CLASSES) -> None:
-        super().__init__()
-        self.fc = nn.Linear(in_features, num_classes)
+    weight: np.ndarray  # float32 [10, 784]
+    bias: np.ndarray  # float32 [10]
+    mean: float  # inputs are (pixel / 255 - mean) / std
+    std: float
+    image_side: int = IMAGE_SIDE
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # [B, 28, 28] or [B, 784] -> [B, 784]; a view, no copy.
-        return self.fc(x.flatten(1))
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Raw class scores [N, 10] of normalized inputs [N, 784] (or [N, 28, 28])."""
+        return np.asarray(x, dtype=np.float32).reshape(len(x), -1) @ self.weight.T + self.bias
+
+    def save(self, path: str | Path) -> None:
+        """Write the model atomically as an .npz of plain arrays."""
+        atomic.write_arrays(path, weight=self.weight, bias=self.bias, mean=np.float64(self.mean),
+                            std=np.float64(self.std), image_side=np.int64(self.image_side))
 
 
-def save_model(model: LogisticRegression, path: str | Path) -> None:
-    """Save the state_dict (CPU tensors only), atomically."""
-    atomic.save_torch(path, {k: v.detach().cpu() for k, v in model.state_dict().items()})
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> LogisticRegression:
-    """Load a saved state_dict with weights_only=True: a pickle that runs code is refused."""
+def load_model(path: str | Path) -> Model:
+    """Read a model written by the train stage; anything else is a one-line error naming what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise MnistlrError(f"no model at {path}; run the train stage first (dvc repro) or pass --model")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise MnistlrError(f"no model at {path}; run the train stage first") from None
-    except Exception as exc:  # noqa: BLE001 - torch raises several types for a bad file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MnistlrError(f"{path}: not a loadable weights-only checkpoint ({first})") from None
-    model = LogisticRegression().to(device)
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        raise MnistlrError(f"{path}: not a LogisticRegression state_dict ({str(exc).splitlines()[0]})") from None
-    return model.eval()
+        with np.load(path, allow_pickle=False) as blob:
+            arrays = {k: blob[k] for k in blob.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise MnistlrError(f"{path}: not a model file written by the train stage ({first})") from None
+    missing = [k for k in FIELDS if k not in arrays]
+    if missing:
+        raise MnistlrError(f"{path}: model file lacks {', '.join(missing)}; retrain it with the train stage")
+    weight, bias = arrays["weight"].astype(np.float32), arrays["bias"].astype(np.float32)
+    if weight.shape != (NUM_CLASSES, IN_FEATURES) or bias.shape != (NUM_CLASSES,):
+        raise MnistlrError(f"{path}: weight {weight.shape} and bias {bias.shape}; expected "
+                           f"({NUM_CLASSES}, {IN_FEATURES}) and ({NUM_CLASSES},)")
+    return Model(weight, bias, float(arrays["mean"]), float(arrays["std"]), int(arrays["image_side"]))

@@ -1,29 +1,314 @@
-"""The pull-request review page: params and metrics diffs against a base revision, the gate verdict, figures."""
+"""Reviewing results: experiment comparison, the regression gate and the pull-request review page.
+
+All three read DVC's own view of the results through its command line (`dvc exp show`,
+`dvc metrics diff`, `dvc params diff`), whose JSON output is its stable interface.
+"""
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import pandas as pd
 
 from mnistlr import atomic
-from mnistlr.dvc_cli import dvc_json, run_dvc
-from mnistlr.gate import run_gate, variant_of
+from mnistlr.errors import MnistlrError
+from mnistlr.metrics import LOWER_IS_BETTER, higher_is_better
 
+HEADLINE = ("test.accuracy", "test.loss", "val.accuracy")
 # Lets the CI find and update its one comment instead of adding a new one per push.
 MARKER = "<!-- mnistlr-review -->"
-HEADLINE_METRICS = ("test.accuracy", "test.loss", "val.accuracy")
+
+
+# --- dvc -------------------------------------------------------------------------------------------
+
+
+def dvc_exe() -> str:
+    """The dvc beside this Python (the venv's), else the one on PATH."""
+    beside = Path(sys.executable).with_name("dvc")
+    return str(beside) if beside.is_file() else (shutil.which("dvc") or "dvc")
+
+
+def run_dvc(*args: str, cwd: str | Path = ".") -> str:
+    """stdout of `dvc ARGS`; a non-zero exit becomes an MnistlrError with dvc's last error line."""
+    proc = subprocess.run([dvc_exe(), *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        raise MnistlrError(f"`dvc {' '.join(args)}` failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
+    return proc.stdout
+
+
+def dvc_json(*args: str, cwd: str | Path = ".") -> Any:
+    """Parsed JSON output of `dvc ARGS --json`."""
+    out = run_dvc(*args, "--json", cwd=cwd)
+    return json.loads(out) if out.strip() else {}
+
+
+def variant_of(metrics_path: str) -> str:
+    """'metrics/full.json' -> 'full'."""
+    return Path(metrics_path).stem
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def fmt(value: float | None) -> str:
+    """A metric value for a table: four decimals, '-' when absent."""
+    return "-" if value is None else f"{value:.4f}"
+
+
+# --- compare ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One committed baseline or experiment: its params and every variant's metrics."""
+
+    name: str
+    rev: str
+    params: dict[str, Any]
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # variant -> flat metrics
+
+
+def _run(name: str, data: dict) -> Run | None:
+    files = data.get("metrics") or {}
+    params = (data.get("params") or {}).get("params.yaml", {}).get("data")
+    by_variant = {variant_of(path): flatten(f["data"]) for path, f in files.items() if f.get("data")}
+    if not by_variant or params is None:
+        return None  # queued or failed: nothing to compare
+    return Run(name=name, rev=data["rev"], params=flatten(params), metrics=by_variant)
+
+
+def runs_from_exp_show(show: list[dict]) -> list[Run]:
+    """Baselines (commits) and their experiments from `dvc exp show --json`; the workspace is skipped
+    because its curves are not in git."""
+    runs = []
+    for commit in show:
+        if commit.get("rev") == "workspace":
+            continue
+        base = _run(commit.get("name") or commit["rev"][:7], commit.get("data") or {})
+        if base:
+            runs.append(base)
+        for exp in commit.get("experiments") or []:
+            for r in exp.get("revs") or []:
+                run = _run(r.get("name") or r["rev"][:7], r.get("data") or {})
+                if run:
+                    runs.append(run)
+    return runs
+
+
+def param_text(v: Any) -> str:
+    """A param value as text; numbers in %g so `-S x=0` (an int) and params.yaml's 0.0 read alike."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f"{float(v):g}"
+    return str(v)
+
+
+def differing_params(runs: list[Run]) -> list[str]:
+    """Param keys whose value is not the same in every run (the variants list is left out)."""
+    keys = sorted({k for r in runs for k in r.params if not k.startswith("variants.")})
+    return [k for k in keys if len({param_text(r.params.get(k)) for r in runs}) > 1]
+
+
+def comparison_table(runs: list[Run], variant: str, metric: str) -> pd.DataFrame:
+    """One row per run with `variant`'s metrics: name, rev, the differing params, the headline metrics;
+    best `metric` first."""
+    runs = [r for r in runs if variant in r.metrics]
+    if not runs:
+        raise MnistlrError(f"no committed run or experiment has metrics/{variant}.json; check --variant "
+                           "(a name under `variants` in params.yaml) or run experiments first, e.g. "
+                           "dvc exp run --queue -S 'optimizer=sgd,adam' && dvc queue start")
+    if not any(metric in r.metrics[variant] for r in runs):
+        known = sorted({k for r in runs for k in r.metrics[variant]})
+        raise MnistlrError(f"metric {metric!r} not in the experiments' metrics; accepted: {', '.join(known)}")
+    diff = differing_params(runs)
+    cols = list(dict.fromkeys([metric, *HEADLINE]))
+    rows = [{"run": r.name, "rev": r.rev[:7], **{k: param_text(r.params.get(k)) for k in diff},
+             **{m: r.metrics[variant].get(m) for m in cols}} for r in runs]
+    return (pd.DataFrame(rows).sort_values(metric, ascending=not higher_is_better(metric), kind="stable",
+                                           na_position="last").reset_index(drop=True))
+
+
+def terminal_table(runs: list[Run], metric: str = "test.accuracy") -> str:
+    """Plain text for the terminal: each run, the params that differ, and `metric` of every variant."""
+    diff = differing_params(runs)
+    variants = list(dict.fromkeys(v for r in runs for v in r.metrics))
+    rows = [{"run": r.name, **{k: param_text(r.params.get(k)) for k in diff},
+             **{v: fmt(r.metrics.get(v, {}).get(metric)) for v in variants}} for r in runs]
+    return f"{metric} of every variant:\n" + pd.DataFrame(rows).to_string(index=False)
+
+
+def curves_at(rev: str, variant: str, cwd: str | Path = ".") -> pd.DataFrame | None:
+    """plots/train/<variant>.csv as committed in `rev` (experiments commit it: it is cache: false)."""
+    proc = subprocess.run(["git", "show", f"{rev}:plots/train/{variant}.csv"], cwd=cwd, capture_output=True, text=True)
+    return pd.read_csv(io.StringIO(proc.stdout)) if proc.returncode == 0 and proc.stdout.strip() else None
+
+
+def run_label(row: pd.Series, diff: list[str]) -> str:
+    """'name (optimizer=adam, train.weight_decay=0.0001)'."""
+    shown = ", ".join(f"{k}={row[k]}" for k in diff)
+    return f"{row['run']} ({shown})" if shown else str(row["run"])
+
+
+def _md(df: pd.DataFrame) -> str:
+    """Markdown with floats at 4 decimals and everything else verbatim (params stay as written)."""
+    shown = df.apply(lambda col: col.map(lambda v: f"{v:.4f}" if isinstance(v, float) else v))
+    return shown.to_markdown(index=False, disable_numparse=True)
+
+
+def grid_markdown(table: pd.DataFrame, diff: list[str], metric: str) -> str | None:
+    """For a two-param sweep: `metric` in a grid (rows: first param, columns: second); best run per cell."""
+    if len(diff) != 2:
+        return None
+    grid = table.pivot_table(index=diff[0], columns=diff[1], values=metric,
+                             aggfunc="max" if higher_is_better(metric) else "min")
+    grid.columns = [f"{diff[1]}={c}" for c in grid.columns]
+    return _md(grid.reset_index())
+
+
+def comparison_markdown(table: pd.DataFrame, diff: list[str], variant: str, metric: str, figure_name: str) -> str:
+    """The comparison page."""
+    grid = grid_markdown(table, diff, metric)
+    return "\n".join([
+        "# Experiment comparison",
+        "",
+        f"Variant `{variant}`, sorted by `{metric}` (best first). Params columns: those that differ between runs"
+        f" ({', '.join(f'`{k}`' for k in diff) or 'none'}). Written by `mnistlr compare`.",
+        "",
+        _md(table),
+        "",
+        *([f"`{metric}` over the sweep grid:", "", grid, ""] if grid else []),
+        f"![{metric} per run and validation curves overlaid]({figure_name})",
+        "",
+    ])
+
+
+def compare_experiments(out_dir: str | Path, variant: str = "full", metric: str = "test.accuracy",
+                        revs: list[str] | None = None, all_commits: bool = False,
+                        cwd: str | Path = ".") -> tuple[pd.DataFrame, str]:
+    """Read the experiments through dvc, write out_dir/compare.{md,json,png}; return the table and the
+    terminal summary (every variant's `metric` per run)."""
+    from mnistlr import figures
+
+    args = ["exp", "show"] + (["--all-commits"] if all_commits else [a for r in revs or [] for a in ("--rev", r)])
+    runs = runs_from_exp_show(dvc_json(*args, cwd=cwd))
+    table = comparison_table(runs, variant, metric)
+    with_variant = [r for r in runs if variant in r.metrics]
+    diff = differing_params(with_variant)
+    out_dir = Path(out_dir)
+    labels = [run_label(row, diff) for _, row in table.iterrows()]
+    by_name = {r.name: r for r in with_variant}
+    curves = {lab: c for lab, name in zip(labels, table["run"])
+              if (c := curves_at(by_name[name].rev, variant, cwd)) is not None}
+    figures.save(figures.comparison_figure(labels, table[metric].tolist(), metric, curves), out_dir / "compare.png")
+    atomic.write_json(out_dir / "compare.json", {"variant": variant, "metric": metric, "differing_params": diff,
+                                                 "runs": table.to_dict("records")})
+    atomic.write_text(out_dir / "compare.md", comparison_markdown(table, diff, variant, metric, "compare.png"))
+    return table, terminal_table(runs, metric)
+
+
+# --- the gate --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Change:
+    """One variant's metric, base against workspace."""
+
+    variant: str
+    old: float | None
+    new: float | None
+    higher_is_better: bool = True
+
+    @property
+    def compared(self) -> bool:
+        return self.old is not None and self.new is not None
+
+    @property
+    def drop(self) -> float:
+        """How much worse the new value is (negative: better); 0 when either side is missing."""
+        if not self.compared:
+            return 0.0
+        return (self.old - self.new) if self.higher_is_better else (self.new - self.old)
+
+
+def changes(diff: dict, metric: str) -> list[Change]:
+    """One Change per metrics file that has `metric`, from `dvc metrics diff --all --json` output."""
+    entries_by_path = diff.get("diff", diff)
+    out = [Change(variant_of(path), e[metric].get("old"), e[metric].get("new"), higher_is_better(metric))
+           for path, e in sorted(entries_by_path.items()) if metric in e]
+    if not out:
+        known = sorted({k for entries in entries_by_path.values() for k in entries})
+        raise MnistlrError(f"metric {metric!r} is in no metrics file; accepted: {', '.join(known) or 'none found'}")
+    return out
+
+
+def gate_verdict(found: list[Change], metric: str, max_drop: float, base: str) -> tuple[bool, str]:
+    """(passed, one-line reason). A variant new on the branch (no base value) passes and is named."""
+    failed = sorted((c for c in found if c.drop > max_drop + 1e-12), key=lambda c: -c.drop)
+    new = [c.variant for c in found if c.old is None and c.new is not None]
+    new_note = f"; new on this branch (no {base} value): {', '.join(new)}" if new else ""
+    if failed:
+        parts = [f"{c.variant} {metric} worsened from {c.old:.4f} ({base}) to {c.new:.4f} (workspace), "
+                 f"drop {c.drop:.4f}" for c in failed]
+        return False, f"gate FAILED (max drop {max_drop:g}): " + "; ".join(parts) + new_note
+    compared = [c for c in found if c.compared]
+    if compared:
+        worst = max(compared, key=lambda c: c.drop)
+        detail = f"largest drop {worst.variant} {worst.old:.4f} -> {worst.new:.4f}"
+    else:
+        detail = f"no variant has a {base} value to compare"
+    return True, (f"gate passed: {metric} of {len(compared)} variant(s) within {max_drop:g} of {base} "
+                  f"({detail}){new_note}")
+
+
+def run_gate(base: str, metric: str, max_drop: float, cwd: str | Path = ".") -> tuple[bool, str]:
+    """Compare the workspace's metrics with `base`'s through `dvc metrics diff`."""
+    if max_drop < 0:
+        raise MnistlrError(f"--max-drop {max_drop} is negative; accepted: a number >= 0")
+    found = changes(dvc_json("metrics", "diff", base, "--all", cwd=cwd), metric)
+    return gate_verdict(found, metric, max_drop, base)
+
+
+GATE_METRIC_HELP = (f"key in metrics/<variant>.json, e.g. test.accuracy; lower is better for names ending in "
+                    f"{', '.join(LOWER_IS_BETTER)} (test.loss, val.loss, test.ece), higher for the rest")
+
+
+# --- the review page -------------------------------------------------------------------------------
+
+
+def accuracy_table(diff: dict, base: str) -> str:
+    """Markdown: every variant's test accuracy, base -> workspace, and the change in points."""
+    rows = [f"| variant | test accuracy ({base}) | test accuracy (workspace) | change (points) |",
+            "|---|---:|---:|---:|"]
+    for path, entries in sorted(diff.items(), key=lambda kv: (variant_of(kv[0]) != "full", kv[0])):
+        e = entries.get("test.accuracy")
+        if e is None:
+            continue
+        old, new = e.get("old"), e.get("new")
+        change = "-" if old is None or new is None else f"{100 * (new - old):+.2f}"
+        rows.append(f"| {variant_of(path)} | {fmt(old)} | {fmt(new)} | {change} |")
+    return "\n".join(rows)
 
 
 def headline_table(diff: dict, base: str) -> str:
-    """Markdown table of the headline metrics per variant: base, workspace, change."""
+    """Markdown table of every headline metric per variant: base, workspace, change."""
     rows = [f"| variant | metric | {base} | workspace | change |", "|---|---|---:|---:|---:|"]
     for path, entries in sorted(diff.items()):
-        for key in HEADLINE_METRICS:
-            e = entries.get(key)
-            if e is None:
-                continue
+        for key, e in entries.items():
             old, new = e.get("old"), e.get("new")
-            fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
             change = "-" if old is None or new is None else f"{new - old:+.4f}"
             rows.append(f"| {variant_of(path)} | {key} | {fmt(old)} | {fmt(new)} | {change} |")
     return "\n".join(rows)
@@ -40,31 +325,25 @@ def figure_links(out_dir: Path, figures_dir: Path, reference: str) -> list[str]:
 
 def build_review(base: str, out: str | Path, metric: str = "test.accuracy", max_drop: float = 0.002,
                  figures_dir: str | Path = "reports/figures", reference: str = "full", cwd: str | Path = ".") -> str:
-    """Write the review markdown to `out` and return it (the gate verdict is reported, not raised)."""
+    """Write the review markdown to `out` and return it (the gate's verdict is reported, not raised)."""
     out = Path(out)
     params_md = run_dvc("params", "diff", base, "--md", cwd=cwd).strip()
-    metrics_md = run_dvc("metrics", "diff", base, "--md", cwd=cwd).strip()
     diff_all = dvc_json("metrics", "diff", base, "--all", cwd=cwd)
+    diff_all = diff_all.get("diff", diff_all)
     passed, gate_line = run_gate(base, metric, max_drop, cwd=cwd)
     lines = [
         MARKER,
-        f"## mnistlr review against `{base}`",
+        f"**{'Passed' if passed else 'FAILED'}** against `{base}`: {gate_line}",
         "",
-        f"**Regression gate** ({'passed' if passed else 'FAILED'}): `{gate_line}`",
+        accuracy_table(diff_all, base),
         "",
-        f"### Params changed (`dvc params diff {base} --md`)",
+        f"### Params changed (`dvc params diff {base}`)",
         "",
         params_md or "No params changed.",
         "",
-        f"### Headline metrics (workspace vs `{base}`)",
+        "<details><summary>every headline metric, base and workspace</summary>",
         "",
         headline_table(diff_all, base),
-        "",
-        f"### Metrics changed (`dvc metrics diff {base} --md`)",
-        "",
-        "<details><summary>every changed metric</summary>",
-        "",
-        metrics_md or "No metrics changed.",
         "",
         "</details>",
         "",

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from mnistlr.cli_support import user_errors
+from mnistlr.errors import user_errors
 from mnistlr.evaluate import evaluate
 from mnistlr.params import load_params
 
@@ -17,13 +17,14 @@ def main(
     variant: str = typer.Option(..., help="variant name from params.yaml"),
     params: Path = typer.Option("params.yaml", help="params file"),
     prepared: Path = typer.Option("data/prepared", help="output folder of the prepare stage"),
-    model: Path = typer.Option(..., help="state_dict written by the train stage"),
-    metrics: Path = typer.Option(..., help="metrics JSON to write"),
+    model: Path = typer.Option(..., help="model written by the train stage (.npz)"),
+    metrics: Path = typer.Option(..., help="headline metrics JSON to write (what dvc metrics diff shows)"),
+    details: Path = typer.Option(..., help="details JSON to write: per-class scores, weight norms, reliability bins"),
     predictions: Path = typer.Option(..., help="test-set actual,predicted CSV to write"),
     figures: Path = typer.Option(..., help="folder for confusion.png, weights.png and reliability.png"),
 ) -> None:
-    """Write metrics JSON, test predictions, a confusion-matrix figure and the weight grid."""
-    m = evaluate(load_params(params), variant, prepared, model, metrics, predictions, figures)
+    """Write metrics and details JSON, test predictions, and the confusion, weight and reliability figures."""
+    m = evaluate(load_params(params), variant, prepared, model, metrics, details, predictions, figures)
     typer.echo(f"{variant}: test accuracy {m['test']['accuracy']:.4f} test loss {m['test']['loss']:.4f}")
 
 

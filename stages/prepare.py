@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from mnistlr.cli_support import user_errors
+from mnistlr.errors import user_errors
 from mnistlr.params import load_params
 from mnistlr.prepare import prepare
 

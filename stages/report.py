@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from mnistlr.cli_support import user_errors
+from mnistlr.errors import user_errors
 from mnistlr.params import load_params
 from mnistlr.report import build_report
 
@@ -15,7 +15,8 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 @user_errors
 def main(
     params: Path = typer.Option("params.yaml", help="params file"),
-    metrics: Path = typer.Option("metrics", help="folder of <variant>.json metrics"),
+    metrics: Path = typer.Option("metrics", help="folder of <variant>.json headline metrics"),
+    details: Path = typer.Option("reports/details", help="folder of <variant>.json evaluation details"),
     summaries: Path = typer.Option("data/prepared/variants", help="folder of <variant>.json data summaries"),
     curves: Path = typer.Option("plots/train", help="folder of <variant>.csv learning curves"),
     predictions: Path = typer.Option("plots/predictions", help="folder of <variant>.csv test predictions"),
@@ -24,7 +25,7 @@ def main(
     experiments: Path = typer.Option("experiments", help="folder of the committed `mnistlr compare` output"),
 ) -> None:
     """Write the report: results table against the tutorial's numbers, curves, confusions, weights."""
-    build_report(load_params(params), metrics, summaries, curves, predictions, out,
+    build_report(load_params(params), metrics, details, summaries, curves, predictions, out,
                  prepared_dir=prepared, experiments_dir=experiments)
     typer.echo(f"wrote {out}")
 

@@ -5,8 +5,9 @@ from typing import Optional
 
 import typer
 
-from mnistlr.cli_support import user_errors
+from mnistlr.errors import user_errors
 from mnistlr.params import load_params
+from mnistlr.studies import run_study
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -22,11 +23,6 @@ def main(
     optimum: Optional[Path] = typer.Option(None, help="sweep: the optimum study's JSON"),
 ) -> None:
     """Run STUDY with the studies section of params.yaml."""
-    import torch
-
-    torch.set_num_threads(1)  # small matmuls: on a shared 2-core box one thread ran SGD 2.4x faster than two
-    from mnistlr.studies import run_study
-
     run_study(study, load_params(params), prepared, out, figure, optimum)
     typer.echo(f"{study}: wrote {out}")
 

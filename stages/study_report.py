@@ -4,8 +4,8 @@ from pathlib import Path
 
 import typer
 
-from mnistlr.cli_support import user_errors
-from mnistlr.study_report import write_studies_report
+from mnistlr.errors import user_errors
+from mnistlr.studies import write_studies_report
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from mnistlr.cli_support import user_errors
+from mnistlr.errors import user_errors
 from mnistlr.params import load_params
 from mnistlr.train import train
 
@@ -17,7 +17,7 @@ def main(
     variant: str = typer.Option(..., help="variant name from params.yaml"),
     params: Path = typer.Option("params.yaml", help="params file"),
     prepared: Path = typer.Option("data/prepared", help="output folder of the prepare stage"),
-    model: Path = typer.Option(..., help="where to save the state_dict"),
+    model: Path = typer.Option(..., help="where to save the model (.npz: weights, bias, normalization)"),
     log: Path = typer.Option(..., help="per-epoch learning-curve CSV"),
 ) -> None:
     """Train on VARIANT with the optimizer and hyperparameters in params.yaml."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +14,17 @@ import numpy as np
 import pytest
 import yaml
 
-from mnistlr.idx import encode_idx
-from mnistlr.sources import CANONICAL_MD5, MD5SUMS_ENV, MIRROR_ENV, file_md5
+from mnistlr.data import CANONICAL_MD5, MD5SUMS_ENV, MIRROR_ENV, file_md5
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def encode_idx(array: np.ndarray) -> bytes:
+    """uint8 array -> IDX bytes (the format of the MNIST files), to write synthetic mirrors and bad files."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    magic = 0x00000800 | array.ndim
+    return struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.tobytes()
 
 
 def real_mirror_dir() -> Path | None:
