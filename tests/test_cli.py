@@ -1,8 +1,9 @@
-"""The command line: --help everywhere, exit 0 on success, one line and exit 1 on a user's mistake (issue 5)."""
+"""The command line: --help everywhere, exit 0 on success, one line and exit 1 on a user's mistake."""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import pytest
 import yaml
 
 from mnistlr import __version__
-from mnistlr.sources import MD5SUMS_ENV, MIRROR_ENV
+from mnistlr.data import MD5SUMS_ENV, MIRROR_ENV
+from mnistlr.model import load_model
 from tests.conftest import REPO, write_mirror
 
 STAGES = sorted(p.name for p in (REPO / "stages").glob("*.py"))
@@ -65,10 +67,21 @@ def test_mnistlr_command_has_help_and_version():
     assert version.returncode == 0 and version.stdout.strip() == __version__, version.stderr
 
 
-@pytest.mark.parametrize("name,extra", [("train.py", ["--log", "x.csv"]), ("evaluate.py", ["--metrics", "m.json", "--predictions", "p.csv", "--figures", "f"])])
+EVALUATE_OUTS = ["--metrics", "m.json", "--details", "d.json", "--predictions", "p.csv", "--figures", "f"]
+
+
+@pytest.mark.parametrize("name,extra", [("train.py", ["--log", "x.csv"]), ("evaluate.py", EVALUATE_OUTS)])
 def test_unknown_variant_is_one_line_naming_it_and_the_known_ones(name, extra, tmp_path):
-    proc = stage(name, "--variant", "ful", "--model", str(tmp_path / "m.pt"), *extra)
+    outs = [a if a.startswith("--") else str(tmp_path / a) for a in extra]
+    proc = stage(name, "--variant", "ful", "--model", str(tmp_path / "m.npz"), *outs)
     assert_one_line_error(proc, "unknown variant 'ful'; params.yaml defines: full, frac10, frac25, frac50, noise10")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_requires_the_details_path():
+    proc = stage("evaluate.py", "--variant", "full", "--model", "m.npz",
+                 *[a for a in EVALUATE_OUTS if a not in ("--details", "d.json")])
+    assert proc.returncode == 2 and "Missing option '--details'" in proc.stderr, proc.stderr
 
 
 def test_bad_params_file_is_one_line_and_debug_shows_the_traceback(tmp_path):
@@ -100,26 +113,63 @@ def prepared(tmp_path_factory, synthetic_mirror):
     return tmp, params
 
 
-def test_train_with_patience_exits_0_and_logs_the_best_epoch(prepared):
+@pytest.fixture(scope="module")
+def trained(prepared):
+    """The train stage run on the prepared folder with patience 2: its exit and output files."""
     tmp, params = prepared
-    out = ["--model", str(tmp / "full.pt"), "--log", str(tmp / "full.csv")]
-    proc = stage("train.py", "--variant", "full", "--params", str(params), "--prepared", str(tmp / "prepared"), *out)
+    out = {"model": tmp / "full.npz", "log": tmp / "full.csv"}
+    proc = stage("train.py", "--variant", "full", "--params", str(params), "--prepared", str(tmp / "prepared"),
+                 "--model", str(out["model"]), "--log", str(out["log"]))
+    return proc, out
+
+
+def test_train_with_patience_exits_0_and_logs_the_best_epoch(trained):
+    proc, out = trained
     assert proc.returncode == 0, proc.stderr
-    rows = list(csv.DictReader((tmp / "full.csv").open()))
-    assert [r["best"] for r in rows].count("1") == 1 and (tmp / "full.pt").is_file()
+    rows = list(csv.DictReader(out["log"].open()))
+    assert [r["best"] for r in rows].count("1") == 1
     # stopped when patience ran out after the best epoch, well before 30 epochs on these easy digits
     best = next(int(r["epoch"]) for r in rows if r["best"] == "1")
     assert len(rows) == best + 2 < 30
+    assert proc.stdout.startswith(f"full: epoch {len(rows)} val accuracy ")
+    model = load_model(out["model"])  # the model carries the params' normalization
+    assert (model.mean, model.std) == (0.1307, 0.3081) and model.weight.shape == (10, 784)
+
+
+def test_evaluate_writes_headline_metrics_and_details(trained, prepared):
+    tmp, params = prepared
+    assert trained[0].returncode == 0, trained[0].stderr
+    out = {k: tmp / "eval" / v for k, v in (("metrics", "m.json"), ("details", "d.json"),
+                                            ("predictions", "p.csv"), ("figures", "fig"))}
+    proc = stage("evaluate.py", "--variant", "full", "--params", str(params), "--prepared", str(tmp / "prepared"),
+                 "--model", str(trained[1]["model"]), *[a for k, p in out.items() for a in (f"--{k}", str(p))])
+    assert proc.returncode == 0 and proc.stdout.startswith("full: test accuracy "), proc.stderr
+    metrics = json.loads(out["metrics"].read_text())
+    assert {k: sorted(v) for k, v in metrics.items()} == {
+        "test": ["accuracy", "ece", "loss"], "val": ["accuracy", "loss"], "weights": ["sparsity"]}
+    assert metrics["test"]["accuracy"] > 0.9  # the synthetic digits are easy
+    assert sorted(json.loads(out["details"].read_text())) == ["classes", "test_reliability", "weights"]
+    assert len(out["predictions"].read_text().splitlines()) == 1 + 300
+    assert sorted(p.name for p in out["figures"].iterdir()) == ["confusion.png", "reliability.png", "weights.png"]
 
 
 def test_diverging_training_is_one_line_and_writes_no_model(prepared):
     tmp, params = prepared
     raw = yaml.safe_load(params.read_text())
     # On these separable digits even lr 1e4 stays finite; 1e38 overflows float32 logits in the first epoch.
-    raw["train"].update(lr={"sgd": 1e38, "adam": 1e-3}, schedule="constant")
+    raw["train"].update(lr={"sgd": 1e38, "adam": 1e-3, "lbfgs": 1.0}, schedule="constant")
     bad = tmp / "huge_lr.yaml"
     bad.write_text(yaml.safe_dump(raw, sort_keys=False))
     proc = stage("train.py", "--variant", "full", "--params", str(bad), "--prepared", str(tmp / "prepared"),
-                 "--model", str(tmp / "diverged.pt"), "--log", str(tmp / "diverged.csv"))
+                 "--model", str(tmp / "diverged.npz"), "--log", str(tmp / "diverged.csv"))
     assert_one_line_error(proc, "training diverged: loss became", "at epoch 1, step", "set train.grad_clip")
-    assert not (tmp / "diverged.pt").exists() and not (tmp / "diverged.csv").exists()
+    assert not (tmp / "diverged.npz").exists() and not (tmp / "diverged.csv").exists()
+
+
+def test_evaluate_without_a_model_says_to_train(prepared):
+    tmp, params = prepared
+    proc = stage("evaluate.py", "--variant", "full", "--params", str(params), "--prepared", str(tmp / "prepared"),
+                 "--model", str(tmp / "none.npz"), *[str(tmp / "none" / a) if not a.startswith("--") else a
+                                                     for a in EVALUATE_OUTS])
+    assert_one_line_error(proc, f"no model at {tmp / 'none.npz'}; run the train stage first")
+    assert not (tmp / "none").exists()

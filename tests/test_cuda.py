@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
 import torch
 
 from mnistlr.params import TrainParams
-from mnistlr.trainer import fit
+from mnistlr.train import LogisticRegression, Optimizer, fit, make_criterion
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -60,3 +61,28 @@ def test_cuda_graph_with_clipping_early_stopping_and_l1_matches_eager():
     eager_model, eager_hist = fit(x, y, x, y, TrainParams(**cfg, cuda_graph=False), "sgd", 0.1, seed=5)
     assert len(graph_hist) == len(eager_hist)
     assert torch.allclose(graph_model.fc.weight, eager_model.fc.weight, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_fused_optimizer_is_bit_identical_to_torch_optims_fused_step(name):
+    torch.manual_seed(0)
+    ours_model = LogisticRegression().cuda()
+    ref_model = copy.deepcopy(ours_model)
+    momentum, weight_decay = (0.9, 1e-2) if name == "sgd" else (0.0, 1e-2)
+    ours = Optimizer(ours_model, name, 0.1, momentum=momentum, weight_decay=weight_decay, fused=True)
+    groups = [{"params": [ref_model.fc.weight], "weight_decay": weight_decay},
+              {"params": [ref_model.fc.bias], "weight_decay": 0.0}]
+    ref = (torch.optim.SGD(groups, lr=0.1, momentum=momentum, fused=True) if name == "sgd"
+           else torch.optim.Adam(groups, lr=0.1, fused=True, capturable=True))  # ours is capturable when fused
+    x, y = _data(320)
+    criterion = make_criterion("ce")
+    for step, lr in enumerate((0.1, 0.05, 0.2, 0.01)):
+        ours.lr = lr
+        for group in ref.param_groups:
+            group["lr"] = lr
+        for model, opt in ((ours_model, ours), (ref_model, ref)):
+            opt.zero_grad()
+            criterion(model(x[step * 64 : (step + 1) * 64]), y[step * 64 : (step + 1) * 64]).backward()
+            opt.step()
+    assert torch.equal(ours_model.fc.weight, ref_model.fc.weight)
+    assert torch.equal(ours_model.fc.bias, ref_model.fc.bias)

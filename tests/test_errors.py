@@ -1,8 +1,7 @@
-"""Bad input gives one early, clear line naming the bad value and what is accepted (issue 5).
+"""Bad input gives one early, clear line naming the bad value and what is accepted.
 
 Params are checked where they are parsed; data faults through `prepare`, which must then
-leave no output folder behind. Cases already covered elsewhere (tests/test_idx.py,
-tests/test_sources.py) are not repeated here.
+leave no output folder behind. Decoder and mirror cases of their own are in tests/test_data.py.
 """
 
 from __future__ import annotations
@@ -12,11 +11,11 @@ import gzip
 import numpy as np
 import pytest
 
-from mnistlr import idx, sources
+from mnistlr import data
 from mnistlr.errors import MnistlrError
 from mnistlr.params import parse_params
 from mnistlr.prepare import prepare
-from tests.conftest import dvc, make_project, project_env, write_mirror
+from tests.conftest import dvc, encode_idx, make_project, project_env, write_mirror
 
 
 def _message(raw: dict) -> str:
@@ -78,9 +77,9 @@ def _tampered_mirror(tmp_path, monkeypatch, name: str, change) -> None:
     mirror = write_mirror(tmp_path / "mirror", n_train=40, n_test=20)
     path = mirror / name
     path.write_bytes(change(path.read_bytes()))
-    (mirror / "MD5SUMS").write_text("".join(f"{sources.file_md5(mirror / n)}  {n}\n" for n in sources.CANONICAL_MD5))
-    monkeypatch.setenv(sources.MIRROR_ENV, str(mirror))
-    monkeypatch.setenv(sources.MD5SUMS_ENV, str(mirror / "MD5SUMS"))
+    (mirror / "MD5SUMS").write_text("".join(f"{data.file_md5(mirror / n)}  {n}\n" for n in data.CANONICAL_MD5))
+    monkeypatch.setenv(data.MIRROR_ENV, str(mirror))
+    monkeypatch.setenv(data.MD5SUMS_ENV, str(mirror / "MD5SUMS"))
 
 
 def _regzip(edit):
@@ -94,9 +93,9 @@ def _regzip(edit):
          r"train-images-idx3-ubyte\.gz: not a readable gzip file \(.*\); delete it and fetch it again"),
         ("t10k-images-idx3-ubyte.gz", lambda b: b"\x00garbage" * 10,
          r"t10k-images-idx3-ubyte\.gz: not a readable gzip file"),
-        ("train-images-idx3-ubyte.gz", _regzip(lambda d: idx.encode_idx(np.zeros(40, dtype=np.uint8))),
+        ("train-images-idx3-ubyte.gz", _regzip(lambda d: encode_idx(np.zeros(40, dtype=np.uint8))),
          r"train-images-idx3-ubyte\.gz: magic number 0x00000801, expected 0x00000803"),
-        ("train-labels-idx1-ubyte.gz", _regzip(lambda d: idx.encode_idx(np.zeros(39, dtype=np.uint8))),
+        ("train-labels-idx1-ubyte.gz", _regzip(lambda d: encode_idx(np.zeros(39, dtype=np.uint8))),
          r"^train: 40 images but 39 labels; the files do not belong together$"),
         ("t10k-labels-idx1-ubyte.gz", _regzip(lambda d: d[:-1] + b"\x0b"),
          r"t10k-labels-idx1-ubyte\.gz: label 11 at index 19 is outside 0-9"),
@@ -115,9 +114,9 @@ def test_broken_mirror_file_fails_prepare_with_one_line_and_writes_nothing(tmp_p
 
 def test_md5_mismatch_fails_prepare_naming_file_and_both_sums(tmp_path, monkeypatch):
     mirror = write_mirror(tmp_path / "mirror", n_train=40, n_test=20)
-    monkeypatch.setenv(sources.MIRROR_ENV, str(mirror))
-    monkeypatch.setenv(sources.MD5SUMS_ENV, str(mirror / "MD5SUMS"))
-    expected = sources.file_md5(mirror / "train-labels-idx1-ubyte.gz")
+    monkeypatch.setenv(data.MIRROR_ENV, str(mirror))
+    monkeypatch.setenv(data.MD5SUMS_ENV, str(mirror / "MD5SUMS"))
+    expected = data.file_md5(mirror / "train-labels-idx1-ubyte.gz")
     path = mirror / "train-labels-idx1-ubyte.gz"
     path.write_bytes(path.read_bytes() + b"\0")
     with pytest.raises(MnistlrError, match=rf"train-labels-idx1-ubyte\.gz: md5 [0-9a-f]{{32}} does not match the expected {expected}"):
@@ -126,19 +125,27 @@ def test_md5_mismatch_fails_prepare_naming_file_and_both_sums(tmp_path, monkeypa
 
 
 def test_failed_download_without_mirror_says_to_set_the_mirror(tmp_path, monkeypatch):
-    import torchvision.datasets.utils as tv_utils
+    import socket
+    import urllib.error
+    import urllib.request
+
+    tried = []
 
     def offline(url, *args, **kwargs):
-        raise OSError(f"<urlopen error [Errno -3] Temporary failure in name resolution>\nwhile fetching {url}")
+        tried.append(url)
+        raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
 
-    monkeypatch.delenv(sources.MIRROR_ENV, raising=False)
-    monkeypatch.delenv(sources.MD5SUMS_ENV, raising=False)
-    monkeypatch.setattr(tv_utils, "download_url", offline)
+    for var in (data.MIRROR_ENV, data.MD5SUMS_ENV, data.URLS_ENV):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(MnistlrError) as info:
-        sources.locate(tmp_path / "raw")
+        data.locate(tmp_path / "raw")
     msg = str(info.value)
+    assert tried == [base + "train-images-idx3-ubyte.gz" for base in data.DOWNLOAD_URLS]
     assert msg.startswith("could not download train-images-idx3-ubyte.gz (")
-    assert "Temporary failure in name resolution" in msg and "\n" not in msg
+    for base in data.DOWNLOAD_URLS:
+        assert f"{base}: <urlopen error [Errno -3] Temporary failure in name resolution>" in msg
+    assert "\n" not in msg
     assert msg.endswith("without internet, set MNISTLR_MNIST_DIR to a folder holding the four MNIST .gz files")
 
 
@@ -152,8 +159,8 @@ def one_variant_project(tmp_path_factory, synthetic_mirror):
 
 
 def test_dvc_exp_run_with_misspelt_key_fails(one_variant_project):
-    # The issue expected DVC to add the key silently; DVC 3 (hydra) refuses an unknown key itself
-    # ("Could not override 'optimzer'"), before any stage runs. Either way: a non-zero exit.
+    # DVC 3 (hydra) refuses to override a key that params.yaml lacks ("Could not override
+    # 'optimzer'"), before any stage runs.
     project, env = one_variant_project
     proc = dvc("exp", "run", "-S", "optimzer=adam", cwd=project, env=env, check=False)
     assert proc.returncode != 0, proc.stdout + proc.stderr
@@ -168,3 +175,26 @@ def test_dvc_exp_run_appending_a_misspelt_key_is_refused_with_a_suggestion(one_v
     assert proc.returncode != 0, out
     assert "error: params.yaml: unknown key 'optimzer' (did you mean 'optimizer'?)" in out, out
     assert "Traceback" not in out
+
+
+# --- how entry points report a user's mistake ----------------------------------------------
+
+
+def test_user_errors_prints_one_line_and_exits_1_unless_debugging(monkeypatch, capsys):
+    from mnistlr.errors import DEBUG_ENV, user_errors
+
+    @user_errors
+    def stage(fail: bool) -> str:
+        if fail:
+            raise MnistlrError("train.lr.sgd = 0 is not accepted")
+        return "done"
+
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    assert stage(False) == "done"
+    with pytest.raises(SystemExit) as info:
+        stage(True)
+    assert info.value.code == 1 and info.value.__cause__ is None and info.value.__suppress_context__
+    assert capsys.readouterr().err == "error: train.lr.sgd = 0 is not accepted\n"
+    monkeypatch.setenv(DEBUG_ENV, "1")
+    with pytest.raises(MnistlrError, match="train.lr.sgd = 0"):
+        stage(True)

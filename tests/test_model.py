@@ -1,0 +1,107 @@
+"""mnistlr.model: the trained model as a file of plain arrays, read back with numpy alone and never unpickled."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mnistlr.errors import MnistlrError
+from mnistlr.model import FIELDS, Model, load_model
+
+
+def _model(seed: int = 0) -> Model:
+    rng = np.random.default_rng(seed)
+    return Model(weight=rng.normal(size=(10, 784)).astype(np.float32), bias=rng.normal(size=10).astype(np.float32),
+                 mean=0.2, std=0.45)
+
+
+def _one_line_error(path) -> str:
+    with pytest.raises(MnistlrError) as info:
+        load_model(path)
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg
+    return msg
+
+
+def test_saved_model_round_trips_with_its_normalization(tmp_path):
+    model = _model()
+    model.save(tmp_path / "m.npz")
+    loaded = load_model(tmp_path / "m.npz")
+    assert np.array_equal(loaded.weight, model.weight) and loaded.weight.dtype == np.float32
+    assert np.array_equal(loaded.bias, model.bias) and loaded.bias.dtype == np.float32
+    assert (loaded.mean, loaded.std, loaded.image_side) == (0.2, 0.45, 28)
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as blob:  # plain arrays, nothing pickled
+        assert sorted(blob.files) == sorted(FIELDS)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]  # written through a temp file, none left over
+
+
+def test_logits_are_the_linear_map_of_flat_or_image_inputs():
+    model = _model()
+    x = np.random.default_rng(1).normal(size=(5, 784)).astype(np.float32)
+    expected = x.astype(np.float64) @ model.weight.T.astype(np.float64) + model.bias
+    assert model.logits(x).shape == (5, 10)
+    np.testing.assert_allclose(model.logits(x), expected, rtol=1e-5, atol=1e-4)
+    assert np.array_equal(model.logits(x.reshape(5, 28, 28)), model.logits(x))
+
+
+def test_trained_torch_module_becomes_the_same_model():
+    import torch
+
+    from mnistlr.train import LogisticRegression, predict_logits
+
+    torch.manual_seed(0)
+    net = LogisticRegression()
+    model = net.to_model(mean=0.1307, std=0.3081)
+    assert np.array_equal(model.weight, net.fc.weight.detach().numpy()) and (model.mean, model.std) == (0.1307, 0.3081)
+    x = torch.randn(8, 784)
+    np.testing.assert_allclose(model.logits(x.numpy()), predict_logits(net, x).numpy(), atol=1e-5)
+
+
+def test_missing_model_says_to_train(tmp_path):
+    assert _one_line_error(tmp_path / "none.npz").startswith(f"no model at {tmp_path / 'none.npz'}; run the train stage")
+
+
+def test_file_lacking_a_field_is_named(tmp_path):
+    model = _model()
+    np.savez(tmp_path / "old.npz", weight=model.weight, bias=model.bias, std=np.float64(0.3), image_side=np.int64(28))
+    assert _one_line_error(tmp_path / "old.npz").endswith("model file lacks mean; retrain it with the train stage")
+
+
+@pytest.mark.parametrize("content", [b"weight,bias\n1,2\n", b"PK\x03\x04 not really a zip"], ids=["text", "broken-zip"])
+def test_file_that_is_not_an_npz_is_one_line(tmp_path, content):
+    (tmp_path / "m.npz").write_bytes(content)
+    assert "not a model file written by the train stage" in _one_line_error(tmp_path / "m.npz")
+
+
+def test_truncated_npz_is_one_line(tmp_path):
+    _model().save(tmp_path / "m.npz")
+    blob = (tmp_path / "m.npz").read_bytes()
+    (tmp_path / "m.npz").write_bytes(blob[: len(blob) // 2])
+    assert "not a model file written by the train stage" in _one_line_error(tmp_path / "m.npz")
+
+
+class _Evil:
+    """Unpickling this creates the file it names: the proof that a loader ran pickle."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_bearing_npz_is_refused_without_unpickling(tmp_path):
+    marker = tmp_path / "unpickled"
+    model = _model()
+    evil = np.empty(1, dtype=object)
+    evil[0] = _Evil(str(marker))
+    np.savez(tmp_path / "evil.npz", weight=model.weight, bias=model.bias, mean=evil, std=np.float64(0.3),
+             image_side=np.int64(28))
+    assert "not a model file written by the train stage" in _one_line_error(tmp_path / "evil.npz")
+    assert not marker.exists()
+
+
+def test_wrong_shapes_are_named(tmp_path):
+    np.savez(tmp_path / "m.npz", weight=np.zeros((10, 100), np.float32), bias=np.zeros(10, np.float32),
+             mean=np.float64(0.1), std=np.float64(0.3), image_side=np.int64(28))
+    assert _one_line_error(tmp_path / "m.npz").endswith("weight (10, 100) and bias (10,); expected (10, 784) and (10,)")

@@ -1,0 +1,400 @@
+"""mnistlr.train: the model, its criteria, the optimizers and schedules, fit (SGD, Adam, L-BFGS)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mnistlr import metrics
+from mnistlr.errors import MnistlrError
+from mnistlr.params import TrainParams, parse_params
+from mnistlr.train import (
+    LogisticRegression,
+    OneHotMSELoss,
+    Optimizer,
+    fit,
+    lr_schedule,
+    make_criterion,
+    objective_value,
+    predict_logits,
+    regularized_objective,
+    resolve_device,
+    score,
+    training_loss,
+)
+from tests.conftest import REPO
+
+
+def blobs(n: int = 600, seed: int = 0, spread: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """n points around 10 fixed class centres in 784 dimensions: separable, learnt in an epoch."""
+    centers = torch.randn(10, 784, generator=torch.Generator().manual_seed(123)) * spread
+    y = torch.arange(n) % 10
+    return centers[y] + torch.randn(n, 784, generator=torch.Generator().manual_seed(seed)), y
+
+
+# --- the model ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(5, 28, 28), (5, 784), (5, 1, 28, 28)])
+def test_output_is_batch_by_10_from_images_or_flat_vectors(shape):
+    model = LogisticRegression()
+    assert model(torch.randn(shape)).shape == (5, 10)
+
+
+def test_forward_returns_raw_logits_not_probabilities():
+    torch.manual_seed(0)
+    model = LogisticRegression()
+    x = torch.randn(8, 784) * 5
+    logits = model(x)
+    assert torch.allclose(logits, x @ model.fc.weight.T + model.fc.bias, atol=1e-5)
+    assert not torch.allclose(logits.sum(1), torch.ones(8))  # no softmax inside
+    assert (logits < 0).any()
+
+
+def test_prediction_uses_eval_mode_without_grad_and_score_is_metrics():
+    model = LogisticRegression().train()
+    seen = {}
+
+    def hook(module, inputs, output):
+        seen["training"], seen["grad"] = module.training, torch.is_grad_enabled()
+
+    model.register_forward_hook(hook)
+    x, y = torch.randn(10, 784), torch.randint(0, 10, (10,))
+    logits = predict_logits(model, x)
+    assert seen == {"training": False, "grad": False} and not logits.requires_grad
+    assert model.training  # restored afterwards
+    loss, acc = score(model, x, y)
+    assert acc == float((logits.argmax(dim=1) == y).float().mean())
+    assert loss == pytest.approx(float(nn.functional.cross_entropy(logits.double(), y)), abs=1e-6)
+
+
+# --- criteria and the objective ------------------------------------------------------------------
+
+
+def test_ce_criterion_is_cross_entropy_on_raw_logits_by_hand():
+    logits = torch.tensor([[2.0, 0.0] + [0.0] * 8, [0.0, 1.0] + [0.0] * 8])
+    y = torch.tensor([0, 0])
+    p0, p1 = math.exp(2) / (math.exp(2) + 9), 1 / (math.e + 9)  # softmax probability of the true class
+    loss = make_criterion("ce")(logits, y)
+    assert float(loss) == pytest.approx(-(math.log(p0) + math.log(p1)) / 2, rel=1e-6)
+
+
+def test_training_loss_is_the_ce_criterion_plus_l1():
+    torch.manual_seed(0)
+    model, x, y = LogisticRegression(), torch.randn(16, 784), torch.randint(0, 10, (16,))
+    _, loss = training_loss(model, make_criterion("ce"), x, y, l1=0.0)
+    z = model(x).detach().double()
+    by_hand = (torch.logsumexp(z, 1) - z[torch.arange(16), y]).mean()  # log sum_k e^z_k - z_y
+    assert float(loss.detach()) == pytest.approx(float(by_hand), abs=1e-6)
+    _, with_l1 = training_loss(model, make_criterion("ce"), x, y, l1=1e-3)
+    assert float((with_l1 - loss).detach()) == pytest.approx(1e-3 * float(model.fc.weight.detach().abs().sum()), rel=1e-5)
+
+
+def test_mse_gradient_is_least_squares_on_one_hot():
+    x, y = blobs(64, spread=0.3)
+    torch.manual_seed(0)
+    model = LogisticRegression()
+    criterion = make_criterion("mse")
+    assert isinstance(criterion, OneHotMSELoss)
+    loss = criterion(model(x), y)
+    loss.backward()
+    t = torch.nn.functional.one_hot(y, 10).float()
+    residual = model(x).detach() - t  # [N, 10]
+    assert torch.allclose(model.fc.weight.grad, residual.T @ x / len(x), atol=1e-5)
+    assert torch.allclose(model.fc.bias.grad, residual.mean(0), atol=1e-6)
+    assert float(loss.detach()) == pytest.approx(0.5 * float(residual.pow(2).sum(1).mean()), rel=1e-6)
+
+
+def test_unknown_loss_is_a_clear_error():
+    with pytest.raises(MnistlrError, match=r"^train\.loss = 'hinge' is not accepted; accepted: ce, mse$"):
+        make_criterion("hinge")
+
+
+def test_weight_decay_term_matches_sgd_weight_decay():
+    # SGD's weight_decay adds wd * W to the gradient: the gradient of wd / 2 * ||W||^2
+    x, y = blobs(32)
+    torch.manual_seed(0)
+    m = LogisticRegression()
+    regularized_objective(m, make_criterion("ce"), x, y, 0.0, 0.5).backward()
+    g_reg, b_reg = m.fc.weight.grad.clone(), m.fc.bias.grad.clone()
+    m.zero_grad()
+    make_criterion("ce")(m(x), y).backward()
+    assert torch.allclose(g_reg - m.fc.weight.grad, 0.5 * m.fc.weight.detach(), atol=1e-6)
+    assert torch.equal(b_reg, m.fc.bias.grad)  # the bias is not penalized
+
+
+def test_objective_value_adds_both_penalties():
+    x, y = blobs(32)
+    torch.manual_seed(0)
+    m = LogisticRegression()
+    w = m.fc.weight.detach()
+    plain = objective_value(m, x, y, "ce")
+    full = objective_value(m, x, y, "ce", l1=1e-3, weight_decay=0.1)
+    assert full - plain == pytest.approx(1e-3 * float(w.abs().sum()) + 0.05 * float(w.pow(2).sum()), rel=1e-4)
+
+
+# --- optimizers and schedules ---------------------------------------------------------------------
+
+
+def _step_both(name: str, momentum: float, weight_decay: float) -> tuple[LogisticRegression, LogisticRegression]:
+    """The same model stepped by mnistlr's Optimizer and by torch.optim's class, batch for batch."""
+    torch.manual_seed(0)
+    ours_model = LogisticRegression()
+    ref_model = copy.deepcopy(ours_model)
+    ours = Optimizer(ours_model, name, 0.1, momentum=momentum, weight_decay=weight_decay)
+    groups = [{"params": [ref_model.fc.weight], "weight_decay": weight_decay},
+              {"params": [ref_model.fc.bias], "weight_decay": 0.0}]  # L2 on the weights only
+    ref = (torch.optim.SGD(groups, lr=0.1, momentum=momentum) if name == "sgd" else torch.optim.Adam(groups, lr=0.1))
+    criterion = make_criterion("ce")
+    g = torch.Generator().manual_seed(1)
+    for lr in (0.1, 0.05, 0.2, 0.01, 0.1, 0.3):  # a changing rate, as a schedule sets it between steps
+        x, y = torch.randn(32, 784, generator=g) * 3, torch.randint(0, 10, (32,), generator=g)
+        ours.lr = lr
+        for group in ref.param_groups:
+            group["lr"] = lr
+        for model, opt in ((ours_model, ours), (ref_model, ref)):
+            opt.zero_grad()
+            criterion(model(x), y).backward()
+            opt.step()
+    return ours_model, ref_model
+
+
+@pytest.mark.parametrize("name,momentum,weight_decay", [("sgd", 0.9, 1e-2), ("sgd", 0.0, 0.0), ("adam", 0.0, 1e-2)])
+def test_optimizer_is_bit_identical_to_torch_optim(name, momentum, weight_decay):
+    ours, ref = _step_both(name, momentum, weight_decay)
+    torch.manual_seed(0)
+    start = LogisticRegression()
+    assert not torch.equal(ours.fc.weight, start.fc.weight)  # the steps did move the weights
+    assert torch.equal(ours.fc.weight, ref.fc.weight)
+    assert torch.equal(ours.fc.bias, ref.fc.bias)
+
+
+def test_unknown_optimizer_is_a_clear_error():
+    with pytest.raises(MnistlrError, match=r"optimizer 'rmsprop' is not accepted here; accepted: sgd, adam"):
+        Optimizer(LogisticRegression(), "rmsprop", lr=0.1)
+    x, y = blobs(20)
+    with pytest.raises(MnistlrError, match=r"^optimizer 'rmsprop' is not accepted; accepted: sgd, adam, lbfgs$"):
+        fit(x, y, x, y, TrainParams(epochs=1), "rmsprop", 0.1, seed=0)
+
+
+def test_params_pick_the_learning_rate_of_the_chosen_optimizer():
+    assert parse_params({"optimizer": "sgd"}).lr == 0.1
+    assert parse_params({"optimizer": "adam"}).lr == 1e-3
+    assert parse_params({"optimizer": "adam", "train": {"lr": {"adam": 0.02}}}).lr == 0.02
+    p = parse_params({"optimizer": "lbfgs", "train": {"loss": "mse", "lbfgs_iters": 5, "lr": {"lbfgs": 0.5}}})
+    assert p.lr == 0.5 and p.train.loss == "mse" and p.train.lbfgs_iters == 5
+    with pytest.raises(MnistlrError, match="train.loss = 'hinge' is not accepted; accepted: 'ce' or 'mse'"):
+        parse_params({"train": {"loss": "hinge"}})
+    with pytest.raises(MnistlrError, match="optimizer = 'newton' is not accepted"):
+        parse_params({"optimizer": "newton"})
+
+
+def _sgd_step(l1: float = 0.0, weight_decay: float = 0.0):
+    """One SGD step with lr 1: (weights before, gradient of the training loss, weights after)."""
+    torch.manual_seed(0)
+    model = LogisticRegression()
+    x, y = torch.randn(32, 784), torch.randint(0, 10, (32,))
+    _, loss = training_loss(model, make_criterion("ce"), x, y, l1)
+    loss.backward()
+    opt = Optimizer(model, "sgd", lr=1.0, weight_decay=weight_decay)
+    before = model.fc.weight.detach().clone()
+    grad = model.fc.weight.grad.clone()
+    bias_before = model.fc.bias.detach().clone()
+    bias_grad = model.fc.bias.grad.clone()
+    opt.step()
+    return before, grad, model.fc.weight.detach(), bias_before - bias_grad - model.fc.bias.detach()
+
+
+def test_l1_adds_lambda_times_sign_of_w_to_the_gradient():
+    w, g0, _, _ = _sgd_step()
+    _, g1, _, _ = _sgd_step(l1=1e-3)
+    assert torch.allclose(g1 - g0, 1e-3 * torch.sign(w), atol=1e-7)
+
+
+def test_l2_weight_decay_adds_lambda_times_w_to_the_weight_step_only():
+    w, _, after0, _ = _sgd_step()
+    _, _, after1, bias_extra = _sgd_step(weight_decay=0.1)
+    # SGD with lr 1: w' = w - (g + wd * w); the bias gets b' = b - g
+    assert torch.allclose(after0 - after1, 0.1 * w, atol=1e-6)
+    assert torch.equal(bias_extra, torch.zeros(10))
+
+
+def test_cosine_schedule_matches_torch_cosine_annealing():
+    total = 10 * 782  # the default params' steps: 10 epochs of 50k images in batches of 64
+    rates = lr_schedule("cosine", 0.1, total)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    expected = [sched.get_last_lr()[0]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": no step is needed here
+        for _ in range(total):
+            sched.step()
+            expected.append(sched.get_last_lr()[0])
+    assert len(rates) == total + 1
+    assert max(abs(a - b) for a, b in zip(rates, expected)) < 1e-12
+    assert rates[0] == 0.1 and rates[-1] == pytest.approx(0.0, abs=1e-15)
+
+
+def test_constant_schedule_is_constant():
+    assert lr_schedule("constant", 0.05, 37) == [0.05] * 38
+
+
+def test_fit_logs_the_scheduled_rate_after_each_epoch():
+    x, y = blobs(100)
+    _, cos = fit(x, y, x, y, TrainParams(epochs=2, batch_size=10, schedule="cosine"), "sgd", 0.1, 0)
+    _, const = fit(x, y, x, y, TrainParams(epochs=2, batch_size=10, schedule="constant"), "sgd", 0.1, 0)
+    assert cos[0].lr == pytest.approx(0.05, abs=1e-12)  # halfway through the cosine
+    assert math.isclose(cos[-1].lr, 0.0, abs_tol=1e-12) and [h.lr for h in const] == [0.1, 0.1]
+
+
+DYNAMO_PROBE = """
+import sys, torch
+from mnistlr.params import TrainParams
+{body}
+print(sorted(m for m in sys.modules if m.startswith("torch._dynamo")))
+"""
+
+
+def _dynamo_modules_after(body: str) -> str:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", DYNAMO_PROBE.format(body=body)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def test_training_never_imports_torch_dynamo():
+    body = (
+        "from mnistlr.train import fit\n"
+        "x, y = torch.randn(64, 784), torch.arange(64) % 10\n"
+        "for opt, lr in (('sgd', 0.1), ('adam', 1e-3)):\n"
+        "    cfg = TrainParams(epochs=2, batch_size=16, momentum=0.9, weight_decay=1e-4, grad_clip=1.0,\n"
+        "                      patience=1, device='cpu')\n"
+        "    fit(x, y, x, y, cfg, opt, lr, seed=0)\n"
+    )
+    assert _dynamo_modules_after(body) == "[]"
+
+
+def test_the_dynamo_probe_sees_torch_optims_own_step():
+    # Why Optimizer exists: torch.optim.SGD.step imports torch._dynamo (seconds per process).
+    # This also shows the probe above can see an import when one happens.
+    body = (
+        "m = torch.nn.Linear(2, 2)\n"
+        "opt = torch.optim.SGD(m.parameters(), lr=0.1)\n"
+        "m(torch.ones(1, 2)).sum().backward()\n"
+        "opt.step()\n"
+    )
+    assert "'torch._dynamo'" in _dynamo_modules_after(body)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(MnistlrError, match="device 'tpu' is not accepted; accepted: auto, cpu, cuda"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(MnistlrError, match="train.device = 'cuda' but no CUDA device is available"):
+            resolve_device("cuda")
+
+
+# --- fit: SGD and Adam ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("optimizer,lr", [("sgd", 0.1), ("adam", 1e-2)])
+def test_fit_learns_and_logs_every_epoch(optimizer, lr):
+    x, y = blobs()
+    vx, vy = blobs(200, seed=1)
+    cfg = TrainParams(epochs=3, batch_size=32)
+    model, history = fit(x, y, vx, vy, cfg, optimizer, lr, seed=0)
+    assert [h.epoch for h in history] == [1, 2, 3]
+    assert history[-1].val_accuracy > 0.9
+    assert history[-1].train_loss < history[0].train_loss or history[0].train_accuracy > 0.99
+    assert not model.training
+    loss, acc = score(model, vx, vy)
+    assert (history[-1].val_loss, history[-1].val_accuracy) == (loss, acc)  # the log scores the returned model
+
+
+def test_fit_is_deterministic_for_a_seed_and_changes_with_it():
+    x, y = blobs()
+    cfg = TrainParams(epochs=2, batch_size=50)
+    a, ha = fit(x, y, x, y, cfg, "sgd", 0.05, seed=1)
+    b, hb = fit(x, y, x, y, cfg, "sgd", 0.05, seed=1)
+    c, _ = fit(x, y, x, y, cfg, "sgd", 0.05, seed=2)
+    assert torch.equal(a.fc.weight, b.fc.weight) and ha == hb
+    assert not torch.equal(a.fc.weight, c.fc.weight)
+
+
+def test_divergence_names_epoch_and_step():
+    x, y = blobs(200)
+    with pytest.raises(MnistlrError, match=r"training diverged: loss became (nan|inf) at epoch 1, step \d+"):
+        fit(x * 1e30, y, x, y, TrainParams(epochs=1, batch_size=20, schedule="constant"), "sgd", 1e4, 0)
+
+
+# --- fit: L-BFGS ---------------------------------------------------------------------------------
+
+
+def test_mse_training_matches_exact_least_squares():
+    x, y = blobs(600, spread=0.3)
+    cfg = TrainParams(epochs=30, loss="mse", device="cpu", lbfgs_iters=100)
+    model, _ = fit(x, y, x, y, cfg, "lbfgs", 1.0, 0)
+    a = torch.cat([x, torch.ones(len(x), 1)], 1).double()
+    sol = torch.linalg.lstsq(a, torch.nn.functional.one_hot(y, 10).double()).solution
+    exact = LogisticRegression()
+    with torch.no_grad():
+        exact.fc.weight.copy_(sol[:-1].T.float())
+        exact.fc.bias.copy_(sol[-1].float())
+    assert objective_value(model, x, y, "mse") == pytest.approx(objective_value(exact, x, y, "mse"), abs=1e-3)
+
+
+def test_lbfgs_beats_one_epoch_sgd_on_the_same_objective():
+    x, y = blobs(600)
+    wd = 1e-3
+    sgd, _ = fit(x, y, x, y, TrainParams(epochs=1, weight_decay=wd, device="cpu"), "sgd", 0.1, 0)
+    lb, hist = fit(x, y, x, y, TrainParams(epochs=2, lbfgs_iters=100, weight_decay=wd, device="cpu"), "lbfgs", 1.0, 0)
+    f_sgd, f_lb = objective_value(sgd, x, y, "ce", 0, wd), objective_value(lb, x, y, "ce", 0, wd)
+    assert f_lb < f_sgd
+    # at the optimum the gradient of the regularized objective vanishes
+    lb.zero_grad()
+    regularized_objective(lb, make_criterion("ce"), x, y, 0.0, wd).backward()
+    assert float(lb.fc.weight.grad.abs().max()) < 1e-3
+    assert len(hist) == 2 and hist[-1].train_accuracy > 0.9 and not lb.training
+
+
+def test_lbfgs_refuses_gradient_clipping_in_one_line():
+    x, y = blobs(50)
+    with pytest.raises(MnistlrError) as info:
+        fit(x, y, x, y, TrainParams(epochs=1, grad_clip=1.0), "lbfgs", 1.0, seed=0)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg == ("train.grad_clip = 1.0 does not apply to optimizer lbfgs (its line search sets each step's length); "
+                   "accepted with lbfgs: 0")
+
+
+def test_lbfgs_patience_stops_early_and_keeps_the_best_epochs_weights():
+    x, y = blobs(200)
+    # One validation image, classified right after epoch 1: no later epoch can do strictly better.
+    vx, vy = x[:1], y[:1]
+    cfg = dict(lbfgs_iters=5, device="cpu")
+    model, history = fit(x, y, vx, vy, TrainParams(epochs=20, patience=2, **cfg), "lbfgs", 1.0, seed=0)
+    assert [h.epoch for h in history] == [1, 2, 3] and history[0].val_accuracy == 1.0
+    one, _ = fit(x, y, vx, vy, TrainParams(epochs=1, **cfg), "lbfgs", 1.0, seed=0)
+    three, _ = fit(x, y, vx, vy, TrainParams(epochs=3, **cfg), "lbfgs", 1.0, seed=0)
+    assert torch.equal(model.fc.weight, one.fc.weight)  # epoch 1's weights were restored...
+    assert not torch.equal(model.fc.weight, three.fc.weight)  # ...not the last epoch's
+
+
+def test_metrics_cross_entropy_is_what_training_logs():
+    x, y = blobs(100)
+    model, history = fit(x, y, x, y, TrainParams(epochs=1, batch_size=25), "sgd", 0.1, seed=0)
+    logits = predict_logits(model, x).numpy()
+    assert history[0].train_loss == metrics.cross_entropy(logits, y.numpy())
+    assert history[0].train_accuracy == float(np.mean(logits.argmax(1) == y.numpy()))
