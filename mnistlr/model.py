@@ -54,6 +54,9 @@ def load_model(path: str | Path) -> Model:
     missing = [k for k in FIELDS if k not in arrays]
     if missing:
         raise MnistlrError(f"{path}: model file lacks {', '.join(missing)}; retrain it with the train stage")
+    scalars = [k for k in ("mean", "std", "image_side") if arrays[k].shape != () or arrays[k].dtype.kind not in "fiu"]
+    if scalars:
+        raise MnistlrError(f"{path}: {', '.join(scalars)} must be a single number; retrain it with the train stage")
     weight, bias = arrays["weight"].astype(np.float32), arrays["bias"].astype(np.float32)
     if weight.shape != (NUM_CLASSES, IN_FEATURES) or bias.shape != (NUM_CLASSES,):
         raise MnistlrError(f"{path}: weight {weight.shape} and bias {bias.shape}; expected "

@@ -21,7 +21,7 @@ def main(
     curves: Path = typer.Option("plots/train", help="folder of <variant>.csv learning curves"),
     predictions: Path = typer.Option("plots/predictions", help="folder of <variant>.csv test predictions"),
     out: Path = typer.Option("reports/report.md", help="report to write"),
-    prepared: Path = typer.Option("data/prepared", help="prepare's output (test.pt: pixels of misclassified digits)"),
+    prepared: Path = typer.Option("data/prepared", help="prepare's output (test.npz: pixels of misclassified digits)"),
     experiments: Path = typer.Option("experiments", help="folder of the committed `mnistlr compare` output"),
 ) -> None:
     """Write the report: results table against the tutorial's numbers, curves, confusions, weights."""
