@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
 import yaml
 
+from mnistlr.model import load_model
 from tests.conftest import SMALL_PARAMS, dvc, make_project, project_env, run
 
 STAGE_RUN = re.compile(r"Running stage '([^']+)'")
@@ -41,22 +43,39 @@ def synthetic_project(tmp_path_factory, synthetic_mirror):
     return project, env, first
 
 
+HEADLINE = {"test": {"accuracy", "loss", "ece"}, "val": {"accuracy", "loss"}, "weights": {"sparsity"}}
+
+
 def test_repro_runs_every_stage_and_writes_outputs(synthetic_project):
     project, _, first = synthetic_project
     variants = ["full", "noise10"]
     assert set(ran(first)) == {"prepare", "report"} | {f"{s}@{v}" for s in ("train", "evaluate") for v in variants}
     for v in variants:
         m = json.loads((project / "metrics" / f"{v}.json").read_text())
-        assert 0 <= m["test"]["accuracy"] <= 1 and m["test"]["loss"] > 0
-        assert {"accuracy", "loss"} <= set(m["val"]) and set(m["classes"]) == {str(c) for c in range(10)}
-        assert 0 <= m["weights"]["sparsity"] <= 1
-        assert (project / "reports" / "figures" / v / "confusion.png").stat().st_size > 1000
-        assert (project / "reports" / "figures" / v / "weights.png").stat().st_size > 1000
+        # six headline numbers, written as the decimals they are
+        assert {k: set(sub) for k, sub in m.items()} == HEADLINE
+        values = [x for sub in m.values() for x in sub.values()]
+        assert all(isinstance(x, float) and round(x, 6) == x for x in values), m
+        assert 0 <= m["test"]["accuracy"] <= 1 and m["test"]["loss"] > 0 and 0 <= m["test"]["ece"] <= 1
+        assert 0 <= m["val"]["accuracy"] <= 1 and 0 <= m["weights"]["sparsity"] <= 1
+        details = json.loads((project / "reports" / "details" / f"{v}.json").read_text())
+        assert set(details["classes"]) == {str(c) for c in range(10)}
+        assert set(details["classes"]["0"]) == {"precision", "recall", "f1"}
+        assert details["weights"]["l2_norm"] > 0 and details["weights"]["l1_norm"] > details["weights"]["l2_norm"]
+        assert sum(details["test_reliability"]["count"]) == 300  # every test image in one confidence bin
+        model = load_model(project / "models" / f"{v}.npz")  # the normalization travels with the weights
+        assert (model.mean, model.std) == (0.1307, 0.3081) and model.weight.shape == (10, 784)
+        for fig in ("confusion", "weights", "reliability"):
+            png = (project / "reports" / "figures" / v / f"{fig}.png").read_bytes()
+            assert png.startswith(b"\x89PNG") and len(png) > 1000
         assert (project / "plots" / "train" / f"{v}.csv").read_text().startswith("epoch,train_loss")
+        predictions = (project / "plots" / "predictions" / f"{v}.csv").read_text().splitlines()
+        assert predictions[0] == "actual,predicted" and len(predictions) == 1 + 300
     summary = json.loads((project / "data/prepared/variants/noise10.json").read_text())
     assert summary["labels_changed"] == round(0.1 * summary["size"])
     report = (project / "reports" / "report.md").read_text()
     assert "| variant" in report and "92-93" in report and "figures/full/confusion.png" in report
+    assert "### Per-class scores of `full` (test set)" in report
     # the synthetic digits are easy: the model must actually learn them
     assert json.loads((project / "metrics" / "full.json").read_text())["test"]["accuracy"] > 0.9
 
@@ -87,9 +106,15 @@ def test_exp_run_adam_then_metrics_diff_and_plots(synthetic_project):
     diff = dvc("metrics", "diff", "--all", "--md", cwd=project, env=env).stdout
     assert re.search(r"metrics/full\.json\s*\|\s*test\.accuracy", diff), diff
     shown = json.loads(dvc("exp", "show", "--json", cwd=project, env=env).stdout)
-    assert shown  # experiments table is readable
-    html = dvc("plots", "show", "-o", "dvc_plots", cwd=project, env=env)
-    assert (project / "dvc_plots" / "index.html").is_file(), html.stdout
+    baseline = next(c for c in shown if c["rev"] != "workspace")
+    [exp] = [r for e in baseline["experiments"] for r in e["revs"]]
+    assert exp["data"]["params"]["params.yaml"]["data"]["optimizer"] == "adam"
+    metrics = exp["data"]["metrics"]["metrics/full.json"]["data"]
+    assert metrics == json.loads((project / "metrics" / "full.json").read_text())
+    dvc("plots", "show", "-o", "dvc_plots", cwd=project, env=env)
+    page = (project / "dvc_plots" / "index.html").read_text()
+    for title in ("Loss of full (train vs val)", "Validation accuracy, all variants", "Confusion matrix of full"):
+        assert title in page
 
 
 @pytest.mark.slow
@@ -106,3 +131,6 @@ def test_real_mnist_meets_the_accuracy_floors(tmp_path, real_mirror):
     assert adam >= 0.925, adam
     diff = dvc("metrics", "diff", cwd=project, env=env).stdout
     assert "metrics/full.json" in diff and "test.accuracy" in diff
+    report = (project / "reports/report.md").read_text()
+    assert "optimizer **adam**" in report and "test = the 10000 MNIST test images" in report
+    assert f"on 10000 images is {100 * math.sqrt(adam * (1 - adam) / 10_000):.2f} points." in report

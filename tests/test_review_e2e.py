@@ -1,5 +1,6 @@
 """Reviewing results end to end in a temp git + DVC project: plots render in headless Chromium,
-`make review` on an Adam branch writes real diffs, the gate fails on a worse branch and passes on main."""
+`make review` on an Adam branch (with a variant main lacks) writes real diffs, the gate fails on a
+worse branch and passes on main."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnistlr import html_render
+from mnistlr.review import MARKER
+from tests import html_render
 from tests.conftest import dvc, make_project, project_env, run
 
 PARAMS = {
@@ -109,7 +111,8 @@ def test_plots_show_renders_in_headless_chromium(project, tmp_path_factory):
     # loss, accuracy, val accuracy of all variants, confusion matrix
     assert charts >= 4, rendered.dom[:2000]
     source = (proj / "dvc_plots" / "index.html").read_text()  # charts draw on canvas: titles are in the specs
-    for title in ("Loss of full (train vs val)", "Accuracy of full (train vs val)", "Confusion matrix of full (test set)"):
+    for title in ("Loss of full (train vs val)", "Accuracy of full (train vs val)",
+                  "Confusion matrix of full (test set)"):
         assert title in source
     pngs = sorted((proj / "reports" / "figures").rglob("*.png"))
     assert len(pngs) >= 6 and rendered.dom.count("<img") >= len(pngs)
@@ -119,19 +122,38 @@ def test_plots_show_renders_in_headless_chromium(project, tmp_path_factory):
 def test_make_review_on_an_adam_branch_writes_measured_diffs(project):
     proj, env = project
     git(proj, env, "checkout", "-q", "-b", "try-adam")
-    set_params(proj, optimizer="adam")
+    set_params(proj, optimizer="adam", variants={**PARAMS["variants"], "frac50": {"fraction": 0.5, "noise": 0.0}})
     proc = run(["make", "review", "BASE=main", f"BIN={BIN}", "STAMP="], proj, env, check=False)
     md = (proj / "reports" / "review.md").read_text()
-    assert md.startswith("<!-- mnistlr-review -->"), proc.stdout + proc.stderr
+    lines = md.splitlines()
+    assert lines[0] == MARKER, proc.stdout + proc.stderr
+    # the verdict first, in one line; make fails exactly when the gate does
+    passed = proc.returncode == 0
+    assert lines[1].startswith("**Passed** against `main`: gate passed" if passed else
+                               "**FAILED** against `main`: gate FAILED"), proc.stdout + proc.stderr
+    assert lines[1].endswith("new on this branch (no main value): frac50"), lines[1]
+    # then every variant's test accuracy, main -> workspace, `full` first
+    acc = {v: json.loads((proj / "metrics" / f"{v}.json").read_text())["test"]["accuracy"]
+           for v in ("full", "noise10", "frac50")}
+    old = {v: json.loads(git(proj, env, "show", f"main:metrics/{v}.json"))["test"]["accuracy"]
+           for v in ("full", "noise10")}
+    assert lines[2:5] == ["", "| variant | test accuracy (main) | test accuracy (workspace) | change (points) |",
+                          "|---|---:|---:|---:|"]
+    assert lines[5:8] == [
+        f"| full | {old['full']:.4f} | {acc['full']:.4f} | {100 * (acc['full'] - old['full']):+.2f} |",
+        f"| frac50 | - | {acc['frac50']:.4f} | - |",
+        f"| noise10 | {old['noise10']:.4f} | {acc['noise10']:.4f} | {100 * (acc['noise10'] - old['noise10']):+.2f} |",
+    ]
+    assert lines[8] == ""
     assert re.search(r"\|\s*params\.yaml\s*\|\s*optimizer\s*\|\s*sgd\s*\|\s*adam\s*\|", md), md
-    old = json.loads(git(proj, env, "show", "main:metrics/full.json"))["test"]["loss"]
-    new = json.loads((proj / "metrics" / "full.json").read_text())["test"]["loss"]
-    assert f"| full | test.loss | {old:.4f} | {new:.4f} |" in md, md
-    assert re.search(r"metrics/full\.json\s*\|\s*test\.loss", md), md  # dvc metrics diff --md
+    old_loss = json.loads(git(proj, env, "show", "main:metrics/full.json"))["test"]["loss"]
+    new_loss = json.loads((proj / "metrics" / "full.json").read_text())["test"]["loss"]
+    assert f"| full | test.loss | {old_loss:.4f} | {new_loss:.4f} |" in md, md
     assert "![learning curves (all variants)](figures/learning_curves.png)" in md
     assert "![confusion matrix of full](figures/full/confusion.png)" in md
-    # make fails exactly when the gate does, and the page says which
-    assert ("gate passed" in md) == (proc.returncode == 0), proc.stdout + proc.stderr
+    # the gate's own line (make's last step) says the same as the page
+    gate_line = (proc.stdout if passed else proc.stderr).strip().splitlines()[-1]
+    assert lines[1].endswith(gate_line), (lines[1], gate_line)
     commit_all(proj, env, "adam")
     back_to_main(proj, env)
 
@@ -148,6 +170,14 @@ def test_gate_fails_on_a_worse_branch_and_passes_on_main(project, tmp_path_facto
     assert failed.returncode == 1
     line = failed.stderr.strip()
     assert "\n" not in line and "full" in line and f"{old:.4f}" in line and f"{new:.4f}" in line, line
+    # the loss is lower-is-better: it rose, so the gate on it fails too
+    old_loss = json.loads(git(proj, env, "show", "main:metrics/full.json"))["test"]["loss"]
+    new_loss = json.loads((proj / "metrics" / "full.json").read_text())["test"]["loss"]
+    assert new_loss - old_loss > 0.01
+    failed = mnistlr(proj, env, "gate", "--base", "main", "--metric", "test.loss", "--max-drop", "0.01")
+    line = failed.stderr.strip()
+    assert failed.returncode == 1 and line.startswith("gate FAILED"), failed.stdout + failed.stderr
+    assert f"full test.loss worsened from {old_loss:.4f} (main) to {new_loss:.4f} (workspace)" in line, line
     # `dvc plots diff main` overlays this branch's curves on main's
     shown = json.loads(dvc("plots", "diff", "main", "--json", cwd=proj, env=env).stdout)
     loss = shown["data"]["Loss of full (train vs val)"][0]
@@ -158,5 +188,7 @@ def test_gate_fails_on_a_worse_branch_and_passes_on_main(project, tmp_path_facto
         assert rendered.errors() == [] and charts >= 4, rendered.console
     commit_all(proj, env, "worse")
     back_to_main(proj, env)
-    passed = mnistlr(proj, env, "gate", "--base", "main")
-    assert passed.returncode == 0 and passed.stdout.startswith("gate passed"), passed.stdout + passed.stderr
+    for metric in ("test.accuracy", "test.ece"):
+        passed = mnistlr(proj, env, "gate", "--base", "main", "--metric", metric)
+        assert passed.returncode == 0, passed.stdout + passed.stderr
+        assert passed.stdout.startswith(f"gate passed: {metric} of 2 variant(s)"), passed.stdout

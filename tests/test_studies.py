@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -9,8 +10,7 @@ import torch
 
 from mnistlr.errors import MnistlrError
 from mnistlr.params import parse_params
-from mnistlr.studies import run_study, study_l1l2, study_mse, study_optimum, study_sweep
-from mnistlr.study_report import write_studies_report
+from mnistlr.studies import run_study, study_l1l2, study_mse, study_optimum, study_sweep, write_studies_report
 from tests.conftest import SMALL_PARAMS, dvc, make_project, project_env
 
 TINY = {
@@ -37,8 +37,6 @@ def tiny_data():
 
 
 def test_studies_on_a_tiny_problem_and_their_report(tiny_data, tmp_path):
-    import json
-
     params = parse_params(TINY)
     mse = study_mse(params, tiny_data)
     assert mse["linear_regression_exact"]["objective"] <= mse["linear_regression_sgd"]["objective"] + 1e-6
@@ -52,11 +50,17 @@ def test_studies_on_a_tiny_problem_and_their_report(tiny_data, tmp_path):
     assert len(sweep["rows"]) == 5 and "test_accuracy" not in sweep["rows"][sweep["best_index"]]
     assert all("test_accuracy" not in r for r in sweep["rows"])  # selection never sees test
     assert 0 <= sweep["refit_on_train_val"]["test_accuracy"] <= 1
+    assert sweep["n_val"] == 100  # the validation images the selection was scored on
     for name, result in (("mse", mse), ("optimum", opt), ("l1l2", l12), ("sweep", sweep)):
         result = {"params": params.studies.model_dump()[name], **result}
         (tmp_path / f"{name}.json").write_text(json.dumps(result))
     text = write_studies_report(tmp_path, tmp_path / "studies.md")
+    assert (tmp_path / "studies.md").read_text() == text
     assert "**(selected)**" in text and "## 2. The convex optimum" in text and "| l1 |" in text
+    assert text.count("**(selected)**") == 1
+    best_val = sweep["rows"][sweep["best_index"]]["val_accuracy"]
+    se = 100 * (best_val * (1 - best_val) / 100) ** 0.5
+    assert f"on 100 validation images is {se:.2f} points" in text  # n_val from the result, not 10k
 
 
 def test_unknown_study_is_a_one_line_error(tmp_path):
@@ -72,16 +76,30 @@ def test_studies_params_are_strict():
 RUNNING = re.compile(r"Running stage '([^']+)'")
 
 
-def test_plain_repro_runs_only_the_root_pipeline(tmp_path, synthetic_mirror):
-    small = {**SMALL_PARAMS, "variants": {"full": {"fraction": 1.0, "noise": 0.0}}, "train": {"epochs": 1, "device": "cpu"}}
+def test_plain_repro_runs_only_the_root_pipeline_and_the_studies_run_on_its_data(tmp_path, synthetic_mirror):
+    small = {**SMALL_PARAMS, "variants": {"full": {"fraction": 1.0, "noise": 0.0}},
+             "train": {"epochs": 1, "device": "cpu"}, "studies": TINY["studies"]}
     project = make_project(tmp_path, small)
     env = project_env(synthetic_mirror, synthetic=True)
     root = set(RUNNING.findall(dvc("repro", cwd=project, env=env).stdout))
     assert root == {"prepare", "train@full", "evaluate@full", "report"}  # no studies stage
-    assert (project / "reports/figures/full/reliability.png").is_file()
+    png = (project / "reports/figures/full/reliability.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
     listed = dvc("stage", "list", "studies/dvc.yaml", cwd=project, env=env).stdout
     for stage in ("study@mse", "study@optimum", "l1l2", "sweep", "report"):
         assert f"studies/dvc.yaml:{stage}" in listed or stage in listed.split()
     # not yet run: dvc status of the studies pipeline reports them, the root pipeline is up to date
     assert "study@mse" in dvc("status", "studies/dvc.yaml", cwd=project, env=env).stdout
+    assert "up to date" in dvc("status", "dvc.yaml", cwd=project, env=env).stdout
+
+    # the studies pipeline reads the root pipeline's prepared arrays and never reruns it
+    ran = RUNNING.findall(dvc("repro", "studies/dvc.yaml", cwd=project, env=env).stdout)
+    assert sorted(ran) == sorted(f"studies/dvc.yaml:{s}" for s in ("study@mse", "study@optimum", "l1l2", "sweep",
+                                                                    "report")), ran
+    sweep = json.loads((project / "studies/results/sweep.json").read_text())
+    assert sweep["n_val"] == 200 and len(sweep["rows"]) == 2 + 3  # two candidates, the optimum's three runs
+    text = (project / "reports/studies.md").read_text()
+    assert "on 200 validation images" in text and text.count("**(selected)**") == 1
+    png = (project / "reports/studies/l1l2_weights.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
     assert "up to date" in dvc("status", "dvc.yaml", cwd=project, env=env).stdout

@@ -1,0 +1,273 @@
+"""Unit tests of mnistlr.review: the gate's verdicts, the experiment tables, the review page; and the
+HTML localizing of the Chromium helper. dvc itself is replaced by recorded JSON here; the end-to-end
+tests (test_review_e2e.py, test_sweep_e2e.py) run it for real."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from mnistlr import review
+from mnistlr.errors import MnistlrError
+from mnistlr.metrics import higher_is_better
+from mnistlr.review import Run
+from tests import html_render
+
+
+def diff(**accs):
+    """A `dvc metrics diff --all --json`-shaped dict: variant=(old, new) test accuracies."""
+    return {f"metrics/{v}.json": {"test.accuracy": {"old": o, "new": n, "diff": None if o is None else n - o},
+                                  "test.loss": {"old": 0.3, "new": 0.3, "diff": 0.0}}
+            for v, (o, n) in accs.items()}
+
+
+def verdict(d: dict, metric: str = "test.accuracy", max_drop: float = 0.002) -> tuple[bool, str]:
+    return review.gate_verdict(review.changes(d, metric), metric, max_drop, "main")
+
+
+# --- the gate --------------------------------------------------------------------------------------
+
+
+def test_gate_fails_with_one_line_naming_variant_and_both_values():
+    ok, line = verdict(diff(full=(0.925, 0.91), noise10=(0.90, 0.901)))
+    assert not ok and "\n" not in line
+    assert "full" in line and "0.9250" in line and "0.9100" in line and "noise10" not in line
+
+
+def test_gate_passes_within_allowance():
+    ok, line = verdict(diff(full=(0.925, 0.9235), noise10=(0.90, 0.90)))
+    assert ok and line.startswith("gate passed") and "\n" not in line
+    assert "2 variant(s)" in line and "full 0.9250 -> 0.9235" in line  # the largest drop, named
+
+
+def test_gate_names_a_variant_new_on_the_branch_in_the_passing_line():
+    ok, line = verdict(diff(full=(0.925, 0.9235), frac75=(None, 0.5)))
+    assert ok and line.startswith("gate passed") and "\n" not in line
+    assert re.search(r"new on this branch \(no main value\): frac75$", line), line
+    assert "1 variant(s)" in line  # only `full` has two sides to compare
+    ok, line = verdict(diff(full=(0.925, 0.9235)))
+    assert ok and "new on this branch" not in line
+
+
+def test_gate_names_a_new_variant_when_it_fails_too():
+    ok, line = verdict(diff(full=(0.925, 0.90), frac75=(None, 0.5)))
+    assert not ok and "full" in line and line.endswith("new on this branch (no main value): frac75")
+
+
+@pytest.mark.parametrize("metric", ["test.ece", "test.loss", "val.loss"])
+def test_gate_fails_when_a_lower_is_better_metric_rises(metric):
+    assert not higher_is_better(metric)
+    worse = {"metrics/full.json": {metric: {"old": 0.010, "new": 0.020}}}
+    better = {"metrics/full.json": {metric: {"old": 0.020, "new": 0.010}}}
+    ok, line = verdict(worse, metric, 0.005)
+    assert not ok and "0.0100" in line and "0.0200" in line and "drop 0.0100" in line, line
+    assert verdict(better, metric, 0.005)[0]  # falling is an improvement, however far
+
+
+def test_gate_on_accuracy_passes_a_rise_of_any_size():
+    assert verdict(diff(full=(0.80, 0.95)))[0]
+
+
+def test_gate_unknown_metric_names_accepted_ones():
+    with pytest.raises(MnistlrError, match="'test.acc'.*accepted: test.accuracy, test.loss"):
+        review.changes(diff(full=(0.9, 0.9)), "test.acc")
+
+
+def test_gate_rejects_a_negative_allowance():
+    with pytest.raises(MnistlrError, match="--max-drop -0.1 is negative"):
+        review.run_gate("main", "test.accuracy", -0.1)
+
+
+# --- compare ---------------------------------------------------------------------------------------
+
+
+def exp_show():
+    """A trimmed `dvc exp show --json`: the workspace, a baseline commit and three experiments (one queued);
+    each run has two variants."""
+    def data(rev, opt, wd, acc):
+        metrics = {f"metrics/{v}.json": {"data": {"test": {"accuracy": a, "loss": round(1 - a, 6), "ece": 0.01},
+                                                  "val": {"accuracy": a, "loss": round(1 - a, 6)},
+                                                  "weights": {"sparsity": 0.2}}}
+                   for v, a in (("full", acc), ("noise10", round(acc - 0.031234, 6)))}
+        return {"rev": rev, "params": {"params.yaml": {"data": {"seed": 42, "optimizer": opt,
+                                                                "train": {"weight_decay": wd, "epochs": 2}}}},
+                "metrics": metrics}
+    return [
+        {"rev": "workspace", "name": None, "data": data("workspace", "sgd", 0.0, 0.9)},
+        {"rev": "a" * 40, "name": "main", "data": data("a" * 40, "sgd", 0.0, 0.9), "experiments": [
+            {"revs": [{"rev": "b" * 40, "name": "exp-adam", "data": data("b" * 40, "adam", 0, 0.93)}]},
+            {"revs": [{"rev": "c" * 40, "name": "exp-wd", "data": data("c" * 40, "sgd", 0.0001, 0.89)}]},
+            {"revs": [{"rev": "d" * 40, "name": "queued", "data": {"rev": "d" * 40, "params": {}, "metrics": {}}}]},
+        ]},
+    ]
+
+
+def test_runs_from_exp_show_keep_every_variants_metrics():
+    runs = review.runs_from_exp_show(exp_show())
+    assert [r.name for r in runs] == ["main", "exp-adam", "exp-wd"]  # workspace and queued left out
+    assert set(runs[1].metrics) == {"full", "noise10"}
+    assert runs[1].metrics["full"]["test.accuracy"] == 0.93
+    assert runs[1].metrics["noise10"]["test.accuracy"] == pytest.approx(0.898766)
+    assert runs[1].rev == "b" * 40 and runs[1].params["optimizer"] == "adam"
+
+
+def test_compare_table_keeps_differing_params_and_sorts_best_first():
+    runs = review.runs_from_exp_show(exp_show())
+    assert review.differing_params(runs) == ["optimizer", "train.weight_decay"]  # 0 and 0.0 read alike
+    table = review.comparison_table(runs, "full", "test.accuracy")
+    assert list(table["run"]) == ["exp-adam", "main", "exp-wd"]
+    assert list(table.columns[:4]) == ["run", "rev", "optimizer", "train.weight_decay"]
+    assert list(table["rev"]) == ["b" * 7, "a" * 7, "c" * 7]
+    noisy = review.comparison_table(runs, "noise10", "test.accuracy")  # the other variant's numbers
+    assert list(noisy["test.accuracy"]) == pytest.approx([0.898766, 0.868766, 0.858766])
+    md = review.comparison_markdown(table, ["optimizer", "train.weight_decay"], "full", "test.accuracy", "compare.png")
+    assert "| exp-adam" in md and "0.9300" in md and "| 0.0001 " in md and "sweep grid" in md
+
+
+def run_with(name: str, ece: float, acc: float) -> Run:
+    return Run(name=name, rev=name * 40, params={"optimizer": "sgd", "train.lr.sgd": 0.1},
+               metrics={"full": {"test.accuracy": acc, "test.ece": ece, "test.loss": 0.3, "val.accuracy": acc}})
+
+
+def test_compare_by_a_lower_is_better_metric_sorts_ascending():
+    runs = [run_with("a", 0.030, 0.93), run_with("b", 0.010, 0.90), run_with("c", 0.020, 0.92)]
+    by_ece = review.comparison_table(runs, "full", "test.ece")
+    assert list(by_ece["run"]) == ["b", "c", "a"]  # smallest calibration error first
+    assert list(by_ece["test.ece"]) == [0.010, 0.020, 0.030]
+    assert list(review.comparison_table(runs, "full", "test.accuracy")["run"]) == ["a", "c", "b"]
+    # the grid of a two-param sweep keeps the best (the smallest) ECE per cell
+    table = by_ece.assign(x=["1", "1", "2"], y=["p", "p", "q"])
+    grid = review.grid_markdown(table, ["x", "y"], "test.ece")
+    assert "0.0100" in grid and "0.0200" not in grid
+
+
+def test_terminal_summary_has_every_variants_accuracy_in_full():
+    runs = review.runs_from_exp_show(exp_show())
+    text = review.terminal_table(runs)
+    lines = text.splitlines()
+    assert lines[0] == "test.accuracy of every variant:"
+    header = lines[1].split()
+    assert header == ["run", "optimizer", "train.weight_decay", "full", "noise10"]
+    rows = {ln.split()[0]: ln.split() for ln in lines[2:]}
+    assert set(rows) == {"main", "exp-adam", "exp-wd"}
+    for r in runs:
+        for v in ("full", "noise10"):
+            assert rows[r.name][header.index(v)] == f"{r.metrics[v]['test.accuracy']:.4f}"
+    assert rows["exp-adam"][1:3] == ["adam", "0"] and rows["exp-wd"][1:3] == ["sgd", "0.0001"]
+    assert "…" not in text and "..." not in text
+
+
+def test_terminal_summary_marks_a_variant_a_run_lacks():
+    runs = [run_with("a", 0.03, 0.93),
+            Run("b", "b" * 40, {"optimizer": "adam", "train.lr.sgd": 0.1}, {"full": {"test.accuracy": 0.9},
+                                                                          "frac10": {"test.accuracy": 0.81}})]
+    lines = review.terminal_table(runs).splitlines()
+    assert lines[1].split() == ["run", "optimizer", "full", "frac10"]
+    assert lines[2].split() == ["a", "sgd", "0.9300", "-"] and lines[3].split() == ["b", "adam", "0.9000", "0.8100"]
+
+
+def test_compare_without_runs_or_metric_is_a_user_error():
+    with pytest.raises(MnistlrError, match="no committed run or experiment has metrics/full.json"):
+        review.comparison_table([], "full", "test.accuracy")
+    runs = review.runs_from_exp_show(exp_show())
+    with pytest.raises(MnistlrError, match="metrics/frac10.json"):
+        review.comparison_table(runs, "frac10", "test.accuracy")
+    with pytest.raises(MnistlrError, match="'nope'.*accepted: test.accuracy, test.ece, test.loss"):
+        review.comparison_table(runs, "full", "nope")
+
+
+# --- the review page -------------------------------------------------------------------------------
+
+
+def full_diff() -> dict:
+    """`dvc metrics diff main --all --json` of three variants, one of them new on the branch."""
+    def entry(old, new):
+        return {"old": old, "new": new, "diff": None if old is None else round(new - old, 6)}
+    return {"diff": {
+        "metrics/frac10.json": {"test.accuracy": entry(0.81, 0.815), "test.loss": entry(0.6, 0.58)},
+        "metrics/full.json": {"test.accuracy": entry(0.925, 0.93), "test.loss": entry(0.3, 0.29)},
+        "metrics/noise20.json": {"test.accuracy": entry(None, 0.87), "test.loss": entry(None, 0.5)},
+    }}
+
+
+def test_review_headline_table_shows_base_and_workspace_values():
+    md = review.headline_table(full_diff()["diff"], "main")
+    assert "| full | test.accuracy | 0.9250 | 0.9300 | +0.0050 |" in md
+    assert "| noise20 | test.loss | - | 0.5000 | - |" in md
+
+
+def test_accuracy_table_has_one_row_per_variant_full_first():
+    rows = review.accuracy_table(full_diff()["diff"], "main").splitlines()
+    assert rows[0] == "| variant | test accuracy (main) | test accuracy (workspace) | change (points) |"
+    assert rows[2:] == ["| full | 0.9250 | 0.9300 | +0.50 |", "| frac10 | 0.8100 | 0.8150 | +0.50 |",
+                        "| noise20 | - | 0.8700 | - |"]
+
+
+@pytest.fixture
+def recorded_dvc(monkeypatch):
+    """Replace dvc with recorded output: `dvc params diff --md` and `dvc metrics diff --all --json`
+    (the returned dict's "diff", which a test may change)."""
+    recorded = {"diff": full_diff()}
+
+    def run_dvc(*args, cwd="."):
+        assert args[:2] == ("params", "diff"), args
+        return "| Path | Param | main | workspace |\n|---|---|---|---|\n| params.yaml | optimizer | sgd | adam |\n"
+
+    def dvc_json(*args, cwd="."):
+        assert args[:2] == ("metrics", "diff"), args
+        return recorded["diff"]
+
+    monkeypatch.setattr(review, "run_dvc", run_dvc)
+    monkeypatch.setattr(review, "dvc_json", dvc_json)
+    return recorded
+
+
+def test_review_page_opens_with_the_verdict_then_every_variants_accuracy(recorded_dvc, tmp_path):
+    figures = tmp_path / "reports" / "figures"
+    (figures / "full").mkdir(parents=True)
+    (figures / "learning_curves.png").write_bytes(b"png")
+    (figures / "full" / "confusion.png").write_bytes(b"png")
+    out = tmp_path / "reports" / "review.md"
+    text = review.build_review("main", out, figures_dir=figures)
+    assert out.read_text() == text
+    lines = text.splitlines()
+    assert lines[0] == review.MARKER
+    assert lines[1].startswith("**Passed** against `main`: gate passed: test.accuracy of 2 variant(s)")
+    assert lines[1].endswith("new on this branch (no main value): noise20")
+    table = lines[lines.index("") + 1:]
+    rows = [ln for ln in table[: table.index("")] if ln.startswith("| ") and not ln.startswith("| variant")]
+    assert [r.split("|")[1].strip() for r in rows] == ["full", "frac10", "noise20"]
+    assert rows[0] == "| full | 0.9250 | 0.9300 | +0.50 |"
+    assert "| params.yaml | optimizer | sgd | adam |" in text
+    assert "![learning curves (all variants)](figures/learning_curves.png)" in text
+    assert "![confusion matrix of full](figures/full/confusion.png)" in text
+    assert "weights.png" not in text  # only figures that exist are linked
+
+
+def test_review_page_says_failed_first_when_the_gate_fails(recorded_dvc, tmp_path):
+    recorded_dvc["diff"]["diff"]["metrics/full.json"]["test.loss"] = {"old": 0.30, "new": 0.35, "diff": 0.05}
+    text = review.build_review("main", tmp_path / "review.md", metric="test.loss", max_drop=0.01,
+                               figures_dir=tmp_path)
+    lines = text.splitlines()
+    assert lines[0] == review.MARKER
+    assert lines[1].startswith("**FAILED** against `main`: gate FAILED (max drop 0.01): full test.loss worsened "
+                               "from 0.3000 (main) to 0.3500 (workspace)"), lines[1]
+    assert "frac10" not in lines[1]  # its loss fell
+    assert "| full | 0.9250 | 0.9300 | +0.50 |" in text  # the accuracy table is there all the same
+    # the same page gated on accuracy, which rose everywhere, passes
+    text = review.build_review("main", tmp_path / "review.md", figures_dir=tmp_path)
+    assert text.splitlines()[1].startswith("**Passed** against `main`")
+
+
+# --- the Chromium helper ---------------------------------------------------------------------------
+
+
+def test_localize_scripts_rewrites_the_vega_cdn_tags(tmp_path):
+    page = tmp_path / "index.html"
+    page.write_text('<script src="https://cdn.jsdelivr.net/npm/vega@5.20.2"></script>'
+                    '<script src="https://cdn.jsdelivr.net/npm/vega-lite@5.2.0"></script>'
+                    '<script src="https://cdn.jsdelivr.net/npm/vega-embed@6.18.2"></script>')
+    assert html_render.localize_scripts(page, tmp_path / "js") == 3
+    text = page.read_text()
+    assert "cdn.jsdelivr" not in text and "js/vega-lite.min.js" in text and "js/vega-embed.min.js" in text
