@@ -81,7 +81,7 @@ def learning_curves_figure(histories: Mapping[str, Sequence[Mapping[str, float]]
 
 
 def data_size_figure(
-    points: Sequence[tuple[float, float]], expected: Mapping[float, tuple[float, float]]
+    points: Sequence[tuple[float, float]], expected: Mapping[float, tuple[float, float]], train_size: int
 ) -> Figure:
     """Test accuracy (%) against training fraction, with the seed's expected band per fraction."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
@@ -90,7 +90,7 @@ def data_size_figure(
                 label="tutorial's expected range" if i == 0 else None)
     xs, ys = zip(*sorted(points)) if points else ((), ())
     ax.plot([x * 100 for x in xs], ys, "o-", color="tab:blue", label="measured")
-    ax.set(xscale="log", xlabel="training data used (% of 50k)", ylabel="test accuracy (%)",
+    ax.set(xscale="log", xlabel=f"training data used (% of {train_size})", ylabel="test accuracy (%)",
            title="Effect of training-set size")
     ax.set_xticks([10, 25, 50, 100], ["10", "25", "50", "100"])
     ax.grid(alpha=0.3)

@@ -13,7 +13,7 @@ from mnistlr.data import NUM_CLASSES
 from mnistlr.errors import MnistlrError
 
 # Metric names (the last part of a dotted key such as test.ece) for which a smaller value is better.
-LOWER_IS_BETTER = ("loss", "ece", "nll")
+LOWER_IS_BETTER = ("loss", "ece")
 DECIMALS = 6  # metrics are written as these many decimals: no float32 tails in JSON
 
 

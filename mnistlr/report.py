@@ -201,7 +201,8 @@ def build_report(
     curves = {n: pd.read_csv(Path(curves_dir) / f"{n}.csv").to_dict("records") for n in names}
     figures.save(figures.learning_curves_figure(curves), fig_dir / "learning_curves.png")
     size_points = [(v.fraction, 100 * scores[n]["test"]["accuracy"]) for n, v in params.variants.items() if v.noise == 0]
-    figures.save(figures.data_size_figure(size_points, EXPECTED_BY_FRACTION), fig_dir / "data_size.png")
+    train_size = round(summaries[ref]["size"] / summaries[ref]["fraction"])
+    figures.save(figures.data_size_figure(size_points, EXPECTED_BY_FRACTION, train_size), fig_dir / "data_size.png")
     noisy = noise_table(params, scores)
     figures.save(figures.noise_figure(noisy) if len(noisy) else
                  figures.message_figure("no noisy variant (with a clean one of the same size) in params.yaml"),
@@ -229,7 +230,7 @@ def build_report(
         f"Linear model `nn.Linear(784, 10)` on MNIST, loss: {LOSS_NAMES[t.loss]}; "
         f"optimizer **{params.optimizer}** (lr {params.lr:g}, {t.schedule} schedule), {t.epochs} epochs, "
         f"batch {t.batch_size}, weight decay {t.weight_decay:g}, L1 {t.l1:g}, seed {params.seed}. "
-        f"Train/val split {round(summaries[ref]['size'] / summaries[ref]['fraction'])}/{params.data.val_size} "
+        f"Train/val split {train_size}/{params.data.val_size} "
         f"of the training images; test = the {n_test} MNIST test images, used only here.",
         "",
         "## Results",

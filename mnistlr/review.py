@@ -20,7 +20,7 @@ import pandas as pd
 
 from mnistlr import atomic
 from mnistlr.errors import MnistlrError
-from mnistlr.metrics import LOWER_IS_BETTER, higher_is_better
+from mnistlr.metrics import higher_is_better
 
 HEADLINE = ("test.accuracy", "test.loss", "val.accuracy")
 # Lets the CI find and update its one comment instead of adding a new one per push.
@@ -259,7 +259,9 @@ def gate_verdict(found: list[Change], metric: str, max_drop: float, base: str) -
     """(passed, one-line reason). A variant new on the branch (no base value) passes and is named."""
     failed = sorted((c for c in found if c.drop > max_drop + 1e-12), key=lambda c: -c.drop)
     new = [c.variant for c in found if c.old is None and c.new is not None]
-    new_note = f"; new on this branch (no {base} value): {', '.join(new)}" if new else ""
+    gone = [c.variant for c in found if c.old is not None and c.new is None]
+    new_note = (f"; new on this branch (no {base} value): {', '.join(new)}" if new else "") + (
+        f"; missing on this branch (only {base} has it): {', '.join(gone)}" if gone else "")
     if failed:
         parts = [f"{c.variant} {metric} worsened from {c.old:.4f} ({base}) to {c.new:.4f} (workspace), "
                  f"drop {c.drop:.4f}" for c in failed]
@@ -280,10 +282,6 @@ def run_gate(base: str, metric: str, max_drop: float, cwd: str | Path = ".") -> 
         raise MnistlrError(f"--max-drop {max_drop} is negative; accepted: a number >= 0")
     found = changes(dvc_json("metrics", "diff", base, "--all", cwd=cwd), metric)
     return gate_verdict(found, metric, max_drop, base)
-
-
-GATE_METRIC_HELP = (f"key in metrics/<variant>.json, e.g. test.accuracy; lower is better for names ending in "
-                    f"{', '.join(LOWER_IS_BETTER)} (test.loss, val.loss, test.ece), higher for the rest")
 
 
 # --- the review page -------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def study_optimum(params: Params, data: dict) -> dict:
             r["test_accuracy_gap"] = round(r["test_accuracy"] - opt["test_accuracy"], 6)
             entry[name] = r
         rows.append(entry)
-    return {"rows": rows}
+    return {"rows": rows, "n_train": int(data["train"][1].shape[0])}
 
 
 def study_l1l2(params: Params, data: dict, figure: str | Path | None = None) -> dict:
@@ -151,7 +151,7 @@ def study_sweep(params: Params, data: dict, optimum: dict) -> dict:
     else:
         _, on_train = _run(params, data, point.optimizer, point.lr, **overrides)
     result = {"rows": rows, "best_index": best, "best": point.model_dump(), "trained_on_train": on_train,
-              "n_val": int(data["val"][1].shape[0])}
+              "n_train": int(data["train"][1].shape[0]), "n_val": int(data["val"][1].shape[0])}
     if p.refit:
         both = {"train": (torch.cat([data["train"][0], data["val"][0]]), torch.cat([data["train"][1], data["val"][1]])),
                 "val": data["val"], "test": data["test"]}
@@ -226,7 +226,7 @@ def optimum_section(o: dict) -> list[str]:
                          f"{r['objective_gap']:+.5f}", _pct(r["val_accuracy"]), _pct(r["test_accuracy"]),
                          f"{100 * r['test_accuracy_gap']:+.2f}"])
     return ["## 2. The convex optimum (`optimizer: lbfgs`)", "",
-            "Training objective = mean cross-entropy on the 50k training images + weight_decay/2 * ||W||^2 "
+            f"Training objective = mean cross-entropy on the {o['n_train']} training images + weight_decay/2 * ||W||^2 "
             "(the function SGD and Adam with the same `weight_decay` minimize). L-BFGS: full batch, "
             f"{o['params']['lbfgs_iters']} iterations, strong-Wolfe line search. Gap = run - L-BFGS.", "",
             *_table(["weight decay", "optimizer", "train objective", "objective gap", "val acc %", "test acc %", "test acc gap (pts)"], rows),
@@ -254,18 +254,18 @@ def sweep_section(s: dict) -> list[str]:
         mark = " **(selected)**" if i == s["best_index"] else ""
         rows.append([_config(r) + mark, f"{r['objective']:.4f}", _pct(r["train_accuracy"]), _pct(r["val_accuracy"])])
     b, t = s["best"], s["trained_on_train"]
-    best_val, n_val = s["rows"][s["best_index"]]["val_accuracy"], s["n_val"]
+    best_val, n_train, n_val = s["rows"][s["best_index"]]["val_accuracy"], s["n_train"], s["n_val"]
     out = ["## 4. The best linear model", "",
-           "Every candidate is trained on the 50k training images and scored on the 10k validation images; "
+           f"Every candidate is trained on the {n_train} training images and scored on the {n_val} validation images; "
            "the one with the highest validation accuracy is selected, and only it touches the test set.", "",
            *_table(["config", "train objective", "train acc %", "val acc %"], rows),
            f"One standard error of an accuracy near {100 * best_val:.1f} % on {n_val} validation images is "
            f"{100 * math.sqrt(best_val * (1 - best_val) / n_val):.2f} points: differences smaller than that "
            "do not separate the candidates.", "",
            f"Selected: `{json.dumps(b)}`", "",
-           f"- trained on train (50k): val {_pct(t['val_accuracy'])} %, **test {_pct(t['test_accuracy'])} %**"]
+           f"- trained on train ({n_train}): val {_pct(t['val_accuracy'])} %, **test {_pct(t['test_accuracy'])} %**"]
     if "refit_on_train_val" in s:
-        out.append(f"- refitted on train + val (60k): **test {_pct(s['refit_on_train_val']['test_accuracy'])} %**")
+        out.append(f"- refitted on train + val ({n_train + n_val}): **test {_pct(s['refit_on_train_val']['test_accuracy'])} %**")
     return out + [""]
 
 
