@@ -32,13 +32,16 @@ bench: $(STAMP)
 # Pull-request review (also run by .github/workflows/review.yml): run the pipeline,
 # write reports/review.md (params and metrics diffs against BASE, figures), then
 # the regression gate, which fails the target when a variant's metric drops too far.
+# SIGNIFICANCE=0.05 makes the gate fail only on drops the test set can tell from noise (McNemar).
 BASE ?= main
 GATE_METRIC ?= test.accuracy
 MAX_DROP ?= 0.002
+SIGNIFICANCE ?=
+GATE_ARGS = --base $(BASE) --metric $(GATE_METRIC) --max-drop $(MAX_DROP) $(if $(SIGNIFICANCE),--significance $(SIGNIFICANCE))
 review: $(STAMP)
 	$(BIN)/dvc repro
-	$(BIN)/mnistlr review --base $(BASE) --metric $(GATE_METRIC) --max-drop $(MAX_DROP) --out reports/review.md
-	$(BIN)/mnistlr gate --base $(BASE) --metric $(GATE_METRIC) --max-drop $(MAX_DROP)
+	$(BIN)/mnistlr review $(GATE_ARGS) --out reports/review.md
+	$(BIN)/mnistlr gate $(GATE_ARGS)
 
 clean:
 	rm -rf $(VENV) dvc_plots .pytest_cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -34,11 +35,14 @@ def gate(
     base: str = typer.Option("main", help="git revision to compare against"),
     metric: str = typer.Option("test.accuracy", help=METRIC_HELP),
     max_drop: float = typer.Option(0.002, help="largest allowed worsening of the metric, in its own units"),
+    significance: Optional[float] = typer.Option(
+        None, help="e.g. 0.05: fail only when test accuracy drops more than MAX_DROP AND the drop is significant "
+                   "(exact McNemar test on the per-image test predictions, p < SIGNIFICANCE)"),
 ) -> None:
     """Exit 1 with a one-line reason when METRIC of any variant worsens more than MAX_DROP against BASE."""
     from mnistlr.review import run_gate
 
-    passed, line = run_gate(base, metric, max_drop)
+    passed, line = run_gate(base, metric, max_drop, significance)
     typer.echo(line, err=not passed)
     if not passed:
         raise typer.Exit(1)
@@ -51,11 +55,13 @@ def review(
     out: Path = typer.Option("reports/review.md", help="markdown page to write"),
     metric: str = typer.Option("test.accuracy", help="metric the gate checks; " + METRIC_HELP),
     max_drop: float = typer.Option(0.002, help="the gate's allowed worsening"),
+    significance: Optional[float] = typer.Option(None, help="the gate's significance level (see `mnistlr gate --help`)"),
 ) -> None:
-    """Write the pull-request review page: verdict, test accuracy of every variant, params and metrics diffs."""
+    """Write the pull-request review page: verdict; every variant's test accuracy with the change's 95 % interval,
+    McNemar p and images fixed and broken; params and metrics diffs."""
     from mnistlr.review import build_review
 
-    build_review(base, out, metric, max_drop)
+    build_review(base, out, metric, max_drop, significance)
     typer.echo(f"wrote {out}")
 
 

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from mnistlr import atomic
@@ -68,6 +71,130 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def fmt(value: float | None) -> str:
     """A metric value for a table: four decimals, '-' when absent."""
     return "-" if value is None else f"{value:.4f}"
+
+
+# --- is a change real? two models' predictions on the same test images ---------------------------------
+
+CONFIDENCE = 0.95
+
+
+def _binom_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), summed in log space."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    if p <= 0.0 or p >= 1.0:
+        return 1.0 if p <= 0.0 else 0.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    const = math.lgamma(n + 1)
+    return min(1.0, sum(math.exp(const - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q)
+                        for i in range(k + 1)))
+
+
+def _bisect(f: Any, target: float, increasing: bool) -> float:
+    """The p in [0, 1] where the monotone f(p) crosses target."""
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if (f(mid) < target) == increasing:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def mcnemar_p(fixed: int, broken: int) -> float:
+    """Two-sided exact McNemar p-value: under 'no difference' the images the two models disagree on
+    split as Binomial(fixed + broken, 1/2). 1 when they disagree on none."""
+    d = fixed + broken
+    if d == 0:
+        return 1.0
+    tail = sum(math.comb(d, i) for i in range(min(fixed, broken) + 1))  # exact integers
+    return min(1.0, 2 * tail / 2**d)
+
+
+def change_interval(fixed: int, broken: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Exact interval for the accuracy change (fixed - broken) / n: a Clopper-Pearson interval for the
+    share of disagreements the new model wins, scaled by the disagreements. [0, 0] when there are none."""
+    d = fixed + broken
+    if d == 0:
+        return 0.0, 0.0
+    alpha = 1 - confidence
+    lower = 0.0 if fixed == 0 else _bisect(lambda p: 1 - _binom_cdf(fixed - 1, d, p), alpha / 2, increasing=True)
+    upper = 1.0 if fixed == d else _bisect(lambda p: _binom_cdf(fixed, d, p), alpha / 2, increasing=False)
+    return (2 * lower - 1) * d / n, (2 * upper - 1) * d / n
+
+
+@dataclass(frozen=True)
+class PairedChange:
+    """One variant's test predictions, base against workspace, image by image."""
+
+    variant: str
+    n: int
+    base_accuracy: float
+    new_accuracy: float
+    fixed: int  # wrong in base, right in the workspace
+    broken: int  # right in base, wrong in the workspace
+
+    @property
+    def change(self) -> float:
+        return self.new_accuracy - self.base_accuracy
+
+    @property
+    def p_value(self) -> float:
+        return mcnemar_p(self.fixed, self.broken)
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return change_interval(self.fixed, self.broken, self.n)
+
+    def describe(self) -> str:
+        lo, hi = self.interval
+        return (f"{self.variant} test accuracy {self.base_accuracy:.4f} -> {self.new_accuracy:.4f} "
+                f"({100 * self.change:+.2f} points, {CONFIDENCE:.0%} CI [{100 * lo:+.2f}, {100 * hi:+.2f}], "
+                f"McNemar p = {self.p_value:.3g}; {self.fixed} fixed, {self.broken} broken)")
+
+
+def read_predictions(text: str, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(actual, predicted) from an evaluate stage's actual,predicted CSV."""
+    rows = [line.split(",") for line in text.strip().splitlines()[1:]]
+    try:
+        table = np.array(rows, dtype=np.int64).reshape(-1, 2)
+    except ValueError:
+        raise MnistlrError(f"{source}: not an actual,predicted CSV of integers") from None
+    return table[:, 0], table[:, 1]
+
+
+def paired_change(variant: str, base: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray]) -> PairedChange:
+    """Compare two prediction files of one variant; they must list the same test images in the same order."""
+    (actual, old_pred), (actual_new, new_pred) = base, new
+    if actual.shape != actual_new.shape or not np.array_equal(actual, actual_new):
+        raise MnistlrError(f"{variant}: the base and workspace predictions are not of the same test images "
+                           f"({actual.size} vs {actual_new.size} labels, or in another order)")
+    old_ok, new_ok = old_pred == actual, new_pred == actual
+    return PairedChange(variant, int(actual.size), float(old_ok.mean()), float(new_ok.mean()),
+                        int((~old_ok & new_ok).sum()), int((old_ok & ~new_ok).sum()))
+
+
+def predictions_at(rev: str | None, variant: str, cwd: str | Path = ".") -> tuple[np.ndarray, np.ndarray] | None:
+    """plots/predictions/<variant>.csv as committed in `rev` (None: the workspace); None when absent."""
+    rel = f"plots/predictions/{variant}.csv"
+    if rev is None:
+        path = Path(cwd) / rel
+        return read_predictions(path.read_text(), str(path)) if path.is_file() else None
+    proc = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=cwd, capture_output=True, text=True)
+    return read_predictions(proc.stdout, f"{rev}:{rel}") if proc.returncode == 0 and proc.stdout.strip() else None
+
+
+def paired_changes(base: str, variants: list[str], cwd: str | Path = ".") -> dict[str, PairedChange]:
+    """Every variant with test predictions both in `base` and in the workspace."""
+    out = {}
+    for variant in variants:
+        old, new = predictions_at(base, variant, cwd), predictions_at(None, variant, cwd)
+        if old is not None and new is not None:
+            out[variant] = paired_change(variant, old, new)
+    return out
 
 
 # --- compare ---------------------------------------------------------------------------------------
@@ -179,14 +306,17 @@ def grid_markdown(table: pd.DataFrame, diff: list[str], metric: str) -> str | No
     return _md(grid.reset_index())
 
 
-def comparison_markdown(table: pd.DataFrame, diff: list[str], variant: str, metric: str, figure_name: str) -> str:
+def comparison_markdown(table: pd.DataFrame, diff: list[str], variant: str, metric: str, figure_name: str,
+                        n_test: int | str = "") -> str:
     """The comparison page."""
     grid = grid_markdown(table, diff, metric)
     return "\n".join([
         "# Experiment comparison",
         "",
         f"Variant `{variant}`, sorted by `{metric}` (best first). Params columns: those that differ between runs"
-        f" ({', '.join(f'`{k}`' for k in diff) or 'none'}). Written by `mnistlr compare`.",
+        f" ({', '.join(f'`{k}`' for k in diff) or 'none'}). `p vs best`: exact McNemar p of each run's test "
+        f"predictions against the run with the best test accuracy; `same as best`: the {n_test} test images cannot "
+        f"tell the two apart (p >= {1 - CONFIDENCE:.2g}). Written by `mnistlr compare`.",
         "",
         _md(table),
         "",
@@ -196,18 +326,40 @@ def comparison_markdown(table: pd.DataFrame, diff: list[str], variant: str, metr
     ])
 
 
+def mark_indistinguishable(table: pd.DataFrame, runs: list[Run], variant: str, cwd: str | Path = ".",
+                           alpha: float = 1 - CONFIDENCE) -> pd.DataFrame:
+    """Add each run's exact McNemar p against the run with the best test accuracy (same test images,
+    image by image) and whether the test set can tell them apart at `alpha`."""
+    by_name = {r.name: r for r in runs}
+    preds = {name: predictions_at(by_name[name].rev, variant, cwd) for name in table["run"]}
+    best = table.loc[table["test.accuracy"].idxmax(), "run"] if table["test.accuracy"].notna().any() else None
+    p_values = []
+    for name in table["run"]:
+        if best is None or preds[name] is None or preds[best] is None:
+            p_values.append(None)
+        else:
+            c = paired_change(variant, preds[best], preds[name])
+            p_values.append(round(c.p_value, 4))
+    table = table.copy()
+    table["p vs best"] = p_values
+    table["same as best"] = ["-" if p is None else ("yes" if p >= alpha else "no") for p in p_values]
+    return table
+
+
 def compare_experiments(out_dir: str | Path, variant: str = "full", metric: str = "test.accuracy",
                         revs: list[str] | None = None, all_commits: bool = False,
                         cwd: str | Path = ".") -> tuple[pd.DataFrame, str]:
     """Read the experiments through dvc, write out_dir/compare.{md,json,png}; return the table and the
-    terminal summary (every variant's `metric` per run)."""
+    terminal summary (every variant's `metric` per run, and which runs the test set cannot tell from the best)."""
     from mnistlr import figures
 
     args = ["exp", "show"] + (["--all-commits"] if all_commits else [a for r in revs or [] for a in ("--rev", r)])
     runs = runs_from_exp_show(dvc_json(*args, cwd=cwd))
-    table = comparison_table(runs, variant, metric)
     with_variant = [r for r in runs if variant in r.metrics]
+    table = mark_indistinguishable(comparison_table(runs, variant, metric), with_variant, variant, cwd)
     diff = differing_params(with_variant)
+    first = predictions_at(with_variant[0].rev, variant, cwd)
+    n_test = first[0].size if first is not None else ""
     out_dir = Path(out_dir)
     labels = [run_label(row, diff) for _, row in table.iterrows()]
     by_name = {r.name: r for r in with_variant}
@@ -216,8 +368,12 @@ def compare_experiments(out_dir: str | Path, variant: str = "full", metric: str 
     figures.save(figures.comparison_figure(labels, table[metric].tolist(), metric, curves), out_dir / "compare.png")
     atomic.write_json(out_dir / "compare.json", {"variant": variant, "metric": metric, "differing_params": diff,
                                                  "runs": table.to_dict("records")})
-    atomic.write_text(out_dir / "compare.md", comparison_markdown(table, diff, variant, metric, "compare.png"))
-    return table, terminal_table(runs, metric)
+    atomic.write_text(out_dir / "compare.md", comparison_markdown(table, diff, variant, metric, "compare.png", n_test))
+    same = [str(n) for n, flag in zip(table["run"], table["same as best"]) if flag == "yes"]
+    note = (f"Runs the {n_test} test images of {variant} cannot tell from the best test accuracy "
+            f"(exact McNemar p >= {1 - CONFIDENCE:.2g}): {', '.join(same) or 'none'}")
+    width = shutil.get_terminal_size((100, 24)).columns
+    return table, terminal_table(runs, metric) + "\n\n" + textwrap.fill(note, width=min(width, 100))
 
 
 # --- the gate --------------------------------------------------------------------------------------
@@ -276,28 +432,61 @@ def gate_verdict(found: list[Change], metric: str, max_drop: float, base: str) -
                   f"({detail}){new_note}")
 
 
-def run_gate(base: str, metric: str, max_drop: float, cwd: str | Path = ".") -> tuple[bool, str]:
-    """Compare the workspace's metrics with `base`'s through `dvc metrics diff`."""
+def significance_verdict(paired: dict[str, PairedChange], max_drop: float, alpha: float, base: str) -> tuple[bool, str]:
+    """(passed, one-line reason): test accuracy fails only where it drops more than max_drop AND the
+    drop is significant (exact McNemar p < alpha); a drop that the test set cannot tell from noise passes."""
+    if not paired:
+        return True, f"gate passed: no variant has test predictions both in {base} and in the workspace"
+    dropped = [c for c in paired.values() if -c.change > max_drop + 1e-12]
+    failed = sorted((c for c in dropped if c.p_value < alpha), key=lambda c: c.change)
+    rule = f"max drop {max_drop:g}, significance {alpha:g}"
+    if failed:
+        return False, f"gate FAILED ({rule}): " + "; ".join(c.describe() for c in failed)
+    if dropped:
+        return True, (f"gate passed ({rule}): drops not significant: " + "; ".join(c.describe() for c in dropped))
+    worst = min(paired.values(), key=lambda c: c.change)
+    return True, f"gate passed ({rule}): test.accuracy of {len(paired)} variant(s) within {max_drop:g} of {base} " \
+                 f"(largest drop: {worst.describe()})"
+
+
+def run_gate(base: str, metric: str, max_drop: float, significance: float | None = None,
+             cwd: str | Path = ".") -> tuple[bool, str]:
+    """Compare the workspace's metrics with `base`'s through `dvc metrics diff`; with `significance`,
+    compare test predictions image by image and fail only on significant drops of test accuracy."""
     if max_drop < 0:
         raise MnistlrError(f"--max-drop {max_drop} is negative; accepted: a number >= 0")
+    if significance is not None:
+        if not 0 < significance < 1:
+            raise MnistlrError(f"--significance {significance} is not accepted; accepted: a number between 0 and 1, e.g. 0.05")
+        if metric != "test.accuracy":
+            raise MnistlrError(f"--significance needs per-image predictions, which exist for test accuracy only; "
+                               f"--metric {metric!r} is not accepted with it; accepted: test.accuracy")
     found = changes(dvc_json("metrics", "diff", base, "--all", cwd=cwd), metric)
-    return gate_verdict(found, metric, max_drop, base)
+    if significance is None:
+        return gate_verdict(found, metric, max_drop, base)
+    return significance_verdict(paired_changes(base, [c.variant for c in found], cwd), max_drop, significance, base)
 
 
 # --- the review page -------------------------------------------------------------------------------
 
 
-def accuracy_table(diff: dict, base: str) -> str:
-    """Markdown: every variant's test accuracy, base -> workspace, and the change in points."""
-    rows = [f"| variant | test accuracy ({base}) | test accuracy (workspace) | change (points) |",
-            "|---|---:|---:|---:|"]
+def accuracy_table(diff: dict, base: str, paired: dict[str, PairedChange] | None = None) -> str:
+    """Markdown: every variant's test accuracy, base -> workspace, the change in points and, where both
+    sides' test predictions exist, its 95 % interval, the exact McNemar p and the images fixed and broken."""
+    paired = paired or {}
+    rows = [f"| variant | test accuracy ({base}) | test accuracy (workspace) | change (points) | "
+            f"{CONFIDENCE:.0%} CI (points) | McNemar p | fixed | broken |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for path, entries in sorted(diff.items(), key=lambda kv: (variant_of(kv[0]) != "full", kv[0])):
         e = entries.get("test.accuracy")
         if e is None:
             continue
         old, new = e.get("old"), e.get("new")
         change = "-" if old is None or new is None else f"{100 * (new - old):+.2f}"
-        rows.append(f"| {variant_of(path)} | {fmt(old)} | {fmt(new)} | {change} |")
+        p = paired.get(variant_of(path))
+        stats = (f"[{100 * p.interval[0]:+.2f}, {100 * p.interval[1]:+.2f}] | {p.p_value:.3g} | {p.fixed} | {p.broken}"
+                 if p else "- | - | - | -")
+        rows.append(f"| {variant_of(path)} | {fmt(old)} | {fmt(new)} | {change} | {stats} |")
     return "\n".join(rows)
 
 
@@ -322,18 +511,24 @@ def figure_links(out_dir: Path, figures_dir: Path, reference: str) -> list[str]:
 
 
 def build_review(base: str, out: str | Path, metric: str = "test.accuracy", max_drop: float = 0.002,
-                 figures_dir: str | Path = "reports/figures", reference: str = "full", cwd: str | Path = ".") -> str:
+                 significance: float | None = None, figures_dir: str | Path = "reports/figures",
+                 reference: str = "full", cwd: str | Path = ".") -> str:
     """Write the review markdown to `out` and return it (the gate's verdict is reported, not raised)."""
     out = Path(out)
     params_md = run_dvc("params", "diff", base, "--md", cwd=cwd).strip()
     diff_all = dvc_json("metrics", "diff", base, "--all", cwd=cwd)
     diff_all = diff_all.get("diff", diff_all)
-    passed, gate_line = run_gate(base, metric, max_drop, cwd=cwd)
+    passed, gate_line = run_gate(base, metric, max_drop, significance, cwd=cwd)
+    paired = paired_changes(base, [variant_of(p) for p in diff_all], cwd)
     lines = [
         MARKER,
         f"**{'Passed' if passed else 'FAILED'}** against `{base}`: {gate_line}",
         "",
-        accuracy_table(diff_all, base),
+        accuracy_table(diff_all, base, paired),
+        "",
+        f"A change is a real one when its {CONFIDENCE:.0%} interval excludes 0 (McNemar p < {1 - CONFIDENCE:.2g}): "
+        "the interval and p come from the test images the two models disagree on (fixed: wrong before, right now; "
+        "broken: the reverse).",
         "",
         f"### Params changed (`dvc params diff {base}`)",
         "",

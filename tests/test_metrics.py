@@ -79,7 +79,7 @@ def test_weight_sparsity():
 
 
 @pytest.mark.parametrize("metric,higher", [("test.accuracy", True), ("test.loss", False), ("test.ece", False),
-                                           ("val.loss", False), ("weights.sparsity", True), ("nll", False)])
+                                           ("val.loss", False), ("weights.sparsity", True)])
 def test_which_metrics_are_better_higher(metric, higher):
     assert metrics.higher_is_better(metric) is higher
 

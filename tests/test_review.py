@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 from mnistlr import review
@@ -199,9 +200,15 @@ def test_review_headline_table_shows_base_and_workspace_values():
 
 def test_accuracy_table_has_one_row_per_variant_full_first():
     rows = review.accuracy_table(full_diff()["diff"], "main").splitlines()
-    assert rows[0] == "| variant | test accuracy (main) | test accuracy (workspace) | change (points) |"
-    assert rows[2:] == ["| full | 0.9250 | 0.9300 | +0.50 |", "| frac10 | 0.8100 | 0.8150 | +0.50 |",
-                        "| noise20 | - | 0.8700 | - |"]
+    assert rows[0] == ("| variant | test accuracy (main) | test accuracy (workspace) | change (points) | "
+                       "95% CI (points) | McNemar p | fixed | broken |")
+    assert rows[2:] == ["| full | 0.9250 | 0.9300 | +0.50 | - | - | - | - |",
+                        "| frac10 | 0.8100 | 0.8150 | +0.50 | - | - | - | - |",
+                        "| noise20 | - | 0.8700 | - | - | - | - | - |"]
+    paired = {"full": review.PairedChange("full", 1000, 0.925, 0.930, fixed=10, broken=5)}
+    row = review.accuracy_table(full_diff()["diff"], "main", paired).splitlines()[2]
+    lo, hi = review.change_interval(10, 5, 1000)
+    assert row == f"| full | 0.9250 | 0.9300 | +0.50 | [{100 * lo:+.2f}, {100 * hi:+.2f}] | {review.mcnemar_p(10, 5):.3g} | 10 | 5 |"
 
 
 @pytest.fixture
@@ -229,7 +236,7 @@ def test_review_page_opens_with_the_verdict_then_every_variants_accuracy(recorde
     (figures / "learning_curves.png").write_bytes(b"png")
     (figures / "full" / "confusion.png").write_bytes(b"png")
     out = tmp_path / "reports" / "review.md"
-    text = review.build_review("main", out, figures_dir=figures)
+    text = review.build_review("main", out, figures_dir=figures, cwd=tmp_path)  # no git here: no predictions
     assert out.read_text() == text
     lines = text.splitlines()
     assert lines[0] == review.MARKER
@@ -238,7 +245,7 @@ def test_review_page_opens_with_the_verdict_then_every_variants_accuracy(recorde
     table = lines[lines.index("") + 1:]
     rows = [ln for ln in table[: table.index("")] if ln.startswith("| ") and not ln.startswith("| variant")]
     assert [r.split("|")[1].strip() for r in rows] == ["full", "frac10", "noise20"]
-    assert rows[0] == "| full | 0.9250 | 0.9300 | +0.50 |"
+    assert rows[0] == "| full | 0.9250 | 0.9300 | +0.50 | - | - | - | - |"
     assert "| params.yaml | optimizer | sgd | adam |" in text
     assert "![learning curves (all variants)](figures/learning_curves.png)" in text
     assert "![confusion matrix of full](figures/full/confusion.png)" in text
@@ -248,7 +255,7 @@ def test_review_page_opens_with_the_verdict_then_every_variants_accuracy(recorde
 def test_review_page_says_failed_first_when_the_gate_fails(recorded_dvc, tmp_path):
     recorded_dvc["diff"]["diff"]["metrics/full.json"]["test.loss"] = {"old": 0.30, "new": 0.35, "diff": 0.05}
     text = review.build_review("main", tmp_path / "review.md", metric="test.loss", max_drop=0.01,
-                               figures_dir=tmp_path)
+                               figures_dir=tmp_path, cwd=tmp_path)
     lines = text.splitlines()
     assert lines[0] == review.MARKER
     assert lines[1].startswith("**FAILED** against `main`: gate FAILED (max drop 0.01): full test.loss worsened "
@@ -256,8 +263,109 @@ def test_review_page_says_failed_first_when_the_gate_fails(recorded_dvc, tmp_pat
     assert "frac10" not in lines[1]  # its loss fell
     assert "| full | 0.9250 | 0.9300 | +0.50 |" in text  # the accuracy table is there all the same
     # the same page gated on accuracy, which rose everywhere, passes
-    text = review.build_review("main", tmp_path / "review.md", figures_dir=tmp_path)
+    text = review.build_review("main", tmp_path / "review.md", figures_dir=tmp_path, cwd=tmp_path)
     assert text.splitlines()[1].startswith("**Passed** against `main`")
+
+
+# --- is a change real? ---------------------------------------------------------------------------
+
+
+def _preds(actual, predicted):
+    return np.asarray(actual), np.asarray(predicted)
+
+
+def test_identical_predictions_change_nothing_with_p_one_and_a_zero_interval():
+    y = np.arange(50) % 10
+    pred = np.where(np.arange(50) % 7 == 0, (y + 1) % 10, y)
+    c = review.paired_change("full", _preds(y, pred), _preds(y, pred))
+    assert (c.fixed, c.broken, c.change, c.p_value, c.interval) == (0, 0, 0.0, 1.0, (0.0, 0.0))
+
+
+def test_a_known_discordant_split_gives_the_exact_mcnemar_p_and_clopper_pearson_interval():
+    # 12 disagreements, 10 won by the new model: p = 2 * P(Binomial(12, 1/2) <= 2) = 2 * 79 / 4096
+    assert review.mcnemar_p(10, 2) == 2 * (1 + 12 + 66) / 4096
+    assert review.mcnemar_p(2, 10) == review.mcnemar_p(10, 2)
+    assert review.mcnemar_p(5, 5) == 1.0
+    # the Clopper-Pearson 95 % interval of 10/12 is [0.5159, 0.9791]: the change is (2 pi - 1) * 12 / n
+    lo, hi = review.change_interval(10, 2, 1000)
+    assert lo == pytest.approx((2 * 0.51586 - 1) * 12 / 1000, abs=2e-6)
+    assert hi == pytest.approx((2 * 0.97914 - 1) * 12 / 1000, abs=2e-6)
+    # all disagreements one way: the bound on that side is exactly the observed change
+    lo, hi = review.change_interval(8, 0, 100)
+    assert hi == pytest.approx(0.08) and 0 < lo < 0.08
+
+
+def test_paired_change_counts_fixed_and_broken_images():
+    y = np.array([0, 1, 2, 3, 4, 5])
+    old = np.array([0, 1, 9, 9, 4, 5])  # 2 and 3 wrong
+    new = np.array([0, 9, 2, 3, 4, 5])  # fixes 2 and 3, breaks 1
+    c = review.paired_change("full", _preds(y, old), _preds(y, new))
+    assert (c.fixed, c.broken, c.n) == (2, 1, 6)
+    assert c.change == pytest.approx(1 / 6)
+    assert "full test accuracy 0.6667 -> 0.8333 (+16.67 points" in c.describe() and "2 fixed, 1 broken" in c.describe()
+
+
+def test_predictions_of_other_test_images_are_a_user_error():
+    with pytest.raises(MnistlrError, match="not of the same test images"):
+        review.paired_change("full", _preds([0, 1, 2], [0, 1, 2]), _preds([0, 2, 1], [0, 1, 2]))
+
+
+def _change(variant, base, new, n=10000):
+    """A PairedChange whose accuracies move from base to new by breaking (or fixing) images only."""
+    k = round(abs(new - base) * n)
+    return review.PairedChange(variant, n, base, new, fixed=k if new > base else 0, broken=k if new < base else 0)
+
+
+def test_significance_gate_passes_a_drop_the_test_set_cannot_tell_from_noise():
+    noisy = review.PairedChange("full", 10000, 0.9250, 0.9220, fixed=100, broken=130)  # -0.30 points, p ~ 0.06
+    passed, line = review.significance_verdict({"full": noisy}, max_drop=0.002, alpha=0.05, base="main")
+    assert passed and line.startswith("gate passed (max drop 0.002, significance 0.05): drops not significant: "
+                                      "full test accuracy 0.9250 -> 0.9220 (-0.30 points"), line
+    assert f"McNemar p = {noisy.p_value:.3g}" in line and noisy.p_value > 0.05
+
+
+def test_significance_gate_fails_a_significant_drop_naming_variant_accuracies_interval_and_p():
+    real = _change("frac10", 0.9100, 0.8900)
+    fine = _change("full", 0.9250, 0.9260)
+    passed, line = review.significance_verdict({"full": fine, "frac10": real}, 0.002, 0.05, "main")
+    lo, hi = real.interval
+    assert not passed and "\n" not in line
+    assert line == ("gate FAILED (max drop 0.002, significance 0.05): frac10 test accuracy 0.9100 -> 0.8900 "
+                    f"(-2.00 points, 95% CI [{100 * lo:+.2f}, {100 * hi:+.2f}], McNemar p = {real.p_value:.3g}; "
+                    "0 fixed, 200 broken)")
+    assert hi < 0 and real.p_value < 1e-10
+
+
+def test_significance_gate_keeps_max_drop_a_significant_but_small_drop_passes():
+    small = review.PairedChange("full", 10000, 0.9250, 0.9240, fixed=0, broken=10)  # p ~ 0.002, -0.1 points
+    passed, line = review.significance_verdict({"full": small}, 0.002, 0.05, "main")
+    assert passed and "within 0.002 of main" in line
+
+
+@pytest.mark.parametrize("args,match", [((0.002, 1.5), "--significance 1.5 is not accepted"),
+                                         ((0.002, 0.0), "--significance 0.0 is not accepted")])
+def test_significance_must_be_a_level(args, match):
+    with pytest.raises(MnistlrError, match=match):
+        review.run_gate("main", "test.accuracy", *args)
+
+
+def test_significance_applies_to_test_accuracy_only():
+    with pytest.raises(MnistlrError, match="--metric 'test.loss' is not accepted with it; accepted: test.accuracy"):
+        review.run_gate("main", "test.loss", 0.01, 0.05)
+
+
+def test_compare_marks_runs_the_test_set_cannot_tell_from_the_best(monkeypatch):
+    y = np.arange(1000) % 10
+    wrong = lambda k: np.where(np.arange(1000) < k, (y + 1) % 10, y)  # noqa: E731 - first k images wrong
+    preds = {"best": wrong(50), "close": wrong(53), "far": wrong(120)}
+    monkeypatch.setattr(review, "predictions_at", lambda rev, variant, cwd=".": _preds(y, preds[rev]))
+    runs = [Run(name, name, {"optimizer": "sgd"}, {"full": {"test.accuracy": 1 - k / 1000}})
+            for name, k in (("far", 120), ("best", 50), ("close", 53))]
+    table = review.mark_indistinguishable(review.comparison_table(runs, "full", "test.accuracy"), runs, "full")
+    assert list(table["run"]) == ["best", "close", "far"]
+    assert list(table["same as best"]) == ["yes", "yes", "no"]
+    assert table["p vs best"].iloc[0] == 1.0 and table["p vs best"].iloc[1] == pytest.approx(review.mcnemar_p(0, 3), abs=1e-4)
+    assert table["p vs best"].iloc[2] < 1e-10
 
 
 # --- the Chromium helper ---------------------------------------------------------------------------

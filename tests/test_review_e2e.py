@@ -4,6 +4,7 @@ worse branch and passes on main."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -12,12 +13,14 @@ import sys
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from mnistlr.review import MARKER
+from mnistlr import review
 from tests import html_render
-from tests.conftest import dvc, make_project, project_env, run
+from tests.conftest import dvc, make_project, project_env, run, skip_unless_ci
 
 PARAMS = {
     "data": {"val_size": 200},
@@ -81,7 +84,7 @@ def local_vega(html: Path, cache: Path) -> Path | None:
 def render_plots(project: Path, env: dict, args: list[str], out: str, cache: Path) -> tuple[html_render.Rendered, int]:
     """`dvc plots ARGS -o OUT`, then render OUT/index.html; returns the render and the number of vega charts."""
     if html_render.find_chromium() is None:
-        pytest.skip("chromium not installed (.ci/run installs it)")
+        skip_unless_ci("chromium not installed (.ci/run installs it)")
     dvc("plots", *args, "-o", out, cwd=project, env=env)
     page = project / out / "index.html"
     js = local_vega(page, cache)
@@ -137,12 +140,27 @@ def test_make_review_on_an_adam_branch_writes_measured_diffs(project):
            for v in ("full", "noise10", "frac50")}
     old = {v: json.loads(git(proj, env, "show", f"main:metrics/{v}.json"))["test"]["accuracy"]
            for v in ("full", "noise10")}
-    assert lines[2:5] == ["", "| variant | test accuracy (main) | test accuracy (workspace) | change (points) |",
-                          "|---|---:|---:|---:|"]
+    assert lines[2:5] == ["", "| variant | test accuracy (main) | test accuracy (workspace) | change (points) | "
+                          "95% CI (points) | McNemar p | fixed | broken |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def paired(v: str) -> str:
+        """The row's statistics, recomputed here from the two committed prediction files."""
+        y_old, p_old = np.loadtxt(io.StringIO(git(proj, env, "show", f"main:plots/predictions/{v}.csv")),
+                                  delimiter=",", skiprows=1, dtype=np.int64).T
+        y_new, p_new = np.loadtxt(proj / "plots" / "predictions" / f"{v}.csv", delimiter=",", skiprows=1,
+                                  dtype=np.int64).T
+        assert (y_old == y_new).all()
+        fixed, broken = int(((p_old != y_old) & (p_new == y_new)).sum()), int(((p_old == y_old) & (p_new != y_new)).sum())
+        assert fixed - broken == round((acc[v] - old[v]) * y_new.size)
+        lo, hi = review.change_interval(fixed, broken, y_new.size)
+        assert lo <= acc[v] - old[v] <= hi
+        return f"[{100 * lo:+.2f}, {100 * hi:+.2f}] | {review.mcnemar_p(fixed, broken):.3g} | {fixed} | {broken}"
+
     assert lines[5:8] == [
-        f"| full | {old['full']:.4f} | {acc['full']:.4f} | {100 * (acc['full'] - old['full']):+.2f} |",
-        f"| frac50 | - | {acc['frac50']:.4f} | - |",
-        f"| noise10 | {old['noise10']:.4f} | {acc['noise10']:.4f} | {100 * (acc['noise10'] - old['noise10']):+.2f} |",
+        f"| full | {old['full']:.4f} | {acc['full']:.4f} | {100 * (acc['full'] - old['full']):+.2f} | {paired('full')} |",
+        f"| frac50 | - | {acc['frac50']:.4f} | - | - | - | - | - |",
+        f"| noise10 | {old['noise10']:.4f} | {acc['noise10']:.4f} | {100 * (acc['noise10'] - old['noise10']):+.2f} "
+        f"| {paired('noise10')} |",
     ]
     assert lines[8] == ""
     assert re.search(r"\|\s*params\.yaml\s*\|\s*optimizer\s*\|\s*sgd\s*\|\s*adam\s*\|", md), md
@@ -170,6 +188,13 @@ def test_gate_fails_on_a_worse_branch_and_passes_on_main(project, tmp_path_facto
     assert failed.returncode == 1
     line = failed.stderr.strip()
     assert "\n" not in line and "full" in line and f"{old:.4f}" in line and f"{new:.4f}" in line, line
+    # with --significance it fails too (the drop is far beyond noise), naming the interval and p
+    failed = mnistlr(proj, env, "gate", "--base", "main", "--max-drop", "0.002", "--significance", "0.05")
+    line = failed.stderr.strip()
+    assert failed.returncode == 1 and "\n" not in line, failed.stdout + failed.stderr
+    assert line.startswith("gate FAILED (max drop 0.002, significance 0.05): ")
+    assert re.search(rf"full test accuracy {old:.4f} -> {new:.4f} \(-[\d.]+ points, 95% CI \[-[\d.]+, -[\d.]+\], "
+                     r"McNemar p = [\d.e-]+; \d+ fixed, \d+ broken\)", line), line
     # the loss is lower-is-better: it rose, so the gate on it fails too
     old_loss = json.loads(git(proj, env, "show", "main:metrics/full.json"))["test"]["loss"]
     new_loss = json.loads((proj / "metrics" / "full.json").read_text())["test"]["loss"]

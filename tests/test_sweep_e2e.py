@@ -65,7 +65,11 @@ def test_queued_sweep_then_compare_gives_a_grid_and_the_report_links_it(tmp_path
     start = printed.index("test.accuracy of every variant:")
     header = printed[start + 1].split()
     assert header == ["run", "optimizer", "train.weight_decay", "full", "noise10"], printed
-    rows = {line.split()[0]: line.split() for line in printed[start + 2 : -1]}
+    end = printed.index("", start)
+    rows = {line.split()[0]: line.split() for line in printed[start + 2 : end]}
+    # then which runs the test set cannot tell from the best (the best itself among them)
+    note = " ".join(printed[end + 1 : -1])
+    assert note.startswith("Runs the 300 test images of full cannot tell from the best test accuracy"), note
     assert set(rows) == set(recorded), (rows, set(recorded))
     for name, r in recorded.items():
         for v in ("full", "noise10"):
