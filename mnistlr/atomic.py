@@ -1,7 +1,8 @@
 """Atomic writes: every output goes to a temp file in its folder, then is renamed into place.
 
 A stage killed mid-write therefore leaves either the old file, no file, or a
-hidden `.NAME.tmp-PID` file, never a truncated output that looks complete.
+hidden `.NAME.tmp-PID` file, never a truncated output that looks complete; the next
+write of the same path removes such leftovers of dead processes.
 """
 
 from __future__ import annotations
@@ -17,11 +18,30 @@ from typing import Any
 import numpy as np
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete the temp files and folders a killed writer of `path` left behind (its process is gone)."""
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
@@ -34,10 +54,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty temp folder; swap it in for `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
     with atomic_path(path) as tmp:
         tmp.mkdir()
         yield tmp
