@@ -355,61 +355,91 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
-# --- SIGKILL mid-stage ------------------------------------------------------------------
+# --- SIGKILL while a stage writes an output ---------------------------------------------------------
+
+# Loaded by every Python process of the run (PYTHONPATH): numpy's savez, which every .npz output goes
+# through, writes the first half of a models/ file, says where, then stalls before the rest, so the
+# kill lands in the middle of writing the model.
+SLOW_WRITER = """
+import io, os, time
+import numpy as np
+
+_savez = np.savez
 
 
-SLOW_TRAIN = {
-    "data": {"val_size": 200},
-    "variants": {"full": {"fraction": 1.0, "noise": 0.0}},
-    # batch 1 and many epochs: train runs for minutes, so the kill lands inside it
-    "train": {"epochs": 2000, "batch_size": 1, "device": "cpu"},
-}
+def _slow_savez(file, *args, **kwds):
+    name = str(getattr(file, "name", file))
+    if "models/" not in name:
+        return _savez(file, *args, **kwds)
+    buf = io.BytesIO()
+    _savez(buf, *args, **kwds)
+    data = buf.getvalue()
+    file.write(data[: len(data) // 2])
+    file.flush()
+    os.fsync(file.fileno())
+    with open(os.environ["MNISTLR_TEST_WRITING"], "w") as marker:
+        marker.write(os.path.abspath(name))
+    time.sleep(600)
+    file.write(data[len(data) // 2 :])
 
 
-def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float) -> None:
+np.savez = _slow_savez
+"""
+
+
+def _wait_for_file(path: Path, proc: subprocess.Popen, log: Path, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if text in path.read_text():
-            return
+        if path.is_file() and path.read_text():
+            return path.read_text()
         if proc.poll() is not None:
-            pytest.fail(f"dvc exited {proc.returncode} before {text!r}:\n{path.read_text()}")
+            pytest.fail(f"dvc exited {proc.returncode} before writing the model:\n{log.read_text()}")
         time.sleep(0.2)
-    pytest.fail(f"no {text!r} within {timeout} s:\n{path.read_text()}")
+    pytest.fail(f"the model write did not start within {timeout} s:\n{log.read_text()}")
 
 
-def test_sigkill_during_train_leaves_no_complete_output_and_repro_recovers(tmp_path, synthetic_mirror):
-    project = make_project(tmp_path / "proj", SLOW_TRAIN)
+def test_sigkill_while_writing_the_model_shows_no_partial_file_and_repro_recovers(tmp_path, synthetic_mirror):
+    project = make_project(tmp_path / "proj", {
+        "data": {"val_size": 200}, "variants": {"full": {"fraction": 1.0, "noise": 0.0}},
+        "train": {"epochs": 2, "batch_size": 32, "device": "cpu"}})
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SLOW_WRITER)
+    marker = tmp_path / "writing"
     env = project_env(synthetic_mirror, synthetic=True)
+    slow_env = {**env, "PYTHONPATH": str(hook), "MNISTLR_TEST_WRITING": str(marker)}
     log = tmp_path / "dvc.log"
     with open(log, "w") as out:
         # its own session: the kill reaches dvc and the stage's python, nothing else
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("dvc")), "repro"], cwd=project, env=env,
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("dvc")), "repro"], cwd=project, env=slow_env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            _wait_for(log, "Running stage 'train@full'", proc, timeout=180)
-            time.sleep(4)  # past the imports, inside the epochs
-            assert proc.poll() is None, log.read_text()
+            partial = Path(_wait_for_file(marker, proc, log, timeout=240))
+            # mid-write: half the bytes are on disk, under a hidden temp name, and the output is not there
+            assert partial.parent == project / "models" and partial.name.startswith(".full.npz.tmp-"), partial
+            assert partial.stat().st_size > 0
+            assert sorted(p.name for p in (project / "models").iterdir()) == [partial.name]
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
-    # nothing of train, evaluate or report looks complete
+    # nothing of train, evaluate or report looks complete, and dvc recorded no train result
     assert not (project / "models" / "full.npz").exists()
     assert not (project / "plots" / "train" / "full.csv").exists()
     assert not (project / "metrics" / "full.json").exists()
-    assert not (project / "reports" / "details" / "full.json").exists()
     assert not (project / "reports" / "report.md").exists()
     lock = yaml.safe_load((project / "dvc.lock").read_text()) if (project / "dvc.lock").exists() else {}
     assert "train@full" not in lock.get("stages", {})
+    assert "prepare" in lock.get("stages", {})  # what finished before the kill stays done
 
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"].update(epochs=2, batch_size=32)  # the rerun only needs to finish, not be slow
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     again = dvc("repro", cwd=project, env=env)
     assert "Running stage 'train@full'" in again.stdout and "Running stage 'prepare'" not in again.stdout
-    assert (project / "models" / "full.npz").is_file() and (project / "metrics" / "full.json").is_file()
+    from mnistlr.model import load_model
+
+    assert load_model(project / "models" / "full.npz").weight.shape == (10, 784)
+    assert (project / "metrics" / "full.json").is_file()
+    # the killed writer's half file is gone: the rewrite of the same path removed it
+    assert sorted(p.name for p in (project / "models").iterdir()) == ["full.npz"]
     assert "up to date" in dvc("status", "dvc.yaml", cwd=project, env=env).stdout
