@@ -1,9 +1,17 @@
-"""`mnistlr predict`: MNIST-style preprocessing, classification of PNG digits with the model's own
-normalization, clear errors."""
+"""`mnistlr predict`: MNIST-style preprocessing that leaves MNIST digits unchanged and brings photos and
+scans to MNIST form, classification with the model's own normalization, bounded cost for large images,
+clear errors."""
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -14,7 +22,9 @@ from mnistlr.cli import app
 from mnistlr.data import IN_FEATURES, NUM_CLASSES, normalize, read_images, read_labels
 from mnistlr.errors import MnistlrError
 from mnistlr.model import Model, load_model
-from mnistlr.predict import center_of_mass, load_gray, predict_files, preprocess_file, to_mnist
+from mnistlr.predict import (MAX_DATA_BYTES, center_of_mass, load_gray, predict_files, preprocess_file,
+                             preprocess_gray, to_mnist)
+from tests.conftest import REPO
 
 MEAN, STD = 0.1307, 0.3081
 runner = CliRunner()
@@ -54,11 +64,79 @@ def test_dark_background_is_not_inverted():
     assert out[14, 14] > 0.5 and out[0, 0] == 0
 
 
-def test_mnist_digit_round_trips_close_to_itself():
-    img = np.zeros((28, 28))
-    img[4:24, 10:18] = 255.0  # already 20 high and centred
-    out = to_mnist(img)
-    assert np.abs(out - img / 255).mean() < 0.05
+def mnist_form_digit() -> np.ndarray:
+    """A digit made the way MNIST's were: a binary pen drawing, its box scaled to fit 20x20 (aspect kept,
+    anti-aliased), pasted into 28x28 with its centre of mass in pixel (14, 14). uint8, white on black."""
+    pen = Image.new("L", (300, 400), 0)
+    ImageDraw.Draw(pen).line([(40, 110), (140, 40), (240, 110), (50, 360), (260, 360)], fill=255, width=28)  # a 2
+    pen = pen.crop(pen.getbbox())
+    fitted = np.asarray(pen.resize((round(20 * pen.width / pen.height), 20), Image.Resampling.BOX), np.float64)
+    cy, cx = center_of_mass(fitted)
+    top, left = round(14 - cy), round(14 - cx)
+    out = np.zeros((28, 28), np.uint8)
+    out[top : top + fitted.shape[0], left : left + fitted.shape[1]] = np.round(fitted).astype(np.uint8)
+    return out
+
+
+def test_an_mnist_form_digit_passes_through_unchanged():
+    digit = mnist_form_digit()
+    assert ((digit > 0) & (digit < 50)).sum() >= 5  # it has faint anti-aliased edges, which must survive
+    np.testing.assert_array_equal(to_mnist(digit), digit / 255.0)
+    np.testing.assert_array_equal(to_mnist(255 - digit), digit / 255.0)  # the same digit, dark ink on white
+
+
+def test_an_mnist_form_digit_off_centre_is_moved_back_by_whole_pixels():
+    digit = mnist_form_digit()
+    moved = np.roll(digit, (2, -3), axis=(0, 1))
+    assert moved.sum() == digit.sum()  # nothing wrapped around
+    np.testing.assert_array_equal(to_mnist(moved), digit / 255.0)
+
+
+def test_predicts_output_is_itself_mnist_form():
+    """Whatever predict makes of an image, fed back as a 28x28 file it comes out the same."""
+    page = np.full((150, 110), 230.0)
+    page[30:120, 40:52] = 40.0
+    page[30:42, 20:52] = 40.0
+    once = np.round(to_mnist(page) * 255)
+    np.testing.assert_array_equal(to_mnist(once), once / 255)
+
+
+def test_faint_ink_and_paper_noise():
+    """Faint strokes count as ink (no threshold at a share of the peak); the paper's own noise does not."""
+    rng = np.random.default_rng(0)
+    page = np.clip(rng.normal(235, 3, (120, 100)), 0, 255)
+    page[20:100, 45:55] = 60.0  # the stroke
+    page[20:100, 42:45] = 215.0  # a faint edge beside it: 11 % of the ink's contrast
+    out = to_mnist(page)
+    cols = np.nonzero(out.sum(0) > 0.05)[0]
+    assert cols.size >= 4  # the stroke (2.5 px after fitting) and its faint edge
+    assert out[:, cols[0]].max() < 0.3 and out.max() > 0.95
+    assert (out > 0).sum() <= 80  # noise around the digit does not come through as ink
+
+
+def test_a_thin_pen_is_widened_to_an_mnist_stroke():
+    """A 2-pixel line on a 300x300 page is 0.15 px wide once fitted to 20x20; MNIST strokes are 1.5-4 px."""
+    img = Image.new("L", (300, 300), 255)
+    ImageDraw.Draw(img).line([(150, 20), (150, 280)], fill=0, width=2)
+    out = to_mnist(np.asarray(img, np.float64))
+    assert out.max() == pytest.approx(1.0, abs=0.05)
+    assert 1.5 <= out.sum() / 20 <= 3.0  # ink per row of the 20-pixel stroke: its width in pixels
+
+
+def test_a_thick_pen_is_not_thinned():
+    img = Image.new("L", (300, 300), 255)
+    ImageDraw.Draw(img).line([(150, 20), (150, 280)], fill=0, width=40)  # 3 px at 28x28
+    out = to_mnist(np.asarray(img, np.float64))
+    assert 2.5 <= out.sum() / 20 <= 3.5
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    img = np.full((60, 60), 60000, np.uint16)
+    img[10:50, 27:33] = 3000
+    Image.fromarray(img).save(tmp_path / "deep.png")
+    gray = load_gray(tmp_path / "deep.png")
+    assert gray[0, 0] == pytest.approx(60000 / 257, abs=0.5) and gray[30, 30] == pytest.approx(3000 / 257, abs=0.5)
+    assert to_mnist(gray).max() > 0.99
 
 
 def test_blank_and_unreadable_images_are_one_line_errors(tmp_path):
@@ -70,8 +148,92 @@ def test_blank_and_unreadable_images_are_one_line_errors(tmp_path):
     junk.write_bytes(b"not an image")
     with pytest.raises(MnistlrError, match="not a readable image"):
         load_gray(junk)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(MnistlrError, match="empty file"):
+        load_gray(tmp_path / "empty.png")
     with pytest.raises(MnistlrError, match="image not found"):
         load_gray(tmp_path / "missing.png")
+    whole = io.BytesIO()
+    Image.new("L", (300, 300), 128).save(whole, "PNG", compress_level=0)
+    (tmp_path / "cut.png").write_bytes(whole.getvalue()[: len(whole.getvalue()) // 2])
+    with pytest.raises(MnistlrError, match="not a readable image"):
+        load_gray(tmp_path / "cut.png")
+
+
+def png_header_only(path, width: int, height: int, colour: int = 0) -> None:
+    """A PNG that declares width x height 8-bit pixels (colour type 0: gray, 2: RGB) but holds one row of
+    data: decoding it would fail, so only a check of the declared size answers cleanly."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    row = b"\0" + b"\xff" * width * (3 if colour == 2 else 1)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(row)) + chunk(b"IEND", b""))
+
+
+def test_huge_images_are_one_line_errors_before_decoding(tmp_path):
+    png_header_only(tmp_path / "bomb.png", 20000, 20000)  # 400 M pixels: PIL's decompression-bomb limit
+    with pytest.raises(MnistlrError, match="too large to decode safely"):
+        load_gray(tmp_path / "bomb.png")
+    png_header_only(tmp_path / "wide.png", 9000, 9000, colour=2)  # 243 MB of RGB: over predict's own limit
+    assert 9000 * 9000 * 3 > MAX_DATA_BYTES
+    with pytest.raises(MnistlrError, match=r"9000x9000 RGB image needs \d+ MB to decode"):
+        load_gray(tmp_path / "wide.png")
+    # a progressive JPEG is decoded from all its DCT coefficients, whatever size it is drawn at
+    Image.new("RGB", (8000, 8000), "white").save(tmp_path / "big.jpg", quality=50, progressive=True)
+    with pytest.raises(MnistlrError, match="8000x8000 RGB image needs"):
+        load_gray(tmp_path / "big.jpg")
+
+
+def run_predict_measured(args: list[str], cwd) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run `mnistlr predict ARGS` from a fresh wrapper process: (result, seconds, peak RSS in MB of the
+    predict process alone, read as RUSAGE_CHILDREN of a wrapper whose only child it is)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "mnistlr")
+    wrapper = ("import json, resource, subprocess, sys, time\n"
+               "t = time.perf_counter()\n"
+               "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+               "dt = time.perf_counter() - t\n"
+               "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
+               "print(json.dumps([p.returncode, p.stdout, p.stderr, dt, rss]))\n")
+    out = subprocess.run([sys.executable, "-c", wrapper, exe, "predict", *args], cwd=cwd, capture_output=True,
+                         text=True, check=True)
+    code, stdout, stderr, seconds, rss = json.loads(out.stdout)
+    return subprocess.CompletedProcess(args, code, stdout, stderr), seconds, rss
+
+
+@pytest.mark.parametrize("kind", ["blank", "digit"])
+def test_a_large_image_costs_little_memory(tmp_path, kind):
+    """8000x8000 pixels: decoded (64 MB) and reduced by Image.reduce before any float array exists; the
+    whole predict process stays under 500 MB (converted to floats at full size it took gigabytes)."""
+    random_model().save(tmp_path / "m.npz")
+    img = Image.new("L", (8000, 8000), 255)
+    if kind == "digit":
+        ImageDraw.Draw(img).line([(4000, 800), (4000, 7200)], fill=0, width=700)
+    img.save(tmp_path / f"{kind}.png", compress_level=1)
+    del img
+    res, seconds, rss = run_predict_measured([f"{kind}.png", "--model", "m.npz", "--json"], tmp_path)
+    print(f"{kind} 8000x8000 PNG: {seconds:.2f} s, peak RSS {rss:.0f} MB")
+    if kind == "blank":
+        assert res.returncode == 1 and res.stderr.startswith("error: blank.png: blank image"), res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    else:
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)[0]["image"] == "digit.png"
+    assert rss < 500
+
+
+def test_a_large_image_gives_the_answer_of_its_small_copy(tmp_path):
+    """Reducing a large image before converting it must not change what predict sees."""
+    small = Image.new("L", (100, 140), 255)
+    ImageDraw.Draw(small).line([(20, 25), (80, 25), (40, 120)], fill=0, width=9)
+    large = small.resize((2500, 3500), Image.Resampling.NEAREST)  # reduced by 4 to 625x875
+    small.save(tmp_path / "small.png")
+    large.save(tmp_path / "large.png")
+    large.convert("RGB").save(tmp_path / "large.jpg", quality=95)  # JPEG: reduced while decoding (draft)
+    expected = to_mnist(load_gray(tmp_path / "small.png"))
+    for name in ("large.png", "large.jpg"):
+        gray = load_gray(tmp_path / name)
+        assert max(gray.shape) <= 1024, name
+        assert np.abs(to_mnist(gray) - expected).mean() < 0.02, name
 
 
 def test_transparent_png_is_composited_on_white(tmp_path):
@@ -156,23 +318,89 @@ def draw_digit(path, strokes, size=(120, 160), width=12):
     img.save(path)
 
 
+def load_fidelity_bench():
+    """bench/predict_fidelity.py as a module: its quick model and its kinds of scanned digit."""
+    spec = importlib.util.spec_from_file_location("predict_fidelity", REPO / "bench" / "predict_fidelity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
-def real_model(real_mirror, tmp_path_factory):
-    """A model fitted in seconds on 20k real training images (L-BFGS, weight decay 1e-4), saved as the
-    train stage saves it."""
-    import torch
+def fidelity():
+    return load_fidelity_bench()
 
-    from mnistlr.params import TrainParams
-    from mnistlr.train import fit
 
-    imgs = read_images(real_mirror / "train-images-idx3-ubyte.gz")[:20000]
-    labels = torch.from_numpy(read_labels(real_mirror / "train-labels-idx1-ubyte.gz")[:20000])
-    x = torch.from_numpy(normalize(imgs, MEAN, STD))
-    cfg = TrainParams(epochs=2, lbfgs_iters=50, weight_decay=1e-4, device="cpu")
-    model, _ = fit(x, labels, x[:100], labels[:100], cfg, "lbfgs", 1.0, 0)
+@pytest.fixture(scope="module")
+def real_test_set(real_mirror):
+    return (read_images(real_mirror / "t10k-images-idx3-ubyte.gz"),
+            read_labels(real_mirror / "t10k-labels-idx1-ubyte.gz"))
+
+
+@pytest.fixture(scope="module")
+def quick_model(real_mirror, fidelity) -> Model:
+    """Multinomial logistic regression fitted in about a second: SGD, 2 epochs on the 60k training images."""
+    return fidelity.quick_model(read_images(real_mirror / "train-images-idx3-ubyte.gz"),
+                                read_labels(real_mirror / "train-labels-idx1-ubyte.gz"))
+
+
+@pytest.fixture(scope="module")
+def real_model(quick_model, tmp_path_factory):
+    """The quick model saved as the train stage saves it."""
     path = tmp_path_factory.mktemp("model") / "full.npz"
-    model.to_model(MEAN, STD).save(path)
+    quick_model.save(path)
     return path
+
+
+@pytest.mark.slow
+def test_the_mnist_test_set_through_predict_scores_as_fed_directly(quick_model, real_model, real_test_set, tmp_path,
+                                                                    monkeypatch):
+    """All 10k test digits through predict's preprocessing (the path a decoded 28x28 PNG takes) against the
+    same digits normalized directly; 300 of them as real PNG files through `mnistlr predict`."""
+    images, labels = real_test_set
+    x = np.stack([preprocess_gray(img, quick_model) for img in images])
+    pixels = (x * quick_model.std + quick_model.mean).reshape(images.shape)
+    changed = np.abs(pixels - images / 255.0).reshape(len(images), -1).max(1) > 1e-6
+    assert changed.mean() <= 0.001, f"{changed.sum()} MNIST digits changed by preprocessing"
+    through = quick_model.logits(x).argmax(1)
+    direct = quick_model.logits(normalize(images, quick_model.mean, quick_model.std)).argmax(1)
+    acc_through, acc_direct = 100 * (through == labels).mean(), 100 * (direct == labels).mean()
+    print(f"10k MNIST test digits: {acc_through:.2f} % through predict, {acc_direct:.2f} % direct")
+    assert acc_direct > 88
+    assert abs(acc_through - acc_direct) <= 0.3
+    monkeypatch.chdir(tmp_path)
+    names = []
+    for i in range(0, len(images), len(images) // 300):
+        names.append(f"{i}.png")
+        Image.fromarray(images[i]).save(names[-1])
+    res = runner.invoke(app, ["predict", *names, "--model", str(real_model), "--json"])
+    assert res.exit_code == 0, res.output
+    from_files = [r["prediction"] for r in json.loads(res.output)]
+    assert from_files == [int(through[int(n[:-4])]) for n in names]
+
+
+@pytest.mark.slow
+def test_scans_and_photos_of_real_digits_score_close_to_direct(fidelity, quick_model, real_test_set):
+    """1000 real test digits per kind of file (dark ink on paper, a 200x200 page, off-centre, thick pen, thin
+    pen, JPEG noise, and MNIST form) through predict's file path: each kind within 3 points of direct."""
+    images, labels = real_test_set
+    rows = fidelity.measure(quick_model, images, labels, {kind: 1000 for kind in fidelity.KINDS})
+    print("\n" + fidelity.markdown(rows))
+    assert [r["kind"] for r in rows] == list(fidelity.KINDS)
+    worst = min(rows, key=lambda r: r["difference_points"])
+    assert all(abs(r["difference_points"]) <= 3.0 for r in rows), worst
+    assert next(r for r in rows if r["kind"] == "mnist")["difference_points"] == 0.0
+
+
+@pytest.mark.slow
+def test_the_fidelity_bench_writes_its_table(fidelity, real_model, real_mirror, tmp_path, monkeypatch):
+    monkeypatch.setenv("MNISTLR_MNIST_DIR", str(real_mirror))
+    bench = runner.invoke(fidelity.app, ["--model", str(real_model), "--digits", "20", "--mnist-digits", "50",
+                                         "--kind", "mnist", "--kind", "jpeg", "--out", str(tmp_path / "f.json")])
+    assert bench.exit_code == 0, bench.output
+    assert "| mnist | 50 |" in bench.output and "| jpeg | 20 |" in bench.output
+    rows = json.loads((tmp_path / "f.json").read_text())["rows"]
+    assert [(r["kind"], r["digits"]) for r in rows] == [("mnist", 50), ("jpeg", 20)]
 
 
 @pytest.mark.slow
