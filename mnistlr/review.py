@@ -272,7 +272,7 @@ def comparison_table(runs: list[Run], variant: str, metric: str) -> pd.DataFrame
 def terminal_table(runs: list[Run], metric: str = "test.accuracy") -> str:
     """Plain text for the terminal: each run, the params that differ, and `metric` of every variant."""
     diff = differing_params(runs)
-    variants = list(dict.fromkeys(v for r in runs for v in r.metrics))
+    variants = sorted(dict.fromkeys(v for r in runs for v in r.metrics), key=lambda v: v != "full")  # full first
     rows = [{"run": r.name, **{k: param_text(r.params.get(k)) for k in diff},
              **{v: fmt(r.metrics.get(v, {}).get(metric)) for v in variants}} for r in runs]
     return f"{metric} of every variant:\n" + pd.DataFrame(rows).to_string(index=False)
