@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install repro test bench review clean
+.PHONY: install repro test bench review storage-up storage-down clean
 
 install: $(STAMP)
 
@@ -42,6 +42,13 @@ review: $(STAMP)
 	$(BIN)/dvc repro
 	$(BIN)/mnistlr review $(GATE_ARGS) --out reports/review.md
 	$(BIN)/mnistlr gate $(GATE_ARGS)
+
+# A real S3-compatible server (SeaweedFS) on 127.0.0.1 for trying the DVC remote locally; prints the dvc commands.
+storage-up: $(STAMP)
+	$(BIN)/python scripts/storage.py up --dir .storage
+
+storage-down: $(STAMP)
+	$(BIN)/python scripts/storage.py down --dir .storage
 
 clean:
 	rm -rf $(VENV) dvc_plots .pytest_cache
