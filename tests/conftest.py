@@ -153,3 +153,36 @@ def project_env(mirror: Path, synthetic: bool) -> dict:
     else:
         env.pop(MD5SUMS_ENV, None)
     return env
+
+
+def load_storage_module():
+    """scripts/storage.py as a module (scripts/ is not a package): start, stop, dvc_remote_commands."""
+    import importlib.util
+
+    if "mnistlr_storage" in sys.modules:
+        return sys.modules["mnistlr_storage"]
+    spec = importlib.util.spec_from_file_location("mnistlr_storage", REPO / "scripts" / "storage.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["mnistlr_storage"] = module  # @dataclass looks its module up by name while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def s3_storage(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3 server (SeaweedFS `weed mini`) on free 127.0.0.1 ports for this session, bucket created.
+
+    Yields scripts/storage.py's Storage (endpoint, bucket, access_key, secret_key, pid, url); the server is
+    stopped by its PID at the end. Skipped where no `weed` binary is installed (fails on CI instead).
+    Use `load_storage_module().dvc_remote_commands(storage)` for the `dvc remote` commands.
+    """
+    storage_mod = load_storage_module()
+    try:
+        storage_mod.weed_exe()
+    except SystemExit as exc:
+        skip_unless_ci(f"no SeaweedFS `weed` binary ({exc})")
+    storage = storage_mod.start(tmp_path_factory.mktemp("s3"))
+    try:
+        yield storage
+    finally:
+        storage_mod.stop(storage)
