@@ -152,7 +152,8 @@ def test_experiment_round_trip_through_origin_and_s3(team):
     out = dvc("exp", "push", "origin", EXP, cwd=a, env=env)
     # with a default remote, `dvc exp push` pushes the experiment's cached outputs too (not only the git ref)
     assert exp_model in remote_objects(storage), out.stdout + out.stderr
-    dvc("push", cwd=a, env=env)  # what the README tells teammates to run anyway: a no-op here
+    again = dvc("push", cwd=a, env=env)  # what the README tells teammates to run anyway: nothing left to send
+    assert "Everything is up to date" in again.stdout + again.stderr, again.stdout + again.stderr
     assert exp_model in remote_objects(storage)
     assert EXP in run(["git", "for-each-ref", "refs/exps"], team["origin"], env).stdout
 

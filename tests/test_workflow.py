@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.conftest import dvc, run
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / ".github" / "workflows" / "review.yml"
@@ -87,3 +91,128 @@ def test_workflow_runs_the_review_and_keeps_one_comment():
     review = next(s for s in steps if s.get("id") == "review")
     assert review["continue-on-error"] is True  # the comment is posted even when the gate fails ...
     assert any(s.get("if") == "steps.review.outcome == 'failure'" and "exit 1" in s["run"] for s in steps)  # ... then the job fails
+
+
+# --- the optional DVC remote: the workflow's own shell steps, run here against a real S3 server ---------------------
+
+def step(name_or_id: str) -> dict:
+    steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["review"]["steps"]
+    return next(s for s in steps if s.get("id") == name_or_id or s.get("name", "").startswith(name_or_id))
+
+
+def run_step(script: str, cwd: Path, env: dict) -> tuple[subprocess.CompletedProcess, str]:
+    """Run a `run:` block the way GitHub does (bash -e -o pipefail); return it and what it wrote to GITHUB_OUTPUT."""
+    out = cwd.parent / f"github_output_{cwd.name}"
+    out.write_text("")
+    proc = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script], cwd=cwd,
+                          env={**env, "GITHUB_OUTPUT": str(out)}, capture_output=True, text=True, timeout=300)
+    return proc, out.read_text()
+
+
+TINY_PIPELINE = """stages:
+  one:
+    cmd: python -c "open('one.txt', 'w').write('one')"
+    outs: [one.txt]
+  two:
+    cmd: python -c "open('two.txt', 'w').write(open('one.txt').read() * 2)"
+    deps: [one.txt]
+    outs: [two.txt]
+"""
+
+
+def tiny_repo(path: Path, env: dict) -> Path:
+    """A git + DVC repo with a two-stage dvc.yaml, the venv linked at .venv and a `make` stub that only logs."""
+    path.mkdir()
+    run(["git", "init", "-q", "-b", "main"], path, env)
+    dvc("init", "-q", cwd=path, env=env)
+    (path / "dvc.yaml").write_text(TINY_PIPELINE)
+    (path / ".venv").symlink_to(Path(sys.executable).parents[1])
+    (path / ".gitignore").write_text("/.venv\n")
+    run(["git", "add", "-A"], path, env)
+    run(["git", "commit", "-qm", "tiny"], path, env)
+    return path
+
+
+@pytest.fixture
+def ci_env(tmp_path) -> dict:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "make").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'make.log'}\n")
+    (bin_dir / "make").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_S3_", "DVC_REMOTE_", "AWS_"))}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+               DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="ci", GIT_COMMITTER_NAME="ci",
+               GIT_AUTHOR_EMAIL="ci@example.com", GIT_COMMITTER_EMAIL="ci@example.com")
+    return env
+
+
+def test_remote_steps_are_wired_around_the_review_and_never_fail_it():
+    steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["review"]["steps"]
+    order = [s.get("id") or s.get("name", "") for s in steps]
+    configure, pull, push = step("remote"), step("Pull cached outputs"), step("Push what the run built")
+    assert order.index("remote") < order.index(pull["name"]) < order.index("review") < order.index(push["name"])
+    assert set(configure["env"]) == {"DVC_S3_ACCESS_KEY_ID", "DVC_S3_SECRET_ACCESS_KEY", "DVC_REMOTE_URL",
+                                     "DVC_REMOTE_ENDPOINT"}
+    assert all(v.startswith("${{ secrets.") for v in configure["env"].values())
+    assert "secrets." not in pull["run"] + push["run"]  # the keys live only in the configure step and config.local
+    for s in (pull, push):  # no credentials: both skipped, the job is what it was; a failure never fails the job
+        assert "steps.remote.outputs.enabled == 'true'" in s["if"] and s["continue-on-error"] is True
+    assert "--local" in configure["run"] and "dvc remote modify --local" in configure["run"]
+
+
+def test_without_credentials_the_configure_step_does_nothing(tmp_path, ci_env):
+    repo = tiny_repo(tmp_path / "repo", ci_env)
+    proc, outputs = run_step(step("remote")["run"], repo, {**ci_env, "DVC_S3_ACCESS_KEY_ID": "",
+                                                           "DVC_REMOTE_URL": "s3://b/p"})
+    assert proc.returncode == 0, proc.stderr
+    assert outputs == "" and not (tmp_path / "make.log").exists()
+    assert not (repo / ".dvc" / "config.local").exists() and dvc("remote", "list", cwd=repo, env=ci_env).stdout == ""
+
+
+def test_credentials_without_any_remote_warn_and_skip(tmp_path, ci_env):
+    repo = tiny_repo(tmp_path / "repo", ci_env)
+    proc, outputs = run_step(step("remote")["run"], repo, {**ci_env, "DVC_S3_ACCESS_KEY_ID": "k",
+                                                           "DVC_S3_SECRET_ACCESS_KEY": "s"})
+    assert proc.returncode == 0, proc.stderr
+    assert outputs == "" and "::warning::" in proc.stdout
+
+
+def test_with_credentials_ci_pulls_what_exists_retrains_the_rest_and_pushes(tmp_path, ci_env, s3_storage):
+    """The configure, pull and push steps verbatim, against the real S3 server of the `s3_storage` fixture."""
+    secrets = {"DVC_S3_ACCESS_KEY_ID": s3_storage.access_key, "DVC_S3_SECRET_ACCESS_KEY": s3_storage.secret_key,
+               "DVC_REMOTE_URL": f"s3://{s3_storage.bucket}/workflow-test", "DVC_REMOTE_ENDPOINT": s3_storage.endpoint}
+    # a teammate's clone ran the pipeline and pushed (its own remote config, local)
+    author = tiny_repo(tmp_path / "author", ci_env)
+    proc, outputs = run_step(step("remote")["run"], author, {**ci_env, **secrets})
+    assert proc.returncode == 0 and outputs.strip() == "enabled=true", proc.stdout + proc.stderr
+    assert (tmp_path / "make.log").read_text() == "install\n"
+    assert run(["git", "status", "--porcelain"], author, ci_env).stdout == ""  # config.local only: nothing to commit
+    assert s3_storage.secret_key in (author / ".dvc" / "config.local").read_text()
+    dvc("repro", cwd=author, env=ci_env)
+    proc, _ = run_step(step("Push what the run built")["run"], author, ci_env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    # CI: a fresh checkout of that commit (dvc.lock, not the outputs); `one.txt`'s object is gone from the remote
+    ci = tmp_path / "ci"
+    run(["git", "add", "dvc.lock", ".gitignore"], author, ci_env)
+    run(["git", "commit", "-qm", "ran"], author, ci_env)
+    run(["git", "clone", "-q", str(author), str(ci)], tmp_path, ci_env)
+    (ci / ".venv").symlink_to(Path(sys.executable).parents[1])
+    import botocore.session
+
+    client = botocore.session.get_session().create_client(
+        "s3", endpoint_url=s3_storage.endpoint, aws_access_key_id=s3_storage.access_key,
+        aws_secret_access_key=s3_storage.secret_key, region_name="us-east-1")
+    one = hashlib.md5(b"one").hexdigest()
+    client.delete_object(Bucket=s3_storage.bucket, Key=f"workflow-test/files/md5/{one[:2]}/{one[2:]}")
+
+    proc, outputs = run_step(step("remote")["run"], ci, {**ci_env, **secrets})
+    assert outputs.strip() == "enabled=true", proc.stdout + proc.stderr
+    pull, _ = run_step(step("Pull cached outputs")["run"], ci, ci_env)
+    assert pull.returncode != 0  # a missing object fails the pull (continue-on-error keeps the job going) ...
+    assert (ci / "two.txt").read_text() == "oneone" and not (ci / "one.txt").exists()  # ... the rest arrived
+    repro = dvc("repro", cwd=ci, env=ci_env)
+    assert "Running stage 'one'" in repro.stdout and "Running stage 'two'" not in repro.stdout
+    proc, _ = run_step(step("Push what the run built")["run"], ci, ci_env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    client.head_object(Bucket=s3_storage.bucket, Key=f"workflow-test/files/md5/{one[:2]}/{one[2:]}")  # back again
