@@ -126,7 +126,8 @@ def test_make_review_on_an_adam_branch_writes_measured_diffs(project):
     proj, env = project
     git(proj, env, "checkout", "-q", "-b", "try-adam")
     set_params(proj, optimizer="adam", variants={**PARAMS["variants"], "frac50": {"fraction": 0.5, "noise": 0.0}})
-    proc = run(["make", "review", "BASE=main", f"BIN={BIN}", "STAMP="], proj, env, check=False)
+    # --no-print-directory: under `make test` (CI), make would add Entering/Leaving directory lines
+    proc = run(["make", "--no-print-directory", "review", "BASE=main", f"BIN={BIN}", "STAMP="], proj, env, check=False)
     md = (proj / "reports" / "review.md").read_text()
     lines = md.splitlines()
     assert lines[0] == MARKER, proc.stdout + proc.stderr
