@@ -133,10 +133,12 @@ def stop(storage: Storage, timeout: float = 15.0) -> None:
     os.killpg(storage.pid, signal.SIGKILL)
 
 
-def dvc_remote_commands(storage: Storage, name: str = "storage") -> list[list[str]]:
-    """The dvc commands that make this server a project's default remote (credentials in .dvc/config.local)."""
-    return [["remote", "add", "-f", "-d", name, storage.url],
-            ["remote", "modify", name, "endpointurl", storage.endpoint],
+def dvc_remote_commands(storage: Storage, name: str = "storage", local_only: bool = False) -> list[list[str]]:
+    """The dvc commands that make this server a project's default remote (credentials in .dvc/config.local;
+    with local_only the URL and endpoint too, for a throwaway trial that leaves .dvc/config alone)."""
+    scope = ["--local"] if local_only else []
+    return [["remote", "add", *scope, "-f", "-d", name, storage.url],
+            ["remote", "modify", *scope, name, "endpointurl", storage.endpoint],
             ["remote", "modify", "--local", name, "access_key_id", storage.access_key],
             ["remote", "modify", "--local", name, "secret_access_key", storage.secret_key]]
 
@@ -149,8 +151,9 @@ def main() -> None:
     state = Path(args.dir) / "state.json"
     if args.action == "up":
         s = start(args.dir)
-        print(f"S3 endpoint {s.endpoint}, bucket {s.bucket}, PID {s.pid}. Use it as this project's remote:")
-        for cmd in dvc_remote_commands(s):
+        print(f"S3 endpoint {s.endpoint}, bucket {s.bucket}, PID {s.pid}. Use it as this project's remote "
+              "(all in .dvc/config.local: its port changes at every start):")
+        for cmd in dvc_remote_commands(s, local_only=True):
             print("  dvc " + " ".join(cmd))
         return
     if not state.is_file():
