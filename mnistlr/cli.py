@@ -99,3 +99,65 @@ def predict(
     for r in results:
         top = ", ".join(f"{t['class']} ({t['probability']:.3f})" for t in r["top"])
         typer.echo(f"{r['image']}: {r['prediction']}  [top {TOP_K}: {top}]")
+
+
+SET_HELP = "KEY=V1,V2,... of params.yaml, as `dvc exp run --queue -S`; repeat for a grid (the cartesian product)"
+
+
+@app.command()
+@user_errors
+def sweep(
+    set_param: list[str] = typer.Option(..., "--set-param", "-S", help=SET_HELP),
+    scheduler: Optional[str] = typer.Option(
+        None, help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: a local cluster of --workers processes)"),
+    workers: int = typer.Option(2, help="processes of the local cluster (without --scheduler)"),
+    name_prefix: str = typer.Option("sweep", help="experiment names are PREFIX-<hash of the params and commit>"),
+    origin: str = typer.Option("origin", help="git remote the workers clone from and push their experiments to"),
+    out: Path = typer.Option("experiments", help="folder for compare.md, compare.json and compare.png"),
+    variant: str = typer.Option("full", help="variant the comparison is of"),
+    metric: str = typer.Option("test.accuracy", help="sorts the comparison (best first); " + METRIC_HELP),
+) -> None:
+    """Run a grid of DVC experiments on a Dask cluster (one task per point, each in a fresh clone of the pushed
+    commit), pull the results and compare them. Points already on the remote are skipped. Exit status: the
+    number of failed points (0 when all pass)."""
+    from mnistlr.sweep import run_sweep
+
+    outcome = run_sweep(set_param, scheduler, name_prefix, origin, workers, out, variant, metric,
+                        log=lambda line: typer.echo(line))
+    if outcome.summary:
+        typer.echo(outcome.summary)
+        typer.echo(f"compared {outcome.compared} runs on {variant}; wrote {out}/compare.md, compare.json, compare.png")
+    failed = outcome.failed
+    for r in failed:
+        typer.echo(f"failed: {r.name} ({' '.join(r.point)}): {r.error}", err=True)
+    typer.echo(f"sweep: {len(outcome.results) - len(failed)} of {len(outcome.results)} points passed, "
+               f"{len(failed)} failed", err=bool(failed))
+    raise typer.Exit(min(len(failed), 100))
+
+
+@app.command("sweep-point")
+def sweep_point(
+    set_param: list[str] = typer.Option([], "--set-param", "-S", help="KEY=VALUE of params.yaml (one point: no lists)"),
+    commit: Optional[str] = typer.Option(None, help="commit to run (default: HEAD of this repository)"),
+    name: Optional[str] = typer.Option(None, help="experiment name (default: the name `mnistlr sweep` gives it)"),
+    name_prefix: str = typer.Option("sweep", help="prefix of the default name"),
+    origin: str = typer.Option("origin", help="git remote name of this repository, or a URL"),
+    config_local: Optional[Path] = typer.Option(
+        None, help="DVC config.local (credentials) for the clone (default: this repository's .dvc/config.local)"),
+    workdir: Optional[Path] = typer.Option(None, help="where the temporary clone goes (default: the temp folder)"),
+) -> None:
+    """Run one point of a sweep: clone the commit from the git remote, dvc pull, dvc exp run -n NAME -S ...,
+    dvc push, dvc exp push. Skips when the experiment is already on the remote. Exit 1 when the experiment
+    fails, 75 when git or storage does (worth retrying)."""
+    from mnistlr.errors import MnistlrError
+    from mnistlr.sweep import TEMPFAIL, TransientError, point_from_here
+
+    try:
+        point_from_here(set_param, commit, name, name_prefix, origin, config_local, workdir,
+                        log=lambda line: typer.echo(line))
+    except TransientError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(TEMPFAIL) from None
+    except MnistlrError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
