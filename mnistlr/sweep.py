@@ -103,7 +103,7 @@ def check_keys(points: list[list[str]], params_path: str | Path = "params.yaml")
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise MnistlrError(f"unknown param key {key!r} (not in {params_path}){hint} "
+                raise MnistlrError(f"unknown param key {key!r} (not in {Path(params_path).name}){hint} "
                                    f"accepted: {', '.join(k for k in known if '.' not in k)} and their dotted sub-keys")
 
 
