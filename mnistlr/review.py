@@ -449,10 +449,8 @@ def significance_verdict(paired: dict[str, PairedChange], max_drop: float, alpha
                  f"(largest drop: {worst.describe()})"
 
 
-def run_gate(base: str, metric: str, max_drop: float, significance: float | None = None,
-             cwd: str | Path = ".") -> tuple[bool, str]:
-    """Compare the workspace's metrics with `base`'s through `dvc metrics diff`; with `significance`,
-    compare test predictions image by image and fail only on significant drops of test accuracy."""
+def check_gate_args(metric: str, max_drop: float, significance: float | None) -> None:
+    """One-line errors for gate settings that cannot work, before any dvc call."""
     if max_drop < 0:
         raise MnistlrError(f"--max-drop {max_drop} is negative; accepted: a number >= 0")
     if significance is not None:
@@ -461,10 +459,27 @@ def run_gate(base: str, metric: str, max_drop: float, significance: float | None
         if metric != "test.accuracy":
             raise MnistlrError(f"--significance needs per-image predictions, which exist for test accuracy only; "
                                f"--metric {metric!r} is not accepted with it; accepted: test.accuracy")
-    found = changes(dvc_json("metrics", "diff", base, "--all", cwd=cwd), metric)
+
+
+def judge(diff: dict, base: str, metric: str, max_drop: float, significance: float | None,
+          paired: dict[str, PairedChange]) -> tuple[bool, str]:
+    """The gate's verdict from `dvc metrics diff --all --json` output and, with `significance`, the
+    variants' paired test predictions."""
+    found = changes(diff, metric)
     if significance is None:
         return gate_verdict(found, metric, max_drop, base)
-    return significance_verdict(paired_changes(base, [c.variant for c in found], cwd), max_drop, significance, base)
+    return significance_verdict({c.variant: paired[c.variant] for c in found if c.variant in paired},
+                                max_drop, significance, base)
+
+
+def run_gate(base: str, metric: str, max_drop: float, significance: float | None = None,
+             cwd: str | Path = ".") -> tuple[bool, str]:
+    """Compare the workspace's metrics with `base`'s through `dvc metrics diff`; with `significance`,
+    compare test predictions image by image and fail only on significant drops of test accuracy."""
+    check_gate_args(metric, max_drop, significance)
+    diff = dvc_json("metrics", "diff", base, "--all", cwd=cwd)
+    paired = paired_changes(base, [c.variant for c in changes(diff, metric)], cwd) if significance is not None else {}
+    return judge(diff, base, metric, max_drop, significance, paired)
 
 
 # --- the review page -------------------------------------------------------------------------------
@@ -515,11 +530,12 @@ def build_review(base: str, out: str | Path, metric: str = "test.accuracy", max_
                  reference: str = "full", cwd: str | Path = ".") -> str:
     """Write the review markdown to `out` and return it (the gate's verdict is reported, not raised)."""
     out = Path(out)
+    check_gate_args(metric, max_drop, significance)
     params_md = run_dvc("params", "diff", base, "--md", cwd=cwd).strip()
     diff_all = dvc_json("metrics", "diff", base, "--all", cwd=cwd)
     diff_all = diff_all.get("diff", diff_all)
-    passed, gate_line = run_gate(base, metric, max_drop, significance, cwd=cwd)
     paired = paired_changes(base, [variant_of(p) for p in diff_all], cwd)
+    passed, gate_line = judge(diff_all, base, metric, max_drop, significance, paired)
     lines = [
         MARKER,
         f"**{'Passed' if passed else 'FAILED'}** against `{base}`: {gate_line}",
