@@ -27,27 +27,30 @@ import typer
 from PIL import Image, ImageFilter
 
 from mnistlr import atomic
-from mnistlr.data import locate, normalize, read_images, read_labels
+from mnistlr.data import MNIST_MEAN, MNIST_STD, Preprocessing, locate, pixel_stats, read_images, read_labels
 from mnistlr.model import Model, load_model
 from mnistlr.predict import preprocess_file
 
-MEAN, STD = 0.1307, 0.3081  # the normalization the quick model is trained with (params.yaml's data.mean/std)
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-def quick_model(images: np.ndarray, labels: np.ndarray, epochs: int = 2, seed: int = 0) -> Model:
-    """Multinomial logistic regression fitted in about a second on the CPU (SGD lr 0.1, batch 128,
-    cosine decay), as the train stage would save it."""
+def quick_model(images: np.ndarray, labels: np.ndarray, epochs: int = 2, seed: int = 0, deskew: bool = False) -> Model:
+    """Multinomial logistic regression fitted in seconds on the CPU (SGD lr 0.1, batch 128, cosine decay),
+    as the train stage would save it: on plain pixels normalized with MNIST's 0.1307 / 0.3081, or (deskew)
+    on deskewed pixels normalized with their own statistics."""
     import torch
 
     from mnistlr.params import TrainParams
     from mnistlr.train import fit
 
-    x = torch.from_numpy(normalize(images, MEAN, STD))
+    pre = Preprocessing(False, MNIST_MEAN, MNIST_STD)
+    if deskew:
+        pre = Preprocessing(True, *pixel_stats(Preprocessing(True, 0.0, 1.0).pixels(images)))
+    x = torch.from_numpy(pre.apply(images))
     y = torch.from_numpy(labels.astype(np.int64))
     cfg = TrainParams(epochs=epochs, batch_size=128, device="cpu")
     model, _ = fit(x, y, x[:100], y[:100], cfg, "sgd", 0.1, seed)
-    return model.to_model(MEAN, STD)
+    return model.to_model(pre)
 
 
 # --- kinds of file -------------------------------------------------------------------------------
@@ -117,7 +120,7 @@ def measure(model: Model, images: np.ndarray, labels: np.ndarray, counts: dict[s
     with tempfile.TemporaryDirectory() as tmp:
         for k, (kind, count) in enumerate(counts.items()):
             make = KINDS[kind]
-            x_direct = normalize(images[:count], model.mean, model.std)
+            x_direct = model.preprocessing.apply(images[:count])
             direct = float((model.logits(x_direct).argmax(1) == labels[:count]).mean())
             start = time.perf_counter()
             x = []
@@ -153,6 +156,7 @@ def main(
     kinds: list[str] = typer.Option(list(KINDS), "--kind", help=f"kinds to measure: {', '.join(KINDS)}"),
     out: Path = typer.Option(None, help="write the rows as JSON here"),
     seed: int = typer.Option(0, help="seed of the quick model and of the kinds' random placement"),
+    deskew: bool = typer.Option(False, help="train the quick model on deskewed digits (a --model says for itself)"),
 ) -> None:
     """Print predict's accuracy on image files of each kind against feeding the same digits directly."""
     unknown = sorted(set(kinds) - set(KINDS))
@@ -163,13 +167,14 @@ def main(
     labels = read_labels(files["t10k-labels-idx1-ubyte.gz"])
     if model_path is None:
         model = quick_model(read_images(files["train-images-idx3-ubyte.gz"]),
-                            read_labels(files["train-labels-idx1-ubyte.gz"]), seed=seed)
-        source = f"quick model: SGD lr 0.1, batch 128, 2 epochs on 60k training images, seed {seed}"
+                            read_labels(files["train-labels-idx1-ubyte.gz"]), seed=seed, deskew=deskew)
+        source = (f"quick model: SGD lr 0.1, batch 128, 2 epochs on 60k {'deskewed ' if deskew else ''}"
+                  f"training images, seed {seed}")
     else:
         model, source = load_model(model_path), str(model_path)
     counts = {k: min(mnist_digits if k == "mnist" else digits, len(images)) for k in kinds}
     rows = measure(model, images, labels, counts, seed)
-    typer.echo(f"model: {source}\n")
+    typer.echo(f"model: {source}; inputs: {model.preprocessing.describe()}\n")
     typer.echo(markdown(rows))
     worst = min(rows, key=lambda r: r["difference_points"])
     typer.echo(f"\nworst kind: {worst['kind']} ({worst['difference_points']:+.2f} points); "

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from mnistlr import atomic, metrics
-from mnistlr.data import load_split
+from mnistlr.data import load_preprocessing, load_split
+from mnistlr.errors import MnistlrError
 from mnistlr.model import load_model
 from mnistlr.params import Params
 
@@ -44,6 +45,10 @@ def evaluate(
     """Score the model on val and test; write metrics, details, test predictions and figures."""
     params.variant(variant)  # fail early on an unknown name
     model = load_model(model_path)
+    prepared_with = load_preprocessing(prepared)
+    if model.preprocessing != prepared_with:
+        raise MnistlrError(f"{model_path} was trained on inputs with {model.preprocessing.describe()}, but {prepared} "
+                           f"holds inputs with {prepared_with.describe()}; rerun the pipeline (dvc repro)")
     logits, labels = {}, {}
     for split in ("test", "val"):
         x, labels[split] = load_split(prepared, split)

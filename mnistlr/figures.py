@@ -160,6 +160,22 @@ def confusion_examples_figure(examples: Sequence[tuple[int, int, np.ndarray]], p
     return fig
 
 
+def deskew_figure(plain: np.ndarray, deskewed: np.ndarray) -> Figure:
+    """Digits [k, 28, 28] as scanned (top row) and deskewed (bottom row), any intensity scale."""
+    k = len(plain)
+    fig, axes = plt.subplots(2, k, figsize=(1.0 * k + 1.4, 2.6), dpi=100, squeeze=False)
+    for row, (images, label) in enumerate(((plain, "as scanned"), (deskewed, "deskewed"))):
+        for col in range(k):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.imshow(images[col], cmap="gray_r", vmin=0, vmax=max(float(np.max(images)), 1e-9))
+        axes[row, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=10)
+    fig.suptitle("The first test digits before and after deskewing")
+    fig.tight_layout()
+    return fig
+
+
 def message_figure(text: str) -> Figure:
     """A small figure holding one line of text (stands in for a figure with nothing to show)."""
     fig, ax = plt.subplots(figsize=(5, 1), dpi=100)

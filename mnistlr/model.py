@@ -1,6 +1,7 @@
 """The trained model as a file: weights, bias and the preprocessing its inputs went through.
 
-A model is `logits = x @ weight.T + bias` on inputs normalized with its own mean and std.
+A model is `logits = x @ weight.T + bias` on inputs deskewed (when it says so) and normalized with
+its own mean and std.
 It is stored as an .npz of plain arrays (no pickle), so evaluate, report and predict use it
 with numpy alone; only training (mnistlr.train) builds the torch module.
 """
@@ -14,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from mnistlr import atomic
-from mnistlr.data import IMAGE_SIDE, IN_FEATURES, NUM_CLASSES
+from mnistlr.data import IMAGE_SIDE, IN_FEATURES, NUM_CLASSES, Preprocessing
 from mnistlr.errors import MnistlrError
 
-FIELDS = ("weight", "bias", "mean", "std", "image_side")
+FIELDS = ("weight", "bias", "mean", "std", "deskew", "image_side")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,12 @@ class Model:
     mean: float  # inputs are (pixel / 255 - mean) / std
     std: float
     image_side: int = IMAGE_SIDE
+    deskew: bool = False  # pixels were deskewed (mnistlr.data.deskew) before normalizing
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """What this model's inputs must go through: predict applies it, evaluate checks the prepared data's."""
+        return Preprocessing(self.deskew, self.mean, self.std, self.image_side)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Raw class scores [N, 10] of normalized inputs [N, 784] (or [N, 28, 28])."""
@@ -37,7 +44,8 @@ class Model:
     def save(self, path: str | Path) -> None:
         """Write the model atomically as an .npz of plain arrays."""
         atomic.write_arrays(path, weight=self.weight, bias=self.bias, mean=np.float64(self.mean),
-                            std=np.float64(self.std), image_side=np.int64(self.image_side))
+                            std=np.float64(self.std), deskew=np.bool_(self.deskew),
+                            image_side=np.int64(self.image_side))
 
 
 def load_model(path: str | Path) -> Model:
@@ -54,11 +62,13 @@ def load_model(path: str | Path) -> Model:
     missing = [k for k in FIELDS if k not in arrays]
     if missing:
         raise MnistlrError(f"{path}: model file lacks {', '.join(missing)}; retrain it with the train stage")
-    scalars = [k for k in ("mean", "std", "image_side") if arrays[k].shape != () or arrays[k].dtype.kind not in "fiu"]
+    scalars = [k for k in ("mean", "std", "deskew", "image_side")
+               if arrays[k].shape != () or arrays[k].dtype.kind not in ("b" if k == "deskew" else "fiu")]
     if scalars:
         raise MnistlrError(f"{path}: {', '.join(scalars)} must be a single number; retrain it with the train stage")
     weight, bias = arrays["weight"].astype(np.float32), arrays["bias"].astype(np.float32)
     if weight.shape != (NUM_CLASSES, IN_FEATURES) or bias.shape != (NUM_CLASSES,):
         raise MnistlrError(f"{path}: weight {weight.shape} and bias {bias.shape}; expected "
                            f"({NUM_CLASSES}, {IN_FEATURES}) and ({NUM_CLASSES},)")
-    return Model(weight, bias, float(arrays["mean"]), float(arrays["std"]), int(arrays["image_side"]))
+    return Model(weight, bias, float(arrays["mean"]), float(arrays["std"]), int(arrays["image_side"]),
+                 bool(arrays["deskew"]))

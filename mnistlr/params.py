@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from mnistlr.errors import MnistlrError
 
@@ -24,9 +25,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+Auto = Literal["auto"]
+
+
 class DataParams(_Strict):
-    mean: float = 0.1307
-    std: PositiveFloat = 0.3081
+    deskew: bool = False  # straighten each digit (shear from its second moments, centre its mass) first
+    # auto: MNIST's published 0.1307 / 0.3081 for plain pixels, measured on the training split when deskewed
+    mean: float | Auto = "auto"
+    std: PositiveFloat | Auto = "auto"
+
+    @field_validator("mean", "std", mode="before")
+    @classmethod
+    def _number_or_auto(cls, value: Any, info: ValidationInfo) -> Any:
+        # one message naming both accepted forms, instead of one error per member of the union
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("accepted: a number or 'auto'")
+        if not math.isfinite(value):
+            raise ValueError("input should be a finite number")
+        if info.field_name == "std" and value <= 0:
+            raise ValueError("input should be greater than 0 (or 'auto')")
+        return value
     val_size: Annotated[int, Field(gt=0, lt=MNIST_TRAIN_SIZE)] = 10_000
 
 
@@ -106,6 +126,7 @@ class StudiesParams(_Strict):
     optimum: OptimumStudy = OptimumStudy()
     l1l2: L1L2Study = L1L2Study()
     sweep: SweepStudy = SweepStudy()
+    deskew: SweepStudy = SweepStudy()  # the same selection on deskewed digits
 
 
 VariantName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")]
@@ -168,7 +189,7 @@ def _describe(err: dict[str, Any], source: str) -> str:
     if err["type"] == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         return f"{source}: {key} = {value!r} is not accepted; accepted: {expected}"
-    return f"{source}: {key} = {value!r}: {err['msg'].lower()}"
+    return f"{source}: {key} = {value!r}: {err['msg'].lower().removeprefix('value error, ')}"
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:

@@ -16,7 +16,8 @@ already is one passes through unchanged:
    widened to MIN_STROKE;
 4. the digit is moved by whole pixels so its centre of mass lies where MNIST puts it: in pixel
    (14, 14) of the 28x28 field (0-based index, rounded), as in every MNIST digit;
-5. [0, 1] -> normalized with the mean and std the model file carries.
+5. [0, 1] -> deskewed when the model file says its inputs were, then normalized with the mean and std
+   it carries.
 
 bench/predict_fidelity.py measures what this costs in accuracy on real test digits, kind by kind.
 """
@@ -300,7 +301,7 @@ def center_of_mass(img: np.ndarray) -> tuple[float, float]:
 def preprocess_gray(gray: np.ndarray, model: Model, name: str = "image") -> np.ndarray:
     """Grayscale [H, W] in [0, 255] -> float32 [784], normalized as the model's training inputs were."""
     x = to_mnist(gray, name)
-    return ((x - model.mean) / model.std).astype(np.float32).reshape(-1)
+    return model.preprocessing.apply_float(x[None])[0]
 
 
 def preprocess_file(path: str | Path, model: Model) -> np.ndarray:

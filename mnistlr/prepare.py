@@ -1,16 +1,44 @@
-"""The prepare stage: raw MNIST files -> normalized train/val/test arrays and training-set variants."""
+"""The prepare stage: raw MNIST files -> (deskewed,) normalized train/val/test arrays and training-set variants."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from mnistlr import atomic, data
 from mnistlr.errors import MnistlrError
 from mnistlr.params import Params
 
+SAMPLES = 12  # test digits kept plain and deskewed for the report's before/after figure
 
-def prepare(params: Params, out_dir: str | Path, download_root: str | Path = "data/raw") -> dict[str, dict]:
-    """Write {train,val,test}.npz and variants/<name>.{npz,json} into `out_dir`, atomically, as one folder."""
+
+def resolve_preprocessing(params: Params, train_images: np.ndarray) -> tuple[data.Preprocessing, str]:
+    """The preprocessing of this run's inputs, and where its mean and std came from.
+
+    `auto` means MNIST's published statistics for plain pixels and the deskewed training split's own for
+    deskewed ones (deskewing blurs a little, so its std is lower); numbers in params are used as they are.
+    """
+    d = params.data
+    if d.mean != "auto" and d.std != "auto":
+        return data.Preprocessing(d.deskew, d.mean, d.std), "params.yaml"
+    if d.deskew:
+        mean, std = data.pixel_stats(data.Preprocessing(True, 0.0, 1.0).pixels(train_images))
+        source = f"measured on the {len(train_images)} deskewed training images"
+    else:
+        mean, std = data.MNIST_MEAN, data.MNIST_STD
+        source = "MNIST's published training-set statistics"
+    if d.mean != "auto" or d.std != "auto":
+        source = f"params.yaml and {source}"
+    return data.Preprocessing(d.deskew, mean if d.mean == "auto" else d.mean, std if d.std == "auto" else d.std), source
+
+
+def prepare(params: Params, out_dir: str | Path, download_root: str | Path = "data/raw",
+            deskew: bool | None = None) -> dict[str, dict]:
+    """Write {train,val,test}.npz, preprocessing.json, samples.npz and variants/<name>.{npz,json} into
+    `out_dir`, atomically, as one folder. `deskew` overrides params' data.deskew (the studies' deskewed copy)."""
+    if deskew is not None:
+        params = params.model_copy(update={"data": params.data.model_copy(update={"deskew": deskew})})
     raw = data.load_mnist(data.locate(download_root))
     n_train = raw["train_images"].shape[0]
     if params.data.val_size >= n_train:
@@ -18,19 +46,24 @@ def prepare(params: Params, out_dir: str | Path, download_root: str | Path = "da
             f"data.val_size = {params.data.val_size} leaves no training images; accepted: 1..{n_train - 1}"
         )
     train_idx, val_idx = data.split_indices(n_train, params.data.val_size, params.seed)
-    mean, std = params.data.mean, params.data.std
+    pre, source = resolve_preprocessing(params, raw["train_images"][train_idx])
     splits = {
         "train": (raw["train_images"], raw["train_labels"], train_idx),
         "val": (raw["train_images"], raw["train_labels"], val_idx),
         "test": (raw["test_images"], raw["test_labels"], None),
     }
     summaries = {}
-    with atomic.atomic_dir(out_dir) as tmp:
+    with atomic.atomic_dir(Path(out_dir)) as tmp:
         for split, (images, labels, index) in splits.items():
             if index is not None:
                 images, labels = images[index], labels[index]
             # one split's floats at a time: the peak memory is the largest split, not all three
-            atomic.write_arrays(tmp / f"{split}.npz", x=data.normalize(images, mean, std), y=labels)
+            atomic.write_arrays(tmp / f"{split}.npz", x=pre.apply(images), y=labels)
+        atomic.write_json(tmp / "preprocessing.json", {
+            "deskew": pre.deskew, "mean": pre.mean, "std": pre.std, "image_side": pre.image_side,
+            "mean_std_from": source})
+        sample = raw["test_images"][:SAMPLES]
+        atomic.write_arrays(tmp / "samples.npz", plain=sample, deskewed=data.deskew(sample), y=raw["test_labels"][:SAMPLES])
         train_y = raw["train_labels"][train_idx]
         for name, v in params.variants.items():
             variant = data.build_variant(train_y, name, v.fraction, v.noise, params.seed)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from mnistlr import atomic, metrics
-from mnistlr.data import IMAGE_SIDE, load_split
+from mnistlr.data import IMAGE_SIDE, load_preprocessing, load_split
 from mnistlr.params import Params
 
 # The tutorial's (the seed's) expected test accuracy, in %: what users hold the report against.
@@ -25,6 +25,9 @@ EXPECTED_NOISE_DROP = {0.1: (3.0, 4.0)}  # points lost to that noise
 EXPECTED_BY_OPTIMIZER = {"sgd": (91.0, 92.0), "adam": (92.0, 93.0)}
 LOSS_NAMES = {"ce": "cross-entropy (logistic regression)", "mse": "least squares on one-hot targets (linear regression)"}
 EXAMPLES_PER_PAIR = 6
+# LeCun et al. (1998), "Gradient-based learning applied to document recognition", table of test error
+# rates: the linear classifier ("1-layer NN") on plain and on deskewed digits, in %.
+LECUN_LINEAR_ERROR = {"plain": 12.0, "deskewed": 8.4}
 
 
 def expected_range(fraction: float, noise: float) -> tuple[float, float] | None:
@@ -174,6 +177,55 @@ def experiments_section(experiments_dir: Path, report_dir: Path) -> list[str]:
     return lines
 
 
+def deskew_pairs(data: dict) -> list[tuple[dict, dict]]:
+    """(plain run, deskewed run) pairs of compare.json whose other differing params are all equal."""
+    runs, keys = data["runs"], [k for k in data["differing_params"] if k != "data.deskew"]
+    if "data.deskew" not in data["differing_params"]:
+        return []
+    plain = [r for r in runs if str(r.get("data.deskew")) == "False"]
+    pairs = []
+    for d in (r for r in runs if str(r.get("data.deskew")) == "True"):
+        twin = next((p for p in plain if all(p.get(k) == d.get(k) for k in keys)), None)
+        if twin is not None:
+            pairs.append((twin, d))
+    return pairs
+
+
+def deskew_section(params: Params, experiments_dir: Path, prepared: Path, fig_dir: Path) -> list[str]:
+    """Beyond the tutorial: plain vs deskewed inputs for every variant, beside LeCun et al.'s linear classifier,
+    with sample test digits before and after deskewing."""
+    from mnistlr import figures
+
+    with np.load(prepared / "samples.npz", allow_pickle=False) as samples:
+        figures.save(figures.deskew_figure(samples["plain"], samples["deskewed"]), fig_dir / "deskew.png")
+    lecun = (f"LeCun et al. (1998) give the linear classifier {LECUN_LINEAR_ERROR['plain']:.1f} % test error on plain "
+             f"digits and {LECUN_LINEAR_ERROR['deskewed']:.1f} % on deskewed ones.")
+    lines = ["## Beyond the tutorial: deskewed digits", "",
+             "Deskewing (`data.deskew: true`) shears each digit so its principal axis is vertical and moves its centre "
+             "of mass to the middle of the field, before normalization: a fixed transform of the input, the model "
+             f"stays one linear layer. This run's inputs: {load_preprocessing(prepared).describe()}. " + lecun, "",
+             "![test digits before (top) and after (bottom) deskewing](figures/deskew.png)", ""]
+    path = experiments_dir / "compare.json"
+    data = json.loads(path.read_text()) if path.is_file() else None
+    pairs = deskew_pairs(data) if data and data.get("metric") == "test.accuracy" else []
+    if not pairs:
+        return lines + ["No plain/deskewed pair of runs in the committed comparison yet: run "
+                        "`dvc exp run -n deskew -S data.deskew=true`, then `mnistlr compare`.", ""]
+    plain, desk = pairs[0]
+    names = [n for n in params.variants if n in plain.get("by_variant", {}) and n in desk.get("by_variant", {})]
+    rows = [{"variant": n,
+             f"plain: test error (%), run {plain['run']}": round(100 * (1 - plain["by_variant"][n]), 2),
+             f"deskewed: test error (%), run {desk['run']}": round(100 * (1 - desk["by_variant"][n]), 2),
+             "error change (points)": round(100 * (plain["by_variant"][n] - desk["by_variant"][n]), 2)} for n in names]
+    rows.append({"variant": "LeCun et al. 1998, linear classifier (60k)",
+                 f"plain: test error (%), run {plain['run']}": LECUN_LINEAR_ERROR["plain"],
+                 f"deskewed: test error (%), run {desk['run']}": LECUN_LINEAR_ERROR["deskewed"],
+                 "error change (points)": round(LECUN_LINEAR_ERROR["deskewed"] - LECUN_LINEAR_ERROR["plain"], 2)})
+    return lines + [f"From `mnistlr compare` (experiments/compare.json): runs `{plain['run']}` and `{desk['run']}` "
+                    "differ only in `data.deskew`; every other param is the same.", "",
+                    pd.DataFrame(rows).to_markdown(index=False), ""]
+
+
 def build_report(
     params: Params,
     metrics_dir: str | Path,
@@ -213,8 +265,9 @@ def build_report(
     confusions = pd.DataFrame(
         [{"true": t, "predicted": p, "count": n, "share of true class (%)": round(100 * n / cm[t].sum(), 2)}
          for t, p, n in pairs])
+    pre = load_preprocessing(prepared_dir)
     examples = misclassified_images(Path(predictions_dir) / f"{ref}.csv", Path(prepared_dir), pairs,
-                                    params.data.mean, params.data.std)
+                                    pre.mean, pre.std)
     figures.save(figures.confusion_examples_figure(examples, EXAMPLES_PER_PAIR) if examples else
                  figures.message_figure("no misclassified test digits"), fig_dir / "confusion_examples.png")
 
@@ -260,7 +313,8 @@ def build_report(
         "",
     ]
     if examples:
-        lines += [f"Up to {EXAMPLES_PER_PAIR} misclassified test digits of each pair above, first in test order:", "",
+        seen = " (deskewed, as the model saw them)" if pre.deskew else ""
+        lines += [f"Up to {EXAMPLES_PER_PAIR} misclassified test digits of each pair above, first in test order{seen}:", "",
                   "![misclassified digits of the top confusions](figures/confusion_examples.png)", ""]
     lines += [
         f"![confusion matrix of {ref}](figures/{ref}/confusion.png)",
@@ -284,9 +338,10 @@ def build_report(
         f"![reliability diagram of {ref}](figures/{ref}/reliability.png)",
         "",
         *experiments_section(Path(experiments_dir), out_path.parent),
+        *deskew_section(params, Path(experiments_dir), Path(prepared_dir), fig_dir),
         "## Studies",
         "",
-        "Linear-regression baseline, the L-BFGS optimum, the best linear model and L1 vs L2: "
+        "Linear-regression baseline, the L-BFGS optimum, the best linear model (plain and deskewed) and L1 vs L2: "
         "[studies.md](studies.md) (`dvc repro studies/dvc.yaml`).",
         "",
     ]

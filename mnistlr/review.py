@@ -366,8 +366,11 @@ def compare_experiments(out_dir: str | Path, variant: str = "full", metric: str 
     curves = {lab: c for lab, name in zip(labels, table["run"])
               if (c := curves_at(by_name[name].rev, variant, cwd)) is not None}
     figures.save(figures.comparison_figure(labels, table[metric].tolist(), metric, curves), out_dir / "compare.png")
+    records = table.to_dict("records")
+    for rec in records:  # every variant's `metric` too: the report sets plain and deskewed runs side by side
+        rec["by_variant"] = {v: m.get(metric) for v, m in by_name[rec["run"]].metrics.items()}
     atomic.write_json(out_dir / "compare.json", {"variant": variant, "metric": metric, "differing_params": diff,
-                                                 "runs": table.to_dict("records")})
+                                                 "runs": records})
     atomic.write_text(out_dir / "compare.md", comparison_markdown(table, diff, variant, metric, "compare.png", n_test))
     same = [str(n) for n, flag in zip(table["run"], table["same as best"]) if flag == "yes"]
     note = (f"Runs the {n_test} test images of {variant} cannot tell from the best test accuracy "

@@ -26,7 +26,7 @@ from torch.optim.adam import adam as adam_step
 from torch.optim.sgd import sgd as sgd_step
 
 from mnistlr import atomic, metrics
-from mnistlr.data import IN_FEATURES, NUM_CLASSES, derive_seed, load_split, load_variant
+from mnistlr.data import IN_FEATURES, NUM_CLASSES, Preprocessing, derive_seed, load_preprocessing, load_split, load_variant
 from mnistlr.errors import MnistlrError
 from mnistlr.model import Model
 from mnistlr.params import Params, TrainParams
@@ -49,10 +49,10 @@ class LogisticRegression(nn.Module):
         # [B, 28, 28] or [B, 784] -> [B, 784]; a view, no copy.
         return self.fc(x.flatten(1))
 
-    def to_model(self, mean: float, std: float) -> Model:
-        """The trained weights as a plain-array Model carrying its input normalization."""
+    def to_model(self, pre: Preprocessing) -> Model:
+        """The trained weights as a plain-array Model carrying its inputs' preprocessing."""
         w, b = (t.detach().cpu().numpy().astype(np.float32) for t in (self.fc.weight, self.fc.bias))
-        return Model(weight=w, bias=b, mean=mean, std=std)
+        return Model(weight=w, bias=b, mean=pre.mean, std=pre.std, image_side=pre.image_side, deskew=pre.deskew)
 
 
 class OneHotMSELoss(nn.Module):
@@ -383,6 +383,78 @@ def fit_lbfgs(
     return model.eval(), history
 
 
+def batchable(cfg: TrainParams, optimizer: str) -> bool:
+    """Whether fit_batched trains these settings exactly as fit would (it has no L1, clipping, momentum,
+    early stopping or least squares)."""
+    return (optimizer in ("sgd", "adam") and cfg.loss == "ce" and cfg.l1 == 0 and cfg.grad_clip == 0
+            and cfg.momentum == 0 and cfg.patience == 0)
+
+
+def fit_batched(
+    x: torch.Tensor, y: torch.Tensor, cfg: TrainParams, optimizer: str, rates: Sequence[float],
+    weight_decays: Sequence[float], seed: int,
+) -> list[LogisticRegression]:
+    """K models that share an optimizer, batch size and epochs, trained at once: the same updates as K
+    calls of `fit` (same initial weights, same batch order, each its own lr and weight decay), but every
+    step is one product of the batch with the K weight matrices side by side, [784, K * 10].
+
+    Small linear models leave a core mostly idle per step; K of them fill it. No learning curves: the
+    studies score the results once.
+    """
+    if not batchable(cfg, optimizer):
+        raise MnistlrError(f"batched training takes sgd or adam with loss ce and no l1, grad_clip, momentum or "
+                           f"patience; got optimizer {optimizer!r} with {cfg.model_dump()}")
+    if len(rates) != len(weight_decays) or not rates:
+        raise MnistlrError(f"batched training needs one weight decay per learning rate; got {len(rates)} and "
+                           f"{len(weight_decays)}")
+    device, k = x.device, len(rates)
+    torch.manual_seed(seed)  # the initial weights fit() starts every model from
+    init = LogisticRegression()
+    w = init.fc.weight.detach().T.unsqueeze(1).repeat(1, k, 1).to(device).requires_grad_()  # [784, K, 10]
+    b = init.fc.bias.detach().repeat(k, 1).to(device).requires_grad_()  # [K, 10]
+    lr = torch.tensor(rates, dtype=x.dtype, device=device)
+    decay = torch.tensor(weight_decays, dtype=x.dtype, device=device).view(1, k, 1)
+    n = x.shape[0]
+    bs = min(cfg.batch_size, n)
+    steps = math.ceil(n / bs)
+    factors = lr_schedule(cfg.schedule, 1.0, cfg.epochs * steps)
+    beta1, beta2 = Optimizer.BETAS
+    moments = [torch.zeros_like(t) for t in (w, b, w, b)]  # Adam: first and second moments of w and b
+    order = torch.Generator().manual_seed(derive_seed(seed, "batches"))  # fit's batch order
+    t = 0
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(n, generator=order).to(device)
+        xs, ys = x[perm], y[perm]
+        for step in range(steps):
+            xb, yb = xs[step * bs : (step + 1) * bs], ys[step * bs : (step + 1) * bs]
+            logits = (xb @ w.view(IN_FEATURES, -1)).view(len(xb), k, NUM_CLASSES) + b
+            # the sum over models of each one's mean cross-entropy: each gradient is its own model's
+            loss = F.cross_entropy(logits.transpose(1, 2), yb[:, None].expand(-1, k)) * k
+            gw, gb = torch.autograd.grad(loss, (w, b))
+            rate = lr * factors[t]
+            t += 1
+            with torch.no_grad():
+                gw = gw + decay * w  # L2 on the weights, not the bias, as in fit
+                if optimizer == "sgd":
+                    w -= rate.view(1, k, 1) * gw
+                    b -= rate.view(k, 1) * gb
+                    continue
+                for param, grad, m, v, shape in ((w, gw, moments[0], moments[2], (1, k, 1)),
+                                                 (b, gb, moments[1], moments[3], (k, 1))):
+                    m.lerp_(grad, 1 - beta1)
+                    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                    denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(Optimizer.EPS)
+                    param -= (rate / (1 - beta1**t)).view(shape) * m / denom
+    models = []
+    for i in range(k):
+        model = LogisticRegression().to(device)
+        with torch.no_grad():
+            model.fc.weight.copy_(w[:, i, :].T)
+            model.fc.bias.copy_(b[i])
+        models.append(model.eval())
+    return models
+
+
 @contextmanager
 def _threads(n: int) -> Iterator[None]:
     previous = torch.get_num_threads()
@@ -438,11 +510,12 @@ def train(params: Params, variant: str, prepared: str | Path, model_path: str | 
           log_path: str | Path) -> list[EpochRecord]:
     """Train on `variant` with the params' optimizer; write the model and the per-epoch log."""
     params.variant(variant)
+    pre = load_preprocessing(prepared)  # the model file carries it
     device = resolve_device(params.train.device)
     x, y = to_device(device, *load_variant(prepared, variant))
     val_x, val_y = to_device(device, *load_split(prepared, "val"))
     model, history = fit(x, y, val_x, val_y, params.train, params.optimizer, params.lr, params.seed)
-    model.to_model(params.data.mean, params.data.std).save(model_path)
+    model.to_model(pre).save(model_path)
     # Only with early stopping are the saved weights the best epoch's rather than the last's.
     write_history(log_path, history, best_epoch(history) if params.train.patience > 0 else None)
     return history

@@ -1,6 +1,7 @@
-"""DVC stage: raw MNIST -> normalized train/val/test tensors and training-set variants."""
+"""DVC stage: raw MNIST -> (deskewed,) normalized train/val/test arrays and training-set variants."""
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -17,9 +18,10 @@ def main(
     params: Path = typer.Option("params.yaml", help="params file"),
     out: Path = typer.Option("data/prepared", help="output folder (replaced atomically)"),
     raw: Path = typer.Option("data/raw", help="download folder, used when MNISTLR_MNIST_DIR is unset"),
+    deskew: Optional[bool] = typer.Option(None, "--deskew/--no-deskew", help="override params.yaml's data.deskew"),
 ) -> None:
     """Fetch (or read from the MNISTLR_MNIST_DIR mirror) and verify MNIST, split it, build the variants."""
-    for name, s in prepare(load_params(params), out, raw).items():
+    for name, s in prepare(load_params(params), out, raw, deskew).items():
         typer.echo(f"{name}: {s['size']} images, {s['labels_changed']} labels changed")
 
 

@@ -1,4 +1,4 @@
-"""DVC stage of studies/dvc.yaml: run one study (mse, optimum, l1l2, sweep) and write its JSON."""
+"""DVC stage of studies/dvc.yaml: run one study (mse, optimum, l1l2, sweep, deskew) and write its JSON."""
 
 from pathlib import Path
 from typing import Optional
@@ -15,9 +15,9 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 @app.command()
 @user_errors
 def main(
-    study: str = typer.Argument(..., help="mse | optimum | l1l2 | sweep"),
+    study: str = typer.Argument(..., help="mse | optimum | l1l2 | sweep | deskew"),
     params: Path = typer.Option("params.yaml", help="params file (reads studies.<study>)"),
-    prepared: Path = typer.Option("data/prepared", help="output folder of the root prepare stage"),
+    prepared: Path = typer.Option("data/prepared", help="prepared inputs (deskew: data/prepared_deskewed)"),
     out: Path = typer.Option(..., help="result JSON to write"),
     figure: Optional[Path] = typer.Option(None, help="l1l2: weight-grid PNG to write"),
     optimum: Optional[Path] = typer.Option(None, help="sweep: the optimum study's JSON"),

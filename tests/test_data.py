@@ -230,6 +230,61 @@ def test_normalized_real_training_images_have_mnist_statistics(real_mirror):
     assert abs(float(x.mean(dtype=np.float64))) < 1e-3 and abs(float(x.std(dtype=np.float64)) - 1) < 1e-3
 
 
+# --- deskewing -------------------------------------------------------------------------------------
+
+
+def _sheared_bar(slant: float, shift: tuple[int, int] = (0, 0), value: float = 200.0) -> np.ndarray:
+    """A 2-pixel-wide bar of 16 rows whose column moves `slant` per row down, off-centre by `shift`."""
+    img = np.zeros((28, 28), np.float32)
+    for r in range(6, 22):
+        c = 13.5 + slant * (r - 13.5) + shift[1]
+        for dc in (-0.5, 0.5):
+            img[r + shift[0], int(round(c + dc))] = value
+    return img
+
+
+@pytest.mark.parametrize("slant", [-0.5, -0.25, 0.3, 0.45])
+def test_deskew_sets_a_sheared_bar_upright_and_centred(slant):
+    bar = _sheared_bar(slant, shift=(2, -3))
+    _, _, before = data.moments(bar[None])
+    assert abs(before[0] - slant) < 0.08  # the moments see the shear that was built in
+    out = data.deskew(bar[None])
+    mr, mc, after = data.moments(out)
+    assert abs(after[0]) < 0.02, after  # upright
+    assert abs(mr[0] - 13.5) < 0.05 and abs(mc[0] - 13.5) < 0.05  # mass in the middle of the field
+    ink_columns = np.flatnonzero(out[0].sum(axis=0) > 0.05 * out[0].sum())
+    assert ink_columns.min() >= 12 and ink_columns.max() <= 15, ink_columns  # one vertical stroke
+    assert abs(out.sum() - bar.sum()) < 0.01 * bar.sum()  # ink moved, not lost
+    assert out.dtype == np.float32 and out.shape == (1, 28, 28)
+
+
+def test_deskew_leaves_upright_centred_digits_and_blanks_alone():
+    upright = _sheared_bar(0.0)
+    np.testing.assert_allclose(data.deskew(upright[None])[0], upright, atol=1e-3)
+    assert not data.deskew(np.zeros((2, 28, 28), np.uint8)).any()
+
+
+def test_deskew_is_per_image_deterministic_and_chunk_independent(monkeypatch):
+    images, _ = synthetic_digits(40, seed=3)
+    whole = data.deskew(images)
+    assert np.array_equal(whole, data.deskew(images))
+    monkeypatch.setattr(data, "DESKEW_CHUNK", 7)  # chunks of 7 give the same images
+    assert np.array_equal(whole, data.deskew(images))
+    assert np.array_equal(whole[5], data.deskew(images[5:6])[0])
+    # linear in intensity: uint8 pixels and pixels / 255 deskew alike (predict's path vs prepare's)
+    np.testing.assert_allclose(data.deskew(images / np.float32(255)) * 255, whole, atol=1e-3)
+
+
+def test_deskewed_real_training_set_has_no_slant(real_mirror):
+    images = data.read_images(real_mirror / "train-images-idx3-ubyte.gz")
+    _, _, before = data.moments(images)
+    mr, mc, after = data.moments(data.deskew(images))
+    print(f"mean |slant| of the 60k training digits: {np.abs(before).mean():.4f} plain, {np.abs(after).mean():.4f} deskewed")
+    assert np.abs(before).mean() > 0.15  # MNIST digits do lean
+    assert np.abs(after).mean() < 0.01 and abs(after.mean()) < 0.005
+    assert abs(mr.mean() - 13.5) < 0.01 and abs(mc.mean() - 13.5) < 0.01
+
+
 def test_derived_seeds_depend_on_seed_and_every_salt():
     assert data.derive_seed(42, "split") == data.derive_seed(42, "split")
     seeds = {data.derive_seed(42, "split"), data.derive_seed(43, "split"), data.derive_seed(42, "subset"),
@@ -310,6 +365,38 @@ def test_prepared_splits_and_variants_load_as_written(tmp_path, use_synthetic_mi
     with np.load(tmp_path / "prepared" / "variants" / "half.npz") as v:
         assert np.array_equal(hx, x[v["index"]]) and np.array_equal(hy, v["y"])
         assert int(v["changed"].sum()) == 100 and np.array_equal(hy[~v["changed"]], y[v["index"]][~v["changed"]])
+
+
+@pytest.mark.parametrize("deskew,mean,std,expected_from", [
+    (False, "auto", "auto", "MNIST's published training-set statistics"),
+    (True, "auto", "auto", "measured on the 1000 deskewed training images"),
+    (True, 0.2, 0.5, "params.yaml"),
+])
+def test_prepare_records_the_preprocessing_of_its_arrays(tmp_path, use_synthetic_mirror, deskew, mean, std,
+                                                         expected_from):
+    import json
+
+    from mnistlr.params import parse_params
+    from mnistlr.prepare import prepare
+
+    params = parse_params({"data": {"val_size": 200, "deskew": deskew, "mean": mean, "std": std}})
+    prepare(params, tmp_path / "prepared", tmp_path / "raw")
+    record = json.loads((tmp_path / "prepared" / "preprocessing.json").read_text())
+    pre = data.load_preprocessing(tmp_path / "prepared")
+    assert record["mean_std_from"] == expected_from and pre.deskew is deskew
+    if mean == "auto" and not deskew:
+        assert (pre.mean, pre.std) == (0.1307, 0.3081)
+    elif mean == "auto":  # the deskewed training split's own: its arrays come out standardized
+        x, _ = data.load_split(tmp_path / "prepared", "train")
+        assert abs(float(x.mean(dtype=np.float64))) < 1e-3 and abs(float(x.std(dtype=np.float64)) - 1) < 2e-3
+    else:
+        assert (pre.mean, pre.std) == (mean, std)
+    raw = data.read_images(use_synthetic_mirror / "t10k-images-idx3-ubyte.gz")
+    x_test, _ = data.load_split(tmp_path / "prepared", "test")
+    np.testing.assert_array_equal(x_test, pre.apply(raw))  # what the record says is what the arrays went through
+    with np.load(tmp_path / "prepared" / "samples.npz") as samples:
+        assert np.array_equal(samples["plain"], raw[:12])
+        np.testing.assert_allclose(samples["deskewed"], data.deskew(raw[:12]))
 
 
 def test_missing_prepared_split_or_variant_says_to_run_prepare(tmp_path):

@@ -138,6 +138,7 @@ def test_evaluate_writes_six_headline_numbers_details_predictions_and_figures(tm
     for split in ("val", "test"):
         split_data[split] = (rng.normal(size=(50, 784)).astype(np.float32), np.arange(50, dtype=np.int64) % 10)
         atomic.write_arrays(prepared / f"{split}.npz", x=split_data[split][0], y=split_data[split][1])
+    atomic.write_json(prepared / "preprocessing.json", {"deskew": False, "mean": 0.1307, "std": 0.3081, "image_side": 28})
     weight = (rng.uniform(0.01, 0.1, size=(10, 784)) * rng.choice([-1, 1], size=(10, 784))).astype(np.float32)
     weight[:, :100] = 0.0  # 1000 of 7840 weights are zero, the rest at least 0.01 from it
     model = Model(weight=weight, bias=np.zeros(10, np.float32), mean=0.1307, std=0.3081)
@@ -182,3 +183,29 @@ def test_evaluate_rejects_an_unknown_variant_before_reading_anything(tmp_path):
         evaluate(parse_params({}), "ful", tmp_path / "none", tmp_path / "none.npz", tmp_path / "m.json",
                  tmp_path / "d.json", tmp_path / "p.csv", tmp_path / "fig")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("record", [{"deskew": True, "mean": 0.1307, "std": 0.3081},
+                                    {"deskew": False, "mean": 0.1305, "std": 0.289}], ids=["deskew", "mean-std"])
+def test_evaluate_refuses_a_model_trained_on_other_inputs(tmp_path, record):
+    """The model file says what its inputs went through; prepared data that went through something else is a
+    one-line error, and nothing is written."""
+    from mnistlr import atomic
+    from mnistlr.errors import MnistlrError
+    from mnistlr.evaluate import evaluate
+    from mnistlr.model import Model
+    from mnistlr.params import parse_params
+
+    prepared = tmp_path / "prepared"
+    for split in ("val", "test"):
+        atomic.write_arrays(prepared / f"{split}.npz", x=np.zeros((10, 784), np.float32), y=np.arange(10))
+    atomic.write_json(prepared / "preprocessing.json", {**record, "image_side": 28})
+    Model(weight=np.zeros((10, 784), np.float32), bias=np.zeros(10, np.float32), mean=0.1307,
+          std=0.3081).save(tmp_path / "m.npz")
+    with pytest.raises(MnistlrError) as info:
+        evaluate(parse_params({}), "full", prepared, tmp_path / "m.npz", tmp_path / "m.json", tmp_path / "d.json",
+                 tmp_path / "p.csv", tmp_path / "fig")
+    msg = str(info.value)
+    assert "\n" not in msg and "was trained on inputs with deskew off, mean 0.1307, std 0.3081" in msg
+    assert msg.endswith("; rerun the pipeline (dvc repro)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "prepared"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mnistlr.data import Preprocessing
 from mnistlr.errors import MnistlrError
 from mnistlr.model import FIELDS, Model, load_model
 
@@ -29,7 +30,7 @@ def test_saved_model_round_trips_with_its_normalization(tmp_path):
     loaded = load_model(tmp_path / "m.npz")
     assert np.array_equal(loaded.weight, model.weight) and loaded.weight.dtype == np.float32
     assert np.array_equal(loaded.bias, model.bias) and loaded.bias.dtype == np.float32
-    assert (loaded.mean, loaded.std, loaded.image_side) == (0.2, 0.45, 28)
+    assert (loaded.mean, loaded.std, loaded.image_side, loaded.deskew) == (0.2, 0.45, 28, False)
     with np.load(tmp_path / "m.npz", allow_pickle=False) as blob:  # plain arrays, nothing pickled
         assert sorted(blob.files) == sorted(FIELDS)
     assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]  # written through a temp file, none left over
@@ -51,10 +52,33 @@ def test_trained_torch_module_becomes_the_same_model():
 
     torch.manual_seed(0)
     net = LogisticRegression()
-    model = net.to_model(mean=0.1307, std=0.3081)
-    assert np.array_equal(model.weight, net.fc.weight.detach().numpy()) and (model.mean, model.std) == (0.1307, 0.3081)
+    model = net.to_model(Preprocessing(deskew=True, mean=0.1307, std=0.2891))
+    assert np.array_equal(model.weight, net.fc.weight.detach().numpy())
+    assert (model.mean, model.std, model.deskew) == (0.1307, 0.2891, True)
     x = torch.randn(8, 784)
     np.testing.assert_allclose(model.logits(x.numpy()), predict_logits(net, x).numpy(), atol=1e-5)
+
+
+def test_deskew_flag_round_trips_and_drives_the_preprocessing(tmp_path):
+    model = Model(weight=_model().weight, bias=_model().bias, mean=0.13, std=0.29, deskew=True)
+    model.save(tmp_path / "m.npz")
+    loaded = load_model(tmp_path / "m.npz")
+    assert loaded.deskew is True and loaded.preprocessing == Preprocessing(True, 0.13, 0.29, 28)
+    # a slanted bar: the deskewing model sees it upright, the plain one as it is
+    bar = np.zeros((1, 28, 28), np.float32)
+    for r in range(4, 24):
+        bar[0, r, 8 + r // 2] = 1.0
+    upright = loaded.preprocessing.apply_float(bar).reshape(28, 28) * 0.29 + 0.13
+    assert np.abs(upright.sum(0)[13:15].sum() - bar.sum()) < 0.05 * bar.sum()  # the ink is in the middle columns
+    plain = Model(loaded.weight, loaded.bias, 0.13, 0.29).preprocessing.apply_float(bar).reshape(28, 28) * 0.29 + 0.13
+    np.testing.assert_allclose(plain, bar[0], atol=1e-6)
+
+
+def test_model_without_its_deskew_flag_is_refused_naming_it(tmp_path):
+    model = _model()
+    np.savez(tmp_path / "old.npz", weight=model.weight, bias=model.bias, mean=np.float64(0.1), std=np.float64(0.3),
+             image_side=np.int64(28))
+    assert _one_line_error(tmp_path / "old.npz").endswith("model file lacks deskew; retrain it with the train stage")
 
 
 def test_missing_model_says_to_train(tmp_path):
@@ -63,7 +87,8 @@ def test_missing_model_says_to_train(tmp_path):
 
 def test_file_lacking_a_field_is_named(tmp_path):
     model = _model()
-    np.savez(tmp_path / "old.npz", weight=model.weight, bias=model.bias, std=np.float64(0.3), image_side=np.int64(28))
+    np.savez(tmp_path / "old.npz", weight=model.weight, bias=model.bias, std=np.float64(0.3), deskew=np.bool_(False),
+             image_side=np.int64(28))
     assert _one_line_error(tmp_path / "old.npz").endswith("model file lacks mean; retrain it with the train stage")
 
 
@@ -96,12 +121,12 @@ def test_pickle_bearing_npz_is_refused_without_unpickling(tmp_path):
     evil = np.empty(1, dtype=object)
     evil[0] = _Evil(str(marker))
     np.savez(tmp_path / "evil.npz", weight=model.weight, bias=model.bias, mean=evil, std=np.float64(0.3),
-             image_side=np.int64(28))
+             deskew=np.bool_(False), image_side=np.int64(28))
     assert "not a model file written by the train stage" in _one_line_error(tmp_path / "evil.npz")
     assert not marker.exists()
 
 
 def test_wrong_shapes_are_named(tmp_path):
     np.savez(tmp_path / "m.npz", weight=np.zeros((10, 100), np.float32), bias=np.zeros(10, np.float32),
-             mean=np.float64(0.1), std=np.float64(0.3), image_side=np.int64(28))
+             mean=np.float64(0.1), std=np.float64(0.3), deskew=np.bool_(False), image_side=np.int64(28))
     assert _one_line_error(tmp_path / "m.npz").endswith("weight (10, 100) and bias (10,); expected (10, 784) and (10,)")

@@ -117,6 +117,21 @@ def test_exp_run_adam_then_metrics_diff_and_plots(synthetic_project):
         assert title in page
 
 
+def test_exp_run_deskew_as_typed_reruns_from_prepare_and_the_model_carries_it(synthetic_project):
+    project, env, _ = synthetic_project
+    commit(project, env, "baseline before deskew")
+    out = dvc("exp", "run", "-S", "optimizer=sgd", "-S", "data.deskew=true", cwd=project, env=env)
+    assert {"prepare", "train@full", "evaluate@full", "report"} <= set(ran(out)), out.stdout
+    record = json.loads((project / "data/prepared/preprocessing.json").read_text())
+    assert record["deskew"] is True and record["mean_std_from"].startswith("measured on the")
+    for v in ("full", "noise10"):
+        model = load_model(project / "models" / f"{v}.npz")
+        assert model.deskew and (model.mean, model.std) == (record["mean"], record["std"])
+    assert "This run's inputs: deskew on" in (project / "reports/report.md").read_text()
+    assert json.loads((project / "metrics/full.json").read_text())["test"]["accuracy"] > 0.9
+    # predict on raw digit images with a deskewing model: tests/test_predict.py, on the real test set
+
+
 @pytest.mark.slow
 def test_real_mnist_meets_the_accuracy_floors(tmp_path, real_mirror):
     """Default params on the canonical data (variant `full` only, to keep it short)."""
@@ -134,3 +149,8 @@ def test_real_mnist_meets_the_accuracy_floors(tmp_path, real_mirror):
     report = (project / "reports/report.md").read_text()
     assert "optimizer **adam**" in report and "test = the 10000 MNIST test images" in report
     assert f"on 10000 images is {100 * math.sqrt(adam * (1 - adam) / 10_000):.2f} points." in report
+    # deskewed digits, as typed: LeCun et al.'s 12.0 -> 8.4 % error for a linear classifier; here about 7.4 -> 4.3
+    dvc("exp", "run", "-S", "optimizer=sgd", "-S", "data.deskew=true", cwd=project, env=env)
+    deskewed = json.loads((project / "metrics/full.json").read_text())["test"]["accuracy"]
+    assert deskewed >= 0.95 and deskewed - sgd >= 0.025, (sgd, deskewed)
+    assert load_model(project / "models/full.npz").deskew

@@ -380,6 +380,30 @@ def test_the_mnist_test_set_through_predict_scores_as_fed_directly(quick_model, 
 
 
 @pytest.mark.slow
+def test_a_deskewing_model_through_predict_scores_its_test_accuracy(fidelity, real_mirror, real_test_set, tmp_path):
+    """A model trained on deskewed digits, fed all 10k raw (not deskewed) test digits as PNG files through
+    predict, which applies the model's own deskewing: within 0.5 points of its test accuracy."""
+    model = fidelity.quick_model(read_images(real_mirror / "train-images-idx3-ubyte.gz"),
+                                 read_labels(real_mirror / "train-labels-idx1-ubyte.gz"), deskew=True)
+    assert model.deskew and model.std < 0.3  # its own statistics: deskewing blurs a little
+    images, labels = real_test_set
+    test_accuracy = 100 * (model.logits(model.preprocessing.apply(images)).argmax(1) == labels).mean()
+    paths = []
+    for i, img in enumerate(images):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(img).save(paths[-1])
+    model.save(tmp_path / "deskewed.npz")
+    predicted = np.array([r["prediction"] for r in predict_files(paths, tmp_path / "deskewed.npz")])
+    through = 100 * (predicted == labels).mean()
+    plain = 100 * (model.logits(normalize(images, model.mean, model.std)).argmax(1) == labels).mean()
+    print(f"deskewing quick model: test {test_accuracy:.2f} %, raw PNGs through predict {through:.2f} %, "
+          f"raw pixels fed without deskewing {plain:.2f} %")
+    assert test_accuracy > 93  # deskewing is worth points even to a 2-epoch model
+    assert abs(through - test_accuracy) <= 0.5
+    assert plain < test_accuracy - 2  # skipping the model's deskew would cost points: predict must apply it
+
+
+@pytest.mark.slow
 def test_scans_and_photos_of_real_digits_score_close_to_direct(fidelity, quick_model, real_test_set):
     """1000 real test digits per kind of file (dark ink on paper, a 200x200 page, off-centre, thick pen, thin
     pen, JPEG noise, and MNIST form) through predict's file path: each kind within 3 points of direct."""

@@ -135,3 +135,46 @@ def test_experiments_section_takes_the_best_of_a_lower_is_better_metric(tmp_path
     rows = {ln.split("|")[1].strip(): ln.split("|")[2].strip() for ln in table.splitlines()
             if ln.startswith("| ") and "optimizer" not in ln}
     assert rows == {"adam": "0.0200", "sgd": "0.0100"}
+
+
+def _compare_json(folder, runs: list[dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "compare.json").write_text(json.dumps({
+        "variant": "full", "metric": "test.accuracy", "differing_params": ["data.deskew", "optimizer"], "runs": runs}))
+
+
+def test_deskew_section_sets_each_variant_plain_beside_deskewed_and_lecun(outputs, tmp_path):
+    runs = [
+        {"run": "desk-adam", "data.deskew": "True", "optimizer": "adam", "by_variant": {"full": 0.957, "noise10": 0.95}},
+        {"run": "base", "data.deskew": "False", "optimizer": "sgd", "by_variant": {"full": 0.9264, "noise10": 0.9127}},
+        {"run": "adam", "data.deskew": "False", "optimizer": "adam", "by_variant": {"full": 0.9263, "noise10": 0.913}},
+        {"run": "deskew", "data.deskew": "True", "optimizer": "sgd", "by_variant": {"full": 0.9571, "noise10": 0.9402}},
+    ]
+    _compare_json(tmp_path / "experiments", runs)
+    params = parse_params({**BASE, "variants": VARIANTS})
+    text = "\n".join(report.deskew_section(params, tmp_path / "experiments", outputs / "data/prepared", tmp_path / "fig"))
+    # paired on every other differing param: desk-adam with adam (the first deskewed run that has a twin)
+    assert "runs `adam` and `desk-adam` differ only in `data.deskew`" in text
+    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:5]] for ln in text.splitlines()
+            if ln.startswith("| ") and "variant" not in ln}
+    assert rows["full"] == ["7.37", "4.3", "-3.07"] and rows["noise10"] == ["8.7", "5", "-3.7"]
+    assert rows["LeCun et al. 1998, linear classifier (60k)"] == ["12", "8.4", "-3.6"]
+    assert "noise20" not in rows  # no numbers for it in the comparison
+    assert "This run's inputs: deskew off, mean 0.1307, std 0.3081" in text
+    assert (tmp_path / "fig" / "deskew.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_deskew_section_without_a_pair_says_how_to_make_one(outputs, tmp_path):
+    _compare_json(tmp_path / "experiments", [
+        {"run": "deskew", "data.deskew": "True", "optimizer": "adam", "by_variant": {"full": 0.957}},
+        {"run": "base", "data.deskew": "False", "optimizer": "sgd", "by_variant": {"full": 0.9264}}])
+    params = parse_params({**BASE, "variants": VARIANTS})
+    text = "\n".join(report.deskew_section(params, tmp_path / "experiments", outputs / "data/prepared", tmp_path))
+    assert "No plain/deskewed pair of runs" in text and "dvc exp run -n deskew -S data.deskew=true" in text
+    assert "12.0 % test error on plain digits and 8.4 % on deskewed ones" in text
+
+
+def test_the_report_includes_the_deskew_section_and_figure(outputs):
+    text = build(outputs, VARIANTS)
+    assert "## Beyond the tutorial: deskewed digits" in text and "![test digits before" in text
+    assert (outputs / "reports/figures/deskew.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -10,7 +10,8 @@ import torch
 
 from mnistlr.errors import MnistlrError
 from mnistlr.params import parse_params
-from mnistlr.studies import run_study, study_l1l2, study_mse, study_optimum, study_sweep, write_studies_report
+from mnistlr.studies import (run_study, study_deskew, study_l1l2, study_mse, study_optimum, study_sweep,
+                             write_studies_report)
 from tests.conftest import SMALL_PARAMS, dvc, make_project, project_env
 
 TINY = {
@@ -21,6 +22,9 @@ TINY = {
         "l1l2": {"values": [0.0, 1.0e-3], "epochs": 2, "batch_size": 32, "lr": 0.1},
         "sweep": {"candidates": [{"optimizer": "sgd", "lr": 0.1, "epochs": 2, "batch_size": 32, "weight_decay": 0.0},
                                  {"optimizer": "adam", "lr": 0.001, "epochs": 2, "batch_size": 32, "weight_decay": 0.0}]},
+        "deskew": {"candidates": [{"optimizer": "adam", "lr": 0.001, "epochs": 2, "batch_size": 32, "weight_decay": 0.0},
+                                  {"optimizer": "adam", "lr": 0.003, "epochs": 2, "batch_size": 32, "weight_decay": 0.0},
+                                  {"optimizer": "sgd", "lr": 0.1, "epochs": 2, "batch_size": 32, "weight_decay": 0.0}]},
     },
 }
 
@@ -51,21 +55,39 @@ def test_studies_on_a_tiny_problem_and_their_report(tiny_data, tmp_path):
     assert all("test_accuracy" not in r for r in sweep["rows"])  # selection never sees test
     assert 0 <= sweep["refit_on_train_val"]["test_accuracy"] <= 1
     assert sweep["n_val"] == 100  # the validation images the selection was scored on
-    for name, result in (("mse", mse), ("optimum", opt), ("l1l2", l12), ("sweep", sweep)):
-        result = {"params": params.studies.model_dump()[name], **result}
+    desk = study_deskew(params, tiny_data)
+    assert [r.get("batched") for r in desk["rows"]] == [2, 2, None]  # the two Adam candidates trained as one program
+    assert all("test_accuracy" not in r for r in desk["rows"]) and "refit_on_train_val" in desk
+    for name, result in (("mse", mse), ("optimum", opt), ("l1l2", l12), ("sweep", sweep), ("deskew", desk)):
+        result = {"params": params.studies.model_dump()[name], "preprocessing": "deskew on", "wall_seconds": 1.5,
+                  **result}
         (tmp_path / f"{name}.json").write_text(json.dumps(result))
     text = write_studies_report(tmp_path, tmp_path / "studies.md")
     assert (tmp_path / "studies.md").read_text() == text
     assert "**(selected)**" in text and "## 2. The convex optimum" in text and "| l1 |" in text
-    assert text.count("**(selected)**") == 1
+    assert text.count("**(selected)**") == 2  # plain and deskewed
+    assert "## 4. The best linear model on deskewed digits" in text and "(batched x2)" in text
+    assert "mse 1.5 s, optimum 1.5 s, l1l2 1.5 s, sweep 1.5 s, deskew 1.5 s; 8 s in all" in text
     best_val = sweep["rows"][sweep["best_index"]]["val_accuracy"]
     se = 100 * (best_val * (1 - best_val) / 100) ** 0.5
     assert f"on 100 validation images is {se:.2f} points" in text  # n_val from the result, not 10k
 
 
 def test_unknown_study_is_a_one_line_error(tmp_path):
-    with pytest.raises(MnistlrError, match="unknown study 'grid'; accepted: mse, optimum, l1l2, sweep"):
+    with pytest.raises(MnistlrError, match="unknown study 'grid'; accepted: mse, optimum, l1l2, sweep, deskew"):
         run_study("grid", parse_params(TINY), tmp_path, tmp_path / "x.json")
+
+
+@pytest.mark.parametrize("study,deskewed", [("deskew", False), ("sweep", True)])
+def test_a_study_on_the_wrong_inputs_is_a_one_line_error(tmp_path, study, deskewed):
+    (tmp_path / "preprocessing.json").write_text(json.dumps({"deskew": deskewed, "mean": 0.13, "std": 0.3,
+                                                             "image_side": 28}))
+    with pytest.raises(MnistlrError) as info:
+        run_study(study, parse_params(TINY), tmp_path, tmp_path / "x.json")
+    msg = str(info.value)
+    assert "\n" not in msg and f"study {study!r} needs" in msg
+    assert ("--prepared data/prepared_deskewed" if study == "deskew" else "--prepared data/prepared") in msg
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_studies_params_are_strict():
@@ -86,7 +108,7 @@ def test_plain_repro_runs_only_the_root_pipeline_and_the_studies_run_on_its_data
     png = (project / "reports/figures/full/reliability.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     listed = dvc("stage", "list", "studies/dvc.yaml", cwd=project, env=env).stdout
-    for stage in ("study@mse", "study@optimum", "l1l2", "sweep", "report"):
+    for stage in ("prepare_deskewed", "study@mse", "study@optimum", "l1l2", "sweep", "deskew", "report"):
         assert f"studies/dvc.yaml:{stage}" in listed or stage in listed.split()
     # not yet run: dvc status of the studies pipeline reports them, the root pipeline is up to date
     assert "study@mse" in dvc("status", "studies/dvc.yaml", cwd=project, env=env).stdout
@@ -94,12 +116,15 @@ def test_plain_repro_runs_only_the_root_pipeline_and_the_studies_run_on_its_data
 
     # the studies pipeline reads the root pipeline's prepared arrays and never reruns it
     ran = RUNNING.findall(dvc("repro", "studies/dvc.yaml", cwd=project, env=env).stdout)
-    assert sorted(ran) == sorted(f"studies/dvc.yaml:{s}" for s in ("study@mse", "study@optimum", "l1l2", "sweep",
-                                                                    "report")), ran
+    assert sorted(ran) == sorted(f"studies/dvc.yaml:{s}" for s in ("prepare_deskewed", "study@mse", "study@optimum",
+                                                                    "l1l2", "sweep", "deskew", "report")), ran
     sweep = json.loads((project / "studies/results/sweep.json").read_text())
     assert sweep["n_val"] == 200 and len(sweep["rows"]) == 2 + 3  # two candidates, the optimum's three runs
+    deskew = json.loads((project / "studies/results/deskew.json").read_text())
+    assert deskew["preprocessing"].startswith("deskew on") and len(deskew["rows"]) == 3
+    assert json.loads((project / "data/prepared_deskewed/preprocessing.json").read_text())["deskew"] is True
     text = (project / "reports/studies.md").read_text()
-    assert "on 200 validation images" in text and text.count("**(selected)**") == 1
+    assert "on 200 validation images" in text and text.count("**(selected)**") == 2
     png = (project / "reports/studies/l1l2_weights.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     assert "up to date" in dvc("status", "dvc.yaml", cwd=project, env=env).stdout

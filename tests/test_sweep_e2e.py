@@ -98,6 +98,9 @@ def test_queued_sweep_then_compare_gives_a_grid_and_the_report_links_it(tmp_path
     assert {(r["optimizer"], r["train.weight_decay"]) for r in data["runs"]} == {
         ("sgd", "0"), ("sgd", "0.0001"), ("adam", "0"), ("adam", "0.0001")}
     assert all(0 <= r["test.accuracy"] <= 1 for r in data["runs"])
+    # every variant's test accuracy per run, as dvc recorded it (the report's plain-vs-deskewed table reads it)
+    assert all(sorted(r["by_variant"]) == ["full", "noise10"] and r["by_variant"]["full"] == r["test.accuracy"]
+               for r in data["runs"])
     assert (project / "experiments" / "compare.png").stat().st_size > 10_000
 
     # The comparison is a committed input of the report stage: only the report reruns, and shows it.

@@ -398,3 +398,34 @@ def test_metrics_cross_entropy_is_what_training_logs():
     logits = predict_logits(model, x).numpy()
     assert history[0].train_loss == metrics.cross_entropy(logits, y.numpy())
     assert history[0].train_accuracy == float(np.mean(logits.argmax(1) == y.numpy()))
+
+
+# --- batched training (the studies' grids) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("optimizer,rates", [("adam", [0.001, 0.005, 0.02]), ("sgd", [0.1, 0.05, 0.3])])
+def test_batched_models_train_as_each_would_alone(optimizer, rates):
+    from mnistlr.train import fit_batched
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(700, 784, generator=g), torch.randint(0, 10, (700,), generator=g)  # 700: a short last batch
+    cfg = TrainParams(epochs=2, batch_size=128, device="cpu")
+    decays = [0.0, 1e-3, 1e-2]
+    models = fit_batched(x, y, cfg, optimizer, rates, decays, seed=3)
+    for model, lr, wd in zip(models, rates, decays):
+        alone, _ = fit(x, y, x[:10], y[:10], cfg.model_copy(update={"weight_decay": wd}), optimizer, lr, 3)
+        torch.testing.assert_close(model.fc.weight, alone.fc.weight, atol=2e-6, rtol=1e-5)
+        torch.testing.assert_close(model.fc.bias, alone.fc.bias, atol=2e-6, rtol=1e-5)
+    assert not torch.equal(models[0].fc.weight, models[1].fc.weight)  # each its own lr and weight decay
+
+
+def test_batched_training_refuses_what_it_cannot_do():
+    from mnistlr.train import batchable, fit_batched
+
+    x, y = torch.randn(64, 784), torch.randint(0, 10, (64,))
+    for update in ({"l1": 1e-4}, {"momentum": 0.9}, {"patience": 2}, {"grad_clip": 1.0}, {"loss": "mse"}):
+        cfg = TrainParams(device="cpu", **update)
+        assert not batchable(cfg, "adam")
+        with pytest.raises(MnistlrError, match="batched training takes sgd or adam"):
+            fit_batched(x, y, cfg, "adam", [0.001], [0.0], 0)
+    assert not batchable(TrainParams(), "lbfgs") and batchable(TrainParams(), "sgd")
