@@ -163,6 +163,8 @@ def experiments_section(experiments_dir: Path, report_dir: Path) -> list[str]:
     link = Path(os.path.relpath(Path(experiments_dir) / "compare.md", report_dir)).as_posix()
     lines = ["## Experiments", "",
              f"From `mnistlr compare` (variant `{data['variant']}`); full table and curves: [{link}]({link}).", ""]
+    if "data.deskew" in runs.columns:  # deskewed runs are set beside their plain twins in the next section
+        runs = runs[runs["data.deskew"].astype(str) != "True"]
     if "optimizer" in runs.columns and runs["optimizer"].nunique() > 1:
         best = max if metrics.higher_is_better(metric) else min
         by_opt = runs.groupby("optimizer")[metric].agg([best, "count"]).reset_index()

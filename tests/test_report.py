@@ -178,3 +178,14 @@ def test_the_report_includes_the_deskew_section_and_figure(outputs):
     text = build(outputs, VARIANTS)
     assert "## Beyond the tutorial: deskewed digits" in text and "![test digits before" in text
     assert (outputs / "reports/figures/deskew.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_experiments_section_leaves_deskewed_runs_out_of_the_optimizer_comparison(tmp_path):
+    runs = [{"run": "main", "data.deskew": "False", "optimizer": "sgd", "test.accuracy": 0.9264},
+            {"run": "adam", "data.deskew": "False", "optimizer": "adam", "test.accuracy": 0.9263},
+            {"run": "deskew", "data.deskew": "True", "optimizer": "sgd", "test.accuracy": 0.9557}]
+    (tmp_path / "compare.json").write_text(json.dumps({"variant": "full", "metric": "test.accuracy", "runs": runs}))
+    table = "\n".join(report.experiments_section(tmp_path, tmp_path / "reports"))
+    rows = {ln.split("|")[1].strip(): ln.split("|")[2].strip() for ln in table.splitlines()
+            if ln.startswith("| ") and "optimizer" not in ln}
+    assert rows == {"adam": "0.9263", "sgd": "0.9264"}  # the tutorial's SGD band is for plain digits
