@@ -72,29 +72,33 @@ def _run(params: Params, data: dict, optimizer: str, lr: float, *, splits=("val"
     return model, _row(model, data, cfg, optimizer, lr, splits, time.perf_counter() - t0)
 
 
-def _run_candidates(params: Params, data: dict, points: list[SweepPoint], splits=("val",)) -> list[dict]:
-    """One row per candidate, in order. Candidates sharing optimizer, batch size and epochs train as one
-    batched program; `seconds` is then the group's wall time divided among its models (`batched`: K)."""
+def _run_candidates(params: Params, data: dict, points: list[SweepPoint],
+                    splits=("val",)) -> tuple[list[LogisticRegression], list[dict]]:
+    """The fitted model and its row for each candidate, in order. Candidates sharing optimizer, batch size
+    and epochs train as one batched program; `seconds` is then the group's wall time divided among its
+    models (`batched`: K)."""
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(points):
         groups.setdefault((c.optimizer, c.batch_size, c.epochs), []).append(i)
+    models: list[LogisticRegression | None] = [None] * len(points)
     rows: list[dict] = [{}] * len(points)
     for (optimizer, batch_size, epochs), idx in groups.items():
         cfg = _cfg(params, epochs=epochs, batch_size=batch_size)
         if len(idx) == 1 or not batchable(cfg, optimizer):
             for i in idx:
-                _, rows[i] = _run(params, data, optimizer, points[i].lr, splits=splits, epochs=epochs,
-                                  batch_size=batch_size, weight_decay=points[i].weight_decay)
+                models[i], rows[i] = _run(params, data, optimizer, points[i].lr, splits=splits, epochs=epochs,
+                                          batch_size=batch_size, weight_decay=points[i].weight_decay)
             continue
         t0 = time.perf_counter()
-        models = fit_batched(*data["train"], cfg, optimizer, [points[i].lr for i in idx],
+        fitted = fit_batched(*data["train"], cfg, optimizer, [points[i].lr for i in idx],
                              [points[i].weight_decay for i in idx], params.seed)
         share = (time.perf_counter() - t0) / len(idx)
-        for i, model in zip(idx, models):
+        for i, model in zip(idx, fitted):
+            models[i] = model
             rows[i] = _row(model, data, _cfg(params, epochs=epochs, batch_size=batch_size,
                                              weight_decay=points[i].weight_decay),
                            optimizer, points[i].lr, splits, share, batched=len(idx))
-    return rows
+    return models, rows
 
 
 def study_mse(params: Params, data: dict) -> dict:
@@ -125,7 +129,7 @@ def study_optimum(params: Params, data: dict) -> dict:
     names = ("sgd", "adam")
     points = [SweepPoint(optimizer=name, lr=getattr(params.train.lr, name), epochs=p.epochs,
                          batch_size=params.train.batch_size, weight_decay=wd) for wd in p.weight_decays for name in names]
-    runs = iter(_run_candidates(params, data, points, splits=("val", "test")))
+    runs = iter(_run_candidates(params, data, points, splits=("val", "test"))[1])
     rows = []
     for wd, opt in zip(p.weight_decays, optima):
         entry = {"weight_decay": wd, "lbfgs": opt}
@@ -171,7 +175,7 @@ def best_linear(params: Params, data: dict, candidates: list[SweepPoint], refit:
                 reused: list[tuple[dict, dict]] = ()) -> dict:
     """Score every candidate (and `reused` (row without test, row with test) pairs fitted elsewhere on the
     same data) on validation; train the winner on train (unless reused), refit it on train + val, test once."""
-    rows = _run_candidates(params, data, candidates)
+    models, rows = _run_candidates(params, data, candidates)
     fitted = []  # already fitted (same seed and data): reused, their test numbers hidden from the selection
     for row, full in reused:
         rows.append(row)
@@ -186,8 +190,8 @@ def best_linear(params: Params, data: dict, candidates: list[SweepPoint], refit:
     n_new = len(candidates)
     if best >= n_new:  # the optimum study already trained it on train and tested it once
         on_train = fitted[best - n_new]
-    else:
-        _, on_train = _run(params, data, point.optimizer, point.lr, **overrides)
+    else:  # the selected model itself, now scored on the test set once
+        on_train = {**b, "test_accuracy": _accuracy(models[best], *data["test"])}
     result = {"rows": rows, "best_index": best, "best": point.model_dump(), "trained_on_train": on_train,
               "n_train": int(data["train"][1].shape[0]), "n_val": int(data["val"][1].shape[0])}
     if refit:
