@@ -144,22 +144,33 @@ def study_optimum(params: Params, data: dict) -> dict:
 
 
 def study_l1l2(params: Params, data: dict, figure: str | Path | None = None) -> dict:
-    """SGD with each strength as L1, then as L2; sparsity = share of |w| < evaluate.sparsity_threshold."""
+    """SGD with each strength as L1, then as L2, trained as one batched program; sparsity = share of
+    |w| < evaluate.sparsity_threshold."""
     p = params.studies.l1l2
     thr = params.evaluate.sparsity_threshold
+    # the unregularized run is the l1 = 0 one
+    runs = [(kind, v) for kind in ("l1", "weight_decay") for v in p.values if not (v == 0 and kind == "weight_decay")]
+    cfg = _cfg(params, epochs=p.epochs, batch_size=p.batch_size)
+    settings = [{kind: v} for kind, v in runs]
+    t0 = time.perf_counter()
+    if batchable(cfg, "sgd"):
+        models = fit_batched(*data["train"], cfg, "sgd", [p.lr] * len(runs), [s.get("weight_decay", 0.0) for s in settings],
+                             params.seed, l1s=[s.get("l1", 0.0) for s in settings])
+    else:
+        models = [fit(*data["train"], *data["val"], _cfg(params, epochs=p.epochs, batch_size=p.batch_size, **s), "sgd",
+                      p.lr, params.seed)[0] for s in settings]
+    share = (time.perf_counter() - t0) / len(runs)
     rows, strongest = [], {}
-    for kind in ("l1", "weight_decay"):
-        for v in p.values:
-            if v == 0 and kind == "weight_decay":
-                continue  # the unregularized run is the l1 = 0 one
-            model, r = _run(params, data, "sgd", p.lr, epochs=p.epochs, batch_size=p.batch_size, **{kind: v})
-            w = model.fc.weight.detach().cpu()
-            r.update(penalty=kind if v else "none", strength=v, sparsity=round(metrics.weight_sparsity(w.numpy(), thr), 6),
-                     exact_zeros=round(float((w == 0).float().mean()), 6), l1_norm=round(float(w.abs().sum()), 3),
-                     l2_norm=round(float(w.norm()), 3))
-            rows.append(r)
-            if v == max(p.values):
-                strongest[kind] = w
+    for (kind, v), s, model in zip(runs, settings, models):
+        r = _row(model, data, _cfg(params, epochs=p.epochs, batch_size=p.batch_size, **s), "sgd", p.lr,
+                 ("val", "test"), share, batched=len(runs))
+        w = model.fc.weight.detach().cpu()
+        r.update(penalty=kind if v else "none", strength=v, sparsity=round(metrics.weight_sparsity(w.numpy(), thr), 6),
+                 exact_zeros=round(float((w == 0).float().mean()), 6), l1_norm=round(float(w.abs().sum()), 3),
+                 l2_norm=round(float(w.norm()), 3))
+        rows.append(r)
+        if v == max(p.values):
+            strongest[kind] = w
     if figure is not None and len(strongest) == 2:
         from mnistlr import figures
 

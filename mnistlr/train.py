@@ -392,11 +392,11 @@ def batchable(cfg: TrainParams, optimizer: str) -> bool:
 
 def fit_batched(
     x: torch.Tensor, y: torch.Tensor, cfg: TrainParams, optimizer: str, rates: Sequence[float],
-    weight_decays: Sequence[float], seed: int,
+    weight_decays: Sequence[float], seed: int, l1s: Sequence[float] | None = None,
 ) -> list[LogisticRegression]:
     """K models that share an optimizer, batch size and epochs, trained at once: the same updates as K
-    calls of `fit` (same initial weights, same batch order, each its own lr and weight decay), but every
-    step is one product of the batch with the K weight matrices side by side, [784, K * 10].
+    calls of `fit` (same initial weights, same batch order, each its own lr, weight decay and L1), but
+    every step is one product of the batch with the K weight matrices side by side, [784, K * 10].
 
     Small linear models leave a core mostly idle per step; K of them fill it. No learning curves: the
     studies score the results once.
@@ -404,9 +404,10 @@ def fit_batched(
     if not batchable(cfg, optimizer):
         raise MnistlrError(f"batched training takes sgd or adam with loss ce and no l1, grad_clip, momentum or "
                            f"patience; got optimizer {optimizer!r} with {cfg.model_dump()}")
-    if len(rates) != len(weight_decays) or not rates:
-        raise MnistlrError(f"batched training needs one weight decay per learning rate; got {len(rates)} and "
-                           f"{len(weight_decays)}")
+    l1s = [0.0] * len(rates) if l1s is None else list(l1s)
+    if not rates or not len(rates) == len(weight_decays) == len(l1s):
+        raise MnistlrError(f"batched training needs one weight decay and one L1 per learning rate; got "
+                           f"{len(rates)}, {len(weight_decays)} and {len(l1s)}")
     device, k = x.device, len(rates)
     torch.manual_seed(seed)  # the initial weights fit() starts every model from
     init = LogisticRegression()
@@ -414,6 +415,8 @@ def fit_batched(
     b = init.fc.bias.detach().repeat(k, 1).to(device).requires_grad_()  # [K, 10]
     lr = torch.tensor(rates, dtype=x.dtype, device=device)
     decay = torch.tensor(weight_decays, dtype=x.dtype, device=device).view(1, k, 1)
+    l1 = torch.tensor(l1s, dtype=x.dtype, device=device).view(1, k, 1)
+    any_l1 = any(v > 0 for v in l1s)
     n = x.shape[0]
     bs = min(cfg.batch_size, n)
     steps = math.ceil(n / bs)
@@ -435,6 +438,8 @@ def fit_batched(
             t += 1
             with torch.no_grad():
                 gw = gw + decay * w  # L2 on the weights, not the bias, as in fit
+                if any_l1:  # the gradient of l1 * sum|W| (0 at 0, as autograd's abs)
+                    gw = gw + l1 * torch.sign(w)
                 if optimizer == "sgd":
                     w -= rate.view(1, k, 1) * gw
                     b -= rate.view(k, 1) * gb

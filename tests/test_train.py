@@ -410,13 +410,14 @@ def test_batched_models_train_as_each_would_alone(optimizer, rates):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(700, 784, generator=g), torch.randint(0, 10, (700,), generator=g)  # 700: a short last batch
     cfg = TrainParams(epochs=2, batch_size=128, device="cpu")
-    decays = [0.0, 1e-3, 1e-2]
-    models = fit_batched(x, y, cfg, optimizer, rates, decays, seed=3)
-    for model, lr, wd in zip(models, rates, decays):
-        alone, _ = fit(x, y, x[:10], y[:10], cfg.model_copy(update={"weight_decay": wd}), optimizer, lr, 3)
-        torch.testing.assert_close(model.fc.weight, alone.fc.weight, atol=2e-6, rtol=1e-5)
+    decays, l1s = [0.0, 1e-3, 1e-2], [1e-3, 0.0, 1e-4]
+    models = fit_batched(x, y, cfg, optimizer, rates, decays, seed=3, l1s=l1s)
+    for model, lr, wd, l1 in zip(models, rates, decays, l1s):
+        alone, _ = fit(x, y, x[:10], y[:10], cfg.model_copy(update={"weight_decay": wd, "l1": l1}), optimizer, lr, 3)
+        # L1's sign() is discontinuous at 0: a weight rounding to the other side of 0 may drift by ~lr * l1
+        torch.testing.assert_close(model.fc.weight, alone.fc.weight, atol=2e-6 if l1 == 0 else 1e-4, rtol=1e-5)
         torch.testing.assert_close(model.fc.bias, alone.fc.bias, atol=2e-6, rtol=1e-5)
-    assert not torch.equal(models[0].fc.weight, models[1].fc.weight)  # each its own lr and weight decay
+    assert not torch.equal(models[0].fc.weight, models[1].fc.weight)  # each its own lr, weight decay and L1
 
 
 def test_batched_training_refuses_what_it_cannot_do():
