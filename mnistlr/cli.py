@@ -89,7 +89,7 @@ def predict(
     model: Path = typer.Option(Path("models/full.npz"), help="model written by the train stage"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON list instead of text"),
 ) -> None:
-    """Classify digit images, MNIST-style preprocessed with the model's own normalization; print the top 3."""
+    """Classify digit images, MNIST-style, with the model's own deskew and normalization; print the top 3."""
     from mnistlr.predict import TOP_K, predict_files
 
     results = predict_files(list(images), model)

@@ -299,13 +299,13 @@ def center_of_mass(img: np.ndarray) -> tuple[float, float]:
 
 
 def preprocess_gray(gray: np.ndarray, model: Model, name: str = "image") -> np.ndarray:
-    """Grayscale [H, W] in [0, 255] -> float32 [784], normalized as the model's training inputs were."""
+    """Grayscale [H, W] in [0, 255] -> float32 [784], preprocessed as the model's training inputs were."""
     x = to_mnist(gray, name)
     return model.preprocessing.apply_float(x[None])[0]
 
 
 def preprocess_file(path: str | Path, model: Model) -> np.ndarray:
-    """One image file -> float32 [784], normalized as the model's training inputs were."""
+    """One image file -> float32 [784], preprocessed as the model's training inputs were."""
     return preprocess_gray(load_gray(path), model, str(path))
 
 
