@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -13,18 +14,19 @@ from mnistlr.params import Params
 SAMPLES = 12  # test digits kept plain and deskewed for the report's before/after figure
 
 
-def resolve_preprocessing(params: Params, train_images: np.ndarray) -> tuple[data.Preprocessing, str]:
+def resolve_preprocessing(params: Params, deskewed_train: np.ndarray | None) -> tuple[data.Preprocessing, str]:
     """The preprocessing of this run's inputs, and where its mean and std came from.
 
-    `auto` means MNIST's published statistics for plain pixels and the deskewed training split's own for
-    deskewed ones (deskewing blurs a little, so its std is lower); numbers in params are used as they are.
+    `auto` means MNIST's published statistics for plain pixels and the deskewed training split's own
+    (`deskewed_train`, pixels in [0, 1]) for deskewed ones (deskewing blurs a little, so its std is lower);
+    numbers in params are used as they are.
     """
     d = params.data
     if d.mean != "auto" and d.std != "auto":
         return data.Preprocessing(d.deskew, d.mean, d.std), "params.yaml"
     if d.deskew:
-        mean, std = data.pixel_stats(data.Preprocessing(True, 0.0, 1.0).pixels(train_images))
-        source = f"measured on the {len(train_images)} deskewed training images"
+        mean, std = data.pixel_stats(deskewed_train)
+        source = f"measured on the {len(deskewed_train)} deskewed training images"
     else:
         mean, std = data.MNIST_MEAN, data.MNIST_STD
         source = "MNIST's published training-set statistics"
@@ -46,7 +48,11 @@ def prepare(params: Params, out_dir: str | Path, download_root: str | Path = "da
             f"data.val_size = {params.data.val_size} leaves no training images; accepted: 1..{n_train - 1}"
         )
     train_idx, val_idx = data.split_indices(n_train, params.data.val_size, params.seed)
-    pre, source = resolve_preprocessing(params, raw["train_images"][train_idx])
+    d = params.data
+    # auto statistics of deskewed pixels are measured on the deskewed training split: deskew it once, use it twice
+    deskewed_train = (data.Preprocessing(True, 0.0, 1.0).pixels(raw["train_images"][train_idx])
+                      if d.deskew and "auto" in (d.mean, d.std) else None)
+    pre, source = resolve_preprocessing(params, deskewed_train)
     splits = {
         "train": (raw["train_images"], raw["train_labels"], train_idx),
         "val": (raw["train_images"], raw["train_labels"], val_idx),
@@ -57,11 +63,14 @@ def prepare(params: Params, out_dir: str | Path, download_root: str | Path = "da
         for split, (images, labels, index) in splits.items():
             if index is not None:
                 images, labels = images[index], labels[index]
+            if split == "train" and deskewed_train is not None:
+                x, deskewed_train = data.standardize(deskewed_train, pre.mean, pre.std), None
+            else:
+                x = pre.apply(images)
             # one split's floats at a time: the peak memory is the largest split, not all three
-            atomic.write_arrays(tmp / f"{split}.npz", x=pre.apply(images), y=labels)
-        atomic.write_json(tmp / "preprocessing.json", {
-            "deskew": pre.deskew, "mean": pre.mean, "std": pre.std, "image_side": pre.image_side,
-            "mean_std_from": source})
+            atomic.write_arrays(tmp / f"{split}.npz", x=x, y=labels)
+            del x
+        atomic.write_json(tmp / "preprocessing.json", {**asdict(pre), "mean_std_from": source})
         sample = raw["test_images"][:SAMPLES]
         atomic.write_arrays(tmp / "samples.npz", plain=sample, deskewed=data.deskew(sample), y=raw["test_labels"][:SAMPLES])
         train_y = raw["train_labels"][train_idx]
