@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -146,20 +147,109 @@ def steady_state(epoch_s: list[float]) -> dict:
     return {"median": statistics.median(rest), "min": min(rest), "max": max(rest), "epochs": len(rest)}
 
 
-def pipeline_timings(mirror: Path) -> dict:
+def _median_seconds(cmd: list[str], cwd: Path, env: dict, runs: int = 3) -> float:
+    """Median wall time of a command run `runs` times, each in a fresh process."""
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def startup_costs(workspace: Path, env: dict, cuda: bool, scripts: list[str]) -> dict:
+    """What a stage process pays before its first line of work, each the median of 3 fresh processes:
+    the bare interpreter, the interpreter plus the imports of each entry point in `scripts`, and the CUDA
+    context that a stage training on the GPU creates on top (measured as `import torch` plus one tiny
+    kernel, minus `import torch`)."""
+    py = sys.executable
+    costs = {"interpreter_s": _median_seconds([py, "-c", "pass"], workspace, env)}
+    load = ("import importlib.util as u, sys; s = u.spec_from_file_location('stage', sys.argv[1]); "
+            "s.loader.exec_module(u.module_from_spec(s))")  # module top level only: no command runs
+    costs["imports_s"] = {Path(script).stem: _median_seconds([py, "-c", load, script], workspace, env)
+                          for script in scripts}
+    if cuda:
+        torch_only = _median_seconds([py, "-c", "import torch"], workspace, env)
+        with_cuda = _median_seconds([py, "-c", "import torch; torch.ones(1, device='cuda').sum().item()"], workspace, env)
+        costs["cuda_init_s"] = with_cuda - torch_only
+    return costs
+
+
+def _accuracies(workspace: Path) -> dict[str, float]:
+    return {m.stem: json.loads(m.read_text())["test"]["accuracy"] for m in sorted((workspace / "metrics").glob("*.json"))}
+
+
+def _overhead(stages: list[dict], costs: dict) -> float:
+    """Seconds of the stage processes spent starting: interpreter and imports, plus CUDA set-up in train."""
+    total = 0.0
+    for s in stages:
+        stage = Path(s["cmd"][0]).stem
+        total += costs["imports_s"].get(stage, costs["interpreter_s"])
+        if stage == "train":
+            total += costs.get("cuda_init_s", 0.0)
+    return total
+
+
+def project_files() -> list[str]:
+    """The repository's files, relative: git's list, or where neither git nor .git came along (a bare
+    GPU image gets a copy of the working tree), every file that the .gitignore files do not exclude."""
+    try:
+        return subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        import pathspec  # a dvc dependency
+
+        files = []
+        for folder, dirs, names in os.walk(REPO):
+            here = Path(folder)
+            dirs[:] = [d for d in dirs if d != ".git"]
+            files += [(here / n).relative_to(REPO).as_posix() for n in names]
+        for ignore in sorted(REPO.rglob(".gitignore")):
+            base = ignore.parent.relative_to(REPO).as_posix()
+            spec = pathspec.GitIgnoreSpec.from_lines(ignore.read_text().splitlines())
+            prefix = "" if base == "." else base + "/"
+            files = [f for f in files if not (f.startswith(prefix) and spec.match_file(f[len(prefix):]))]
+        return files
+
+
+def commit_all(repo: Path, message: str) -> None:
+    """Commit every file of `repo` (a git repository is made first if there is none), with the git
+    program where there is one, else with dulwich (a dvc dependency; dvc itself needs no git program)."""
+    if shutil.which("git"):
+        git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
+        cmds = ([] if (repo / ".git").exists() else [["git", "init", "-q"]]) + [["git", "add", "-A"], [*git, "commit", "-qm", message]]
+        for cmd in cmds:
+            subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
+        return
+    from dulwich import porcelain
+
+    handle = porcelain.open_repo(repo) if (repo / ".git").exists() else porcelain.init(repo)
+    porcelain.add(handle)
+    who = b"bench <bench@example.com>"
+    porcelain.commit(handle, message=message.encode(), author=who, committer=who)
+
+
+def pipeline_timings(mirror: Path, train_device: str = "auto") -> dict:
     """Cold `dvc repro` (fresh copy, empty cache), a no-op one, then `dvc exp run -S optimizer=adam`
-    from the reproduced workspace; wall time and peak RSS of each stage process."""
+    from the reproduced workspace: wall time and peak RSS of each stage process, each variant's test
+    accuracy after both, and what a stage process pays before it works (`startup_costs`).
+    `train_device` is written into the copy's params.yaml (train.device) before the first run."""
     tmp = Path(tempfile.mkdtemp(prefix="mnistlr-bench-"))
-    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for rel in files:
+    for rel in project_files():
         if rel.startswith(("dvc.lock", "metrics/", "plots/", "reports/")) or not (REPO / rel).is_file():
             continue
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, tmp / rel)
+    params = tmp / "params.yaml"
+    text, count = re.subn(r"(?m)^(  device:) \w+", rf"\1 {train_device}", params.read_text())
+    if count != 1:
+        raise SystemExit(f"error: expected one train.device line in {params}, found {count}")
+    params.write_text(text)
+    cuda = train_device == "cuda" or (train_device == "auto" and torch.cuda.is_available())
     shim_dir = tmp / ".shim"
     shim_dir.mkdir()
     log = tmp / ".rss.jsonl"
-    # A `python` first on PATH that records each stage's wall time and peak RSS.
+    # A `python` first on PATH that records each stage's wall time and peak RSS. It runs the
+    # interpreter by its full path: a link named `python` would lose a virtual environment's packages.
     atomic.write_text(
         shim_dir / "python",
         f"#!{sys.executable}\n"
@@ -174,29 +264,66 @@ def pipeline_timings(mirror: Path) -> dict:
     env = dict(os.environ, PATH=f"{shim_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                MNISTLR_MNIST_DIR=str(mirror), DVC_NO_ANALYTICS="1")
     env.pop("MNISTLR_MD5SUMS", None)
-    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], [*git, "commit", "-qm", "bench"]):
-        subprocess.run(cmd, cwd=tmp, check=True, capture_output=True)
-    dvc = str(Path(sys.executable).with_name("dvc"))
+    commit_all(tmp, "bench")
+    dvc = [sys.executable, "-m", "dvc"]  # also where dvc was installed with `pip --target` (no script on PATH)
     t = time.perf_counter()
-    subprocess.run([dvc, "repro"], cwd=tmp, env=env, check=True, capture_output=True)
+    subprocess.run([*dvc, "repro"], cwd=tmp, env=env, check=True, capture_output=True)
     cold = time.perf_counter() - t
+    repro_accuracy = _accuracies(tmp)
     noops, noop_out = [], ""
     for _ in range(3):  # the median of three: one run is at the mercy of the machine's other load
         t = time.perf_counter()
-        noop_out = subprocess.run([dvc, "repro"], cwd=tmp, env=env, check=True, capture_output=True, text=True).stdout
+        noop_out = subprocess.run([*dvc, "repro"], cwd=tmp, env=env, check=True, capture_output=True, text=True).stdout
         noops.append(time.perf_counter() - t)
     stages = [json.loads(line) for line in log.read_text().splitlines()]
     log.unlink()
-    for cmd in (["git", "add", "-A"], [*git, "commit", "-qm", "results"]):
-        subprocess.run(cmd, cwd=tmp, check=True, capture_output=True)
+    commit_all(tmp, "results")
     t = time.perf_counter()
-    subprocess.run([dvc, "exp", "run", "-S", "optimizer=adam"], cwd=tmp, env=env, check=True, capture_output=True)
+    subprocess.run([*dvc, "exp", "run", "-S", "optimizer=adam"], cwd=tmp, env=env, check=True, capture_output=True)
     exp_run = time.perf_counter() - t
     exp_stages = [json.loads(line) for line in log.read_text().splitlines()]
+    costs = startup_costs(tmp, env, cuda, sorted({s["cmd"][0] for s in stages + exp_stages}))
+    result = {"cold_s": cold, "noop_s": statistics.median(noops), "noop_ran_nothing": "Running stage" not in noop_out,
+              "exp_run_s": exp_run, "stages": stages, "exp_stages": exp_stages, "startup": costs,
+              "train_device": "cuda" if cuda else "cpu",
+              "test_accuracy": {"repro (sgd)": repro_accuracy, "exp run (adam)": _accuracies(tmp)}}
     shutil.rmtree(tmp, ignore_errors=True)
-    return {"cold_s": cold, "noop_s": statistics.median(noops), "noop_ran_nothing": "Running stage" not in noop_out,
-            "exp_run_s": exp_run, "stages": stages, "exp_stages": exp_stages}
+    return result
+
+
+def pipeline_lines(p: dict) -> list[str]:
+    """The pipeline part of the markdown report."""
+    costs = p["startup"]
+    rows = []
+    for name, wall, stages in (("cold `dvc repro`", p["cold_s"], p["stages"]),
+                               ("`dvc exp run -S optimizer=adam`", p["exp_run_s"], p["exp_stages"])):
+        inside = sum(s["wall_s"] for s in stages)
+        start = _overhead(stages, costs)
+        rows.append(f"| {name} | {wall:.1f} | {len(stages)} | {inside:.1f} | {wall - inside:.1f} | "
+                    f"{start:.1f} ({100 * start / wall:.0f} %) | {inside - start:.1f} |")
+    accuracy = p["test_accuracy"]
+    variants = list(next(iter(accuracy.values())))
+    cuda = f"; CUDA context {costs['cuda_init_s']:.2f} s" if "cuda_init_s" in costs else ""
+    return [
+        f"Training stages ran on: {p['train_device']}. No-op `dvc repro`: {p['noop_s']:.2f} s"
+        f" (median of 3; {'ran no stage' if p['noop_ran_nothing'] else 'RAN STAGES'}).",
+        "",
+        "| run | wall s | stage processes | s inside them | s in dvc itself | s starting them (share of wall) | s working |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        "s starting them: per stage process, the interpreter and its entry point's module-level imports, plus the "
+        "CUDA context for a stage that trains on the GPU; each measured alone as the median of 3 fresh processes: "
+        f"interpreter {costs['interpreter_s']:.2f} s; with each entry point's imports: " + ", ".join(f"{k} {v:.2f} s" for k, v in costs["imports_s"].items()) + cuda + ".",
+        "",
+        "| stage command | wall s | peak RSS (MB) |",
+        "|---|---:|---:|",
+        *[f"| `{' '.join(s['cmd'])}` | {s['wall_s']:.1f} | {s['max_rss_mb']:.0f} |" for s in p["stages"]],
+        "",
+        "| test accuracy | " + " | ".join(variants) + " |",
+        "|---|" + "---:|" * len(variants),
+        *[f"| {run} | " + " | ".join(f"{100 * acc[v]:.2f} %" for v in variants) + " |" for run, acc in accuracy.items()],
+    ]
 
 
 @app.command()
@@ -208,57 +335,53 @@ def main(
     out: Path = typer.Option(None, help="also write the results as JSON here"),
     cuda_graph: bool = typer.Option(True, help="trainer: replay epochs as CUDA graphs (CUDA only)"),
     tutorial: bool = typer.Option(True, help="also time the tutorial's loop"),
+    loops: bool = typer.Option(True, help="time the training loops (off: the pipeline alone)"),
+    pipeline_device: str = typer.Option("auto", help="train.device for the pipeline's training stages: auto | cpu | cuda"),
 ) -> None:
     """Tutorial loop vs mnistlr trainer (s/epoch, ratio, test accuracy), then pipeline timings."""
+    if pipeline_device not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter(f"{pipeline_device!r}; accepted: auto, cpu, cuda", param_hint="--pipeline-device")
     dev = resolve_device(device)
     files = locate(REPO / "data" / "raw")
-    root = Path(tempfile.mkdtemp(prefix="mnistlr-tv-"))
-    (root / "MNIST" / "raw").mkdir(parents=True)
-    for name, path in files.items():  # torchvision's MNIST reads <root>/MNIST/raw; it extracts, never downloads
-        shutil.copy(path, root / "MNIST" / "raw" / name)
-    default_threads = torch.get_num_threads()
-    loops = {}  # name -> (epoch seconds, test accuracy)
-    if tutorial:
-        loops[f"tutorial (DataLoader), {default_threads} threads"] = tutorial_loop(root, epochs, seed, dev, default_threads)
-        loops["tutorial (DataLoader), 1 thread"] = tutorial_loop(root, epochs, seed, dev, 1)
-        torch.set_num_threads(default_threads)
-    trainer_name = "mnistlr trainer" + (" (CUDA graph)" if dev.type == "cuda" and cuda_graph else
-                                        ", steps on 1 thread" if dev.type == "cpu" else "")
-    loops[trainer_name] = trainer_run(files, epochs, seed, dev, 64, cuda_graph)
-    shutil.rmtree(root, ignore_errors=True)
-    stats = {k: steady_state(t) for k, (t, _) in loops.items()}
-    base = stats[next(iter(stats))]["median"]
-    name = torch.cuda.get_device_name() if dev.type == "cuda" else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    results = {"device": name, "torch": torch.__version__, "epochs": epochs,
-               "loops": {k: {**stats[k], "epoch_s": loops[k][0], "test_accuracy": loops[k][1]} for k in loops}}
-    lines = [
-        f"Device: {name}; torch {torch.__version__}; {epochs} epochs of SGD lr 0.1 constant, batch 64, seed {seed}, "
-        "the same 50k/10k split; every loop timed alike: seconds per epoch (training and validation passes), "
-        "the first epoch dropped, median and range of the rest.",
-        "",
-        "| loop | s / epoch (median) | range | speed-up vs first row | test accuracy |",
-        "|---|---:|---:|---:|---:|",
-        *[f"| {k} | {st['median']:.3f} | {st['min']:.3f}-{st['max']:.3f} | {base / st['median']:.1f}x | "
-          f"{100 * loops[k][1]:.2f} % |" for k, st in stats.items()],
-    ]
-    if pipeline:
-        mirror = Path(os.environ.get("MNISTLR_MNIST_DIR") or Path(files["train-images-idx3-ubyte.gz"]).parent)
-        p = pipeline_timings(mirror)
-        results["pipeline"] = p
+    name = torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor() or platform.machine()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    except OSError:  # no git program: whoever sent the working tree can name its commit
+        commit = os.environ.get("MNISTLR_COMMIT", "")
+    results = {"device": name, "cpu_count": os.cpu_count(), "torch": torch.__version__, "commit": commit, "epochs": epochs}
+    lines = [f"Device: {name}; {os.cpu_count()} CPU cores; torch {torch.__version__}; commit {commit or 'unknown'}."]
+    if loops:
+        root = Path(tempfile.mkdtemp(prefix="mnistlr-tv-"))
+        (root / "MNIST" / "raw").mkdir(parents=True)
+        for file_name, path in files.items():  # torchvision's MNIST reads <root>/MNIST/raw; it extracts, never downloads
+            shutil.copy(path, root / "MNIST" / "raw" / file_name)
+        default_threads = torch.get_num_threads()
+        timed = {}  # loop name -> (epoch seconds, test accuracy)
+        if tutorial:
+            timed[f"tutorial (DataLoader), {default_threads} threads"] = tutorial_loop(root, epochs, seed, dev, default_threads)
+            timed["tutorial (DataLoader), 1 thread"] = tutorial_loop(root, epochs, seed, dev, 1)
+            torch.set_num_threads(default_threads)
+        trainer_name = "mnistlr trainer" + (" (CUDA graph)" if dev.type == "cuda" and cuda_graph else
+                                            ", steps on 1 thread" if dev.type == "cpu" else "")
+        timed[trainer_name] = trainer_run(files, epochs, seed, dev, 64, cuda_graph)
+        shutil.rmtree(root, ignore_errors=True)
+        stats = {k: steady_state(t) for k, (t, _) in timed.items()}
+        base = stats[next(iter(stats))]["median"]
+        results["loops"] = {k: {**stats[k], "epoch_s": timed[k][0], "test_accuracy": timed[k][1]} for k in timed}
         lines += [
             "",
-            f"Cold `dvc repro` (empty cache, all variants): {p['cold_s']:.1f} s; no-op `dvc repro`: {p['noop_s']:.2f} s"
-            f" (median of 3; {'ran no stage' if p['noop_ran_nothing'] else 'RAN STAGES'}); "
-            f"`dvc exp run -S optimizer=adam` after it: {p['exp_run_s']:.1f} s.",
+            f"{epochs} epochs of SGD lr 0.1 constant, batch 64, seed {seed}, the same 50k/10k split; every loop timed "
+            "alike: seconds per epoch (training and validation passes), the first epoch dropped, median and range of the rest.",
             "",
-            "| stage command | wall s | peak RSS (MB) |",
-            "|---|---:|---:|",
-            *[f"| `{' '.join(s['cmd'])}` | {s['wall_s']:.1f} | {s['max_rss_mb']:.0f} |" for s in p["stages"]],
-            "",
-            f"Stages of `dvc exp run -S optimizer=adam`: {len(p['exp_stages'])} processes, "
-            f"{sum(s['wall_s'] for s in p['exp_stages']):.1f} s inside them, "
-            f"{p['exp_run_s'] - sum(s['wall_s'] for s in p['exp_stages']):.1f} s in dvc itself.",
+            "| loop | s / epoch (median) | range | speed-up vs first row | test accuracy |",
+            "|---|---:|---:|---:|---:|",
+            *[f"| {k} | {st['median']:.3f} | {st['min']:.3f}-{st['max']:.3f} | {base / st['median']:.1f}x | "
+              f"{100 * timed[k][1]:.2f} % |" for k, st in stats.items()],
         ]
+    if pipeline:
+        mirror = Path(os.environ.get("MNISTLR_MNIST_DIR") or Path(files["train-images-idx3-ubyte.gz"]).parent)
+        results["pipeline"] = pipeline_timings(mirror, pipeline_device)
+        lines += ["", *pipeline_lines(results["pipeline"])]
     typer.echo("\n".join(lines))
     if out:
         atomic.write_json(out, results)

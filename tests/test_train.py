@@ -265,7 +265,8 @@ print(sorted(m for m in sys.modules if m.startswith("torch._dynamo")))
 
 
 def _dynamo_modules_after(body: str) -> str:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    # the repo first, then whatever the caller had (where dependencies were installed with --target)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-c", DYNAMO_PROBE.format(body=body)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
