@@ -3,10 +3,10 @@
 A GPU image typically holds torch, numpy, pandas and matplotlib but not dvc or pydantic, and cannot
 reach a package index. This writes, into one folder to carry along (default .gpu-carry/, ignored by git):
 
-- wheels/: every distribution that dvc, pydantic and typer need, pinned to the versions installed in
-  the environment running this script (the versions this project is tested with), for the target
-  Python (default 3.12, x86-64 Linux); a distribution that publishes no wheel (antlr4-python3-runtime)
-  is built here as a pure-Python wheel;
+- wheels/: every distribution that dvc, pydantic and typer need, and ruamel.yaml's C loader, pinned
+  to the versions installed in the environment running this script (the versions this project is
+  tested with), for the target Python (default 3.12, x86-64 Linux); a distribution that publishes no
+  wheel (antlr4-python3-runtime) is built here as a pure-Python wheel;
 - mnist/: the four MNIST .gz files and their MD5SUMS, from MNISTLR_MNIST_DIR.
 
 bench/gpu_check.sh installs the wheels there with `pip install --no-index --no-deps --target`.
@@ -30,7 +30,7 @@ from packaging.requirements import Requirement
 REPO = Path(__file__).resolve().parents[1]
 # What the stages, `dvc` and the benchmark import that a CUDA image may lack (or hold in a version
 # this project was not tested with). torch, torchvision, numpy, pandas and matplotlib stay the image's.
-ROOTS = ("dvc", "pydantic", "typer")
+ROOTS = ("dvc", "pydantic", "typer", "ruamel.yaml.clib")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64")
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",

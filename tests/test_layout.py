@@ -75,6 +75,15 @@ def test_only_the_training_modules_import_torch():
     assert importers == {"train", "studies"}
 
 
+def test_dvc_reads_yaml_with_ruamels_c_parser():
+    """dvc parses dvc.lock, dvc.yaml and params.yaml through YAML(typ="safe") dozens of times a run;
+    ruamel.yaml >= 0.19.1 leaves its C parser out unless ruamel.yaml.clib is installed (pyproject.toml)."""
+    from ruamel.yaml import YAML, main
+
+    assert main.CParser is not None, "ruamel.yaml has no C parser: install ruamel.yaml.clib"
+    assert YAML(typ="safe").Parser is main.CParser
+
+
 def test_stages_hold_no_logic():
     """An entry point parses arguments and calls mnistlr: no function of its own but main."""
     import ast
