@@ -13,6 +13,7 @@ import shutil
 import struct
 import urllib.request
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,7 +213,9 @@ def load_mnist(paths: dict[str, Path]) -> dict[str, np.ndarray]:
 # MNIST's published training-set statistics of pixels scaled to [0, 1] (all 60 000 images), the
 # normalization of plain inputs unless params set their own.
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-DESKEW_CHUNK = 8192  # images deskewed at a time: bounds the coordinate arrays to ~50 MB each
+# Images deskewed at a time. Each needs ~60 KB of scratch (coordinates, indices, gathers): 31 MB for
+# 512, which also stays in the CPU's caches (60 000 images: ~2 s at 512 per chunk, 6 s at 8192).
+DESKEW_CHUNK = 512
 
 
 def moments(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -273,9 +276,13 @@ def deskew(images: np.ndarray) -> np.ndarray:
     return out
 
 
-def standardize(pixels: np.ndarray, mean: float, std: float) -> np.ndarray:
-    """float32 pixels in [0, 1], [N, H, W] or [N, H*W] -> float32 [N, H*W]: (x - mean) / std."""
-    x = np.array(pixels, dtype=np.float32).reshape(len(pixels), -1)
+def standardize(pixels: np.ndarray, mean: float, std: float, in_place: bool = False) -> np.ndarray:
+    """float32 pixels in [0, 1], [N, H, W] or [N, H*W] -> float32 [N, H*W]: (x - mean) / std.
+
+    `in_place`: the caller hands over a float32 array it no longer needs, which is overwritten instead
+    of copied (a 50 000-image split is 157 MB of floats).
+    """
+    x = (np.asarray if in_place else np.array)(pixels, dtype=np.float32).reshape(len(pixels), -1)
     x -= np.float32(mean)
     x /= np.float32(std)
     return x
@@ -292,9 +299,17 @@ def normalize(images: np.ndarray, mean: float, std: float) -> np.ndarray:
 
 def pixel_stats(pixels: np.ndarray) -> tuple[float, float]:
     """(mean, std) of all pixels (in [0, 1]), accumulated in float64 and rounded to 4 decimals
-    like MNIST's published 0.1307 / 0.3081."""
-    x = np.asarray(pixels, dtype=np.float64)
-    return round(float(x.mean()), 4), round(float(x.std()), 4)
+    like MNIST's published 0.1307 / 0.3081. Two passes over chunks of images: a float64 copy of a
+    whole training split would be 314 MB."""
+    x = np.asarray(pixels).reshape(len(pixels), -1)
+
+    def chunks() -> Iterator[np.ndarray]:
+        for start in range(0, len(x), DESKEW_CHUNK):
+            yield x[start : start + DESKEW_CHUNK].astype(np.float64)
+
+    mean = sum(float(c.sum()) for c in chunks()) / x.size
+    var = sum(float(((c - mean) ** 2).sum()) for c in chunks()) / x.size
+    return round(mean, 4), round(var**0.5, 4)
 
 
 @dataclass(frozen=True)
@@ -315,7 +330,7 @@ class Preprocessing:
 
     def apply(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, side, side] -> the model's inputs, float32 [N, side * side]."""
-        return standardize(self.pixels(images), self.mean, self.std)
+        return standardize(self.pixels(images), self.mean, self.std, in_place=True)
 
     def apply_float(self, pixels: np.ndarray) -> np.ndarray:
         """float pixels in [0, 1], [N, side, side] -> the model's inputs (predict's path)."""

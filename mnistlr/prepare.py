@@ -64,7 +64,7 @@ def prepare(params: Params, out_dir: str | Path, download_root: str | Path = "da
             if index is not None:
                 images, labels = images[index], labels[index]
             if split == "train" and deskewed_train is not None:
-                x, deskewed_train = data.standardize(deskewed_train, pre.mean, pre.std), None
+                x, deskewed_train = data.standardize(deskewed_train, pre.mean, pre.std, in_place=True), None
             else:
                 x = pre.apply(images)
             # one split's floats at a time: the peak memory is the largest split, not all three

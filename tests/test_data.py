@@ -225,6 +225,39 @@ def test_normalize_scales_then_standardizes_and_flattens():
     np.testing.assert_allclose(x[0], expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("deskew", [False, True])
+def test_preprocessing_holds_one_copy_of_the_floats(deskew):
+    """prepare's peak memory is one split's floats: applying the preprocessing allocates its output
+    once, plus (deskewing) a scratch bounded by the chunk. Measured as the peak's growth per image
+    between two sizes, in units of one image's output (784 float32); the sizes are large enough that
+    a second copy of the output would outgrow the deskew's scratch."""
+    import tracemalloc
+
+    pre = data.Preprocessing(deskew, 0.1307, 0.3081)
+    small, large = 16 * data.DESKEW_CHUNK, 32 * data.DESKEW_CHUNK
+    images = np.random.default_rng(0).integers(0, 256, (large, 28, 28), dtype=np.uint8)
+    peaks = {}
+    for n in (small, large):
+        tracemalloc.start()
+        try:
+            x = pre.apply(images[:n])
+            peaks[n] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert x.shape == (n, 784) and x.dtype == np.float32
+        del x
+    per_image = (peaks[large] - peaks[small]) / (large - small)
+    assert per_image < 1.25 * 784 * 4, f"{per_image / (784 * 4):.2f} output copies per image"
+
+
+def test_standardize_copies_unless_handed_over():
+    pixels = np.full((2, 4), 0.5, dtype=np.float32)
+    x = data.standardize(pixels, 0.5, 2.0)
+    assert np.all(pixels == 0.5) and np.all(x == 0.0)  # the caller's array untouched
+    y = data.standardize(pixels, 0.5, 2.0, in_place=True)
+    assert np.shares_memory(y, pixels) and np.all(pixels == 0.0)
+
+
 def test_normalized_real_training_images_have_mnist_statistics(real_mirror):
     x = data.normalize(data.read_images(real_mirror / "train-images-idx3-ubyte.gz"), 0.1307, 0.3081)
     assert abs(float(x.mean(dtype=np.float64))) < 1e-3 and abs(float(x.std(dtype=np.float64)) - 1) < 1e-3
