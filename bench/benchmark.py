@@ -344,10 +344,10 @@ def main(
     dev = resolve_device(device)
     files = locate(REPO / "data" / "raw")
     name = torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor() or platform.machine()
-    try:
+    # whoever sent a copy of the working tree without .git (or without git) names its commit
+    commit = os.environ.get("MNISTLR_COMMIT", "")
+    if not commit and shutil.which("git"):
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    except OSError:  # no git program: whoever sent the working tree can name its commit
-        commit = os.environ.get("MNISTLR_COMMIT", "")
     results = {"device": name, "cpu_count": os.cpu_count(), "torch": torch.__version__, "commit": commit, "epochs": epochs}
     lines = [f"Device: {name}; {os.cpu_count()} CPU cores; torch {torch.__version__}; commit {commit or 'unknown'}."]
     if loops:

@@ -82,9 +82,9 @@ def main(
     mnist: Path = typer.Option(None, help="MNIST mirror folder (default: $MNISTLR_MNIST_DIR)"),
 ) -> None:
     """Write OUT/wheels and OUT/mnist for bench/gpu_check.sh."""
-    mirror = mnist or Path(os.environ.get("MNISTLR_MNIST_DIR", ""))
+    mirror = mnist or Path(os.environ.get("MNISTLR_MNIST_DIR", "."))
     missing = [f for f in MNIST_FILES if not (mirror / f).is_file()]
-    if not str(mirror) or missing:
+    if missing:
         raise SystemExit(f"error: MNIST mirror {str(mirror)!r} lacks {', '.join(missing)}; "
                          "pass --mnist or set MNISTLR_MNIST_DIR to a folder holding the four .gz files and MD5SUMS")
     pins = closure(ROOTS, python_version)

@@ -150,20 +150,18 @@ def study_l1l2(params: Params, data: dict, figure: str | Path | None = None) -> 
     thr = params.evaluate.sparsity_threshold
     # the unregularized run is the l1 = 0 one
     runs = [(kind, v) for kind in ("l1", "weight_decay") for v in p.values if not (v == 0 and kind == "weight_decay")]
-    cfg = _cfg(params, epochs=p.epochs, batch_size=p.batch_size)
-    settings = [{kind: v} for kind, v in runs]
+    base = _cfg(params, epochs=p.epochs, batch_size=p.batch_size)
+    cfgs = [_cfg(params, epochs=p.epochs, batch_size=p.batch_size, **{kind: v}) for kind, v in runs]
     t0 = time.perf_counter()
-    if batchable(cfg, "sgd"):
-        models = fit_batched(*data["train"], cfg, "sgd", [p.lr] * len(runs), [s.get("weight_decay", 0.0) for s in settings],
-                             params.seed, l1s=[s.get("l1", 0.0) for s in settings])
+    if batchable(base, "sgd"):
+        models = fit_batched(*data["train"], base, "sgd", [p.lr] * len(runs), [c.weight_decay for c in cfgs],
+                             params.seed, l1s=[c.l1 for c in cfgs])
     else:
-        models = [fit(*data["train"], *data["val"], _cfg(params, epochs=p.epochs, batch_size=p.batch_size, **s), "sgd",
-                      p.lr, params.seed)[0] for s in settings]
+        models = [fit(*data["train"], *data["val"], c, "sgd", p.lr, params.seed)[0] for c in cfgs]
     share = (time.perf_counter() - t0) / len(runs)
     rows, strongest = [], {}
-    for (kind, v), s, model in zip(runs, settings, models):
-        r = _row(model, data, _cfg(params, epochs=p.epochs, batch_size=p.batch_size, **s), "sgd", p.lr,
-                 ("val", "test"), share, batched=len(runs))
+    for (kind, v), c, model in zip(runs, cfgs, models):
+        r = _row(model, data, c, "sgd", p.lr, ("val", "test"), share, batched=len(runs))
         w = model.fc.weight.detach().cpu()
         r.update(penalty=kind if v else "none", strength=v, sparsity=round(metrics.weight_sparsity(w.numpy(), thr), 6),
                  exact_zeros=round(float((w == 0).float().mean()), 6), l1_norm=round(float(w.abs().sum()), 3),
