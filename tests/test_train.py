@@ -145,15 +145,17 @@ def test_objective_value_adds_both_penalties():
 # --- optimizers and schedules ---------------------------------------------------------------------
 
 
-def _step_both(name: str, momentum: float, weight_decay: float) -> tuple[LogisticRegression, LogisticRegression]:
+def _step_both(name: str, momentum: float, weight_decay: float,
+               fused: bool = False) -> tuple[LogisticRegression, LogisticRegression]:
     """The same model stepped by mnistlr's Optimizer and by torch.optim's class, batch for batch."""
     torch.manual_seed(0)
     ours_model = LogisticRegression()
     ref_model = copy.deepcopy(ours_model)
-    ours = Optimizer(ours_model, name, 0.1, momentum=momentum, weight_decay=weight_decay)
+    ours = Optimizer(ours_model, name, 0.1, momentum=momentum, weight_decay=weight_decay, fused=fused)
     groups = [{"params": [ref_model.fc.weight], "weight_decay": weight_decay},
               {"params": [ref_model.fc.bias], "weight_decay": 0.0}]  # L2 on the weights only
-    ref = (torch.optim.SGD(groups, lr=0.1, momentum=momentum) if name == "sgd" else torch.optim.Adam(groups, lr=0.1))
+    ref = (torch.optim.SGD(groups, lr=0.1, momentum=momentum, fused=fused) if name == "sgd"
+           else torch.optim.Adam(groups, lr=0.1, fused=fused))
     criterion = make_criterion("ce")
     g = torch.Generator().manual_seed(1)
     for lr in (0.1, 0.05, 0.2, 0.01, 0.1, 0.3):  # a changing rate, as a schedule sets it between steps
@@ -176,6 +178,16 @@ def test_optimizer_is_bit_identical_to_torch_optim(name, momentum, weight_decay)
     assert not torch.equal(ours.fc.weight, start.fc.weight)  # the steps did move the weights
     assert torch.equal(ours.fc.weight, ref.fc.weight)
     assert torch.equal(ours.fc.bias, ref.fc.bias)
+
+
+@pytest.mark.parametrize("name,momentum,weight_decay", [("sgd", 0.9, 1e-2), ("sgd", 0.0, 0.0), ("adam", 0.0, 1e-2)])
+def test_fused_optimizer_is_bit_identical_to_torch_optims_fused_step_on_the_cpu(name, momentum, weight_decay):
+    """The fused path trains on CUDA; torch's CPU fused kernels run the same calls wherever the tests run."""
+    ours, ref = _step_both(name, momentum, weight_decay, fused=True)
+    plain, _ = _step_both(name, momentum, weight_decay)
+    assert torch.equal(ours.fc.weight, ref.fc.weight)
+    assert torch.equal(ours.fc.bias, ref.fc.bias)
+    assert torch.allclose(ours.fc.weight, plain.fc.weight, atol=1e-5)  # and the same updates as foreach
 
 
 def test_unknown_optimizer_is_a_clear_error():
