@@ -265,21 +265,30 @@ def pipeline_timings(mirror: Path, train_device: str = "auto") -> dict:
                MNISTLR_MNIST_DIR=str(mirror), DVC_NO_ANALYTICS="1")
     env.pop("MNISTLR_MD5SUMS", None)
     commit_all(tmp, "bench")
-    dvc = [sys.executable, "-m", "dvc"]  # also where dvc was installed with `pip --target` (no script on PATH)
+
+    def dvc(*args: str) -> str:
+        """Run dvc in the copy (as a module: also where it was installed with `pip --target`, no script
+        on PATH); its output, or on failure a stop that shows what dvc said."""
+        proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=tmp, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
+            raise SystemExit(f"error: `dvc {' '.join(args)}` exited {proc.returncode} in {tmp}:\n{tail}")
+        return proc.stdout
+
     t = time.perf_counter()
-    subprocess.run([*dvc, "repro"], cwd=tmp, env=env, check=True, capture_output=True)
+    dvc("repro")
     cold = time.perf_counter() - t
     repro_accuracy = _accuracies(tmp)
     noops, noop_out = [], ""
     for _ in range(3):  # the median of three: one run is at the mercy of the machine's other load
         t = time.perf_counter()
-        noop_out = subprocess.run([*dvc, "repro"], cwd=tmp, env=env, check=True, capture_output=True, text=True).stdout
+        noop_out = dvc("repro")
         noops.append(time.perf_counter() - t)
     stages = [json.loads(line) for line in log.read_text().splitlines()]
     log.unlink()
     commit_all(tmp, "results")
     t = time.perf_counter()
-    subprocess.run([*dvc, "exp", "run", "-S", "optimizer=adam"], cwd=tmp, env=env, check=True, capture_output=True)
+    dvc("exp", "run", "-S", "optimizer=adam")
     exp_run = time.perf_counter() - t
     exp_stages = [json.loads(line) for line in log.read_text().splitlines()]
     costs = startup_costs(tmp, env, cuda, sorted({s["cmd"][0] for s in stages + exp_stages}))
