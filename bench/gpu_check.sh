@@ -2,7 +2,7 @@
 # Every GPU check in one go, for a CUDA machine whose python3 holds torch (a bare GPU image will do):
 #   tests     the CUDA tests and every unit test that needs no dvc
 #   bench     the trainer on CUDA (graph and eager) against the tutorial's loop, and the default
-#             params (SGD and Adam, 10 epochs) on the full training set
+#             params (SGD and Adam, 10 epochs) on the full training set (BENCH_DEVICE=cpu: on the CPU)
 #   pipeline  the real pipeline under dvc, every stage its own process: a cold `dvc repro` and
 #             `dvc exp run -S optimizer=adam` in a fresh copy, per-stage wall time and peak RSS, what
 #             starting the processes and CUDA costs, each variant's test accuracy
@@ -11,6 +11,11 @@
 # Usage: bash bench/gpu_check.sh [OUTDIR]   (GPU_CHECKS="tests bench pipeline" picks the parts,
 #        PIPELINE_DEVICES="cuda cpu" the pipeline's train.device values; MNISTLR_COMMIT names the
 #        commit where the copy came without .git)
+# Rehearse it here first: bench/gpu_rehearsal.sh. On a lent GPU machine, one call of the device tool
+# with carry [".gpu-carry"] and a command like (about 6 minutes, estimated):
+#   MNISTLR_COMMIT=<sha> bash bench/gpu_check.sh /tmp/r > /tmp/r.log 2>&1; cp /tmp/r.log $OUT/;
+#   tar -czf $OUT/gpu-results.tgz -C /tmp/r .
+# (one tarball: the tool brings back at most 8 files).
 set -uo pipefail
 out=${1:-gpu-results}
 checks=${GPU_CHECKS:-tests bench pipeline}
@@ -39,25 +44,29 @@ if [[ " $checks " == *" tests "* ]]; then
 fi
 
 if [[ " $checks " == *" bench "* ]]; then
-  $py bench/benchmark.py --device cuda --no-pipeline --epochs 3 --out "$out/bench_cuda_graph.json" 2>&1 | tee "$out/bench_cuda_graph.md"
-  $py bench/benchmark.py --device cuda --no-pipeline --no-tutorial --no-cuda-graph --epochs 3 --out "$out/bench_cuda_eager.json" 2>&1 | tee "$out/bench_cuda_eager.md"
-  # Default params (SGD cosine and Adam, 10 epochs) on the full training set, on CUDA: accuracy and wall time.
-  $py - <<'PY' 2>&1 | tee "$out/default_params_cuda.txt"
-import time, torch
+  dev=${BENCH_DEVICE:-cuda}  # cpu: the same commands where there is no GPU (bench/gpu_rehearsal.sh)
+  $py bench/benchmark.py --device "$dev" --no-pipeline --epochs 4 --out "$out/bench_$dev.json" 2>&1 | tee "$out/bench_$dev.md"
+  $py bench/benchmark.py --device "$dev" --no-pipeline --no-tutorial --no-cuda-graph --epochs 4 --out "$out/bench_${dev}_eager.json" 2>&1 | tee "$out/bench_${dev}_eager.md"
+  # Default params (SGD cosine and Adam, 10 epochs) on the full training set: accuracy and wall time.
+  BENCH_DEVICE=$dev $py - <<'PY' 2>&1 | tee "$out/default_params_$dev.txt"
+import os, platform, tempfile, time, torch
 from mnistlr.data import load_split, load_variant
 from mnistlr.params import load_params
 from mnistlr.prepare import prepare
 from mnistlr.train import fit, score, to_device
 p = load_params()
-prepare(p, "/tmp/prepared")
-dev = torch.device("cuda")
-x, y = to_device(dev, *load_variant("/tmp/prepared", "full")); vx, vy = to_device(dev, *load_split("/tmp/prepared", "val"))
-tx, ty = to_device(dev, *load_split("/tmp/prepared", "test"))
+prepared = tempfile.mkdtemp(prefix="mnistlr-prepared-")
+prepare(p, prepared)
+dev = torch.device(os.environ["BENCH_DEVICE"])
+sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+name = torch.cuda.get_device_name() if dev.type == "cuda" else f"{os.cpu_count()}-core {platform.machine()} CPU"
+x, y = to_device(dev, *load_variant(prepared, "full")); vx, vy = to_device(dev, *load_split(prepared, "val"))
+tx, ty = to_device(dev, *load_split(prepared, "test"))
 for opt in ("sgd", "adam"):
-    torch.cuda.synchronize(); t = time.perf_counter()
+    sync(); t = time.perf_counter()
     model, hist = fit(x, y, vx, vy, p.train, opt, getattr(p.train.lr, opt), p.seed)
-    torch.cuda.synchronize(); dt = time.perf_counter() - t
-    print(f"{opt}: test accuracy {score(model, tx, ty)[1]:.4f}, 10 epochs in {dt:.2f} s on {torch.cuda.get_device_name()}")
+    sync(); dt = time.perf_counter() - t
+    print(f"{opt}: test accuracy {score(model, tx, ty)[1]:.4f}, {len(hist)} epochs in {dt:.2f} s on {name}")
 PY
 fi
 

@@ -5,8 +5,8 @@
 #     KINDS.md), pandas, matplotlib and pytest; no dvc, pydantic or typer: those come from .gpu-carry/
 #   - no git program on PATH, and the working tree as the device tool sends it: tracked and
 #     untracked-not-ignored files plus .gpu-carry/, no .git
-#   - GPU_CHECKS="tests pipeline" (the bench part needs CUDA), PIPELINE_DEVICES=cpu
-# CUDA tests skip and nvidia-smi is missing here; everything else runs as it will there.
+#   - every part of the script, with the CPU where it names CUDA: BENCH_DEVICE=cpu, PIPELINE_DEVICES=cpu
+# CUDA tests skip and nvidia-smi is missing here; every command runs as it will there, on another device.
 # Usage: PYTHON312=/path/to/python3.12 bash bench/gpu_rehearsal.sh [WORKDIR]
 #   (needs .gpu-carry/ from `python bench/gpu_carry.py` and a package index for the venv; the venv is
 #   kept in WORKDIR and reused, about 5 GB)
@@ -36,6 +36,6 @@ commit=$(git -C "$repo" rev-parse --short HEAD)
 git -C "$repo" diff --quiet HEAD || commit="$commit+changes"
 cd "$work/tree"
 env -i HOME="$HOME" PATH="$work/venv/bin:$work/bin" TMPDIR="$work/tmp" MNISTLR_COMMIT="$commit (rehearsal)" \
-  GPU_CHECKS="${GPU_CHECKS:-tests pipeline}" PIPELINE_DEVICES=cpu \
+  GPU_CHECKS="${GPU_CHECKS:-tests bench pipeline}" BENCH_DEVICE=cpu PIPELINE_DEVICES=cpu \
   bash bench/gpu_check.sh "$work/results" 2>&1 | tee "$work/rehearsal.log"
 echo "results: $work/results, log: $work/rehearsal.log"
