@@ -77,12 +77,23 @@ def validate(model, loader, criterion, device):
     return total_loss / total, correct / total
 
 
-def tutorial_loop(root: Path, epochs: int, seed: int, device: torch.device, threads: int) -> tuple[list[float], float]:
+def torchvision_root(files: dict[str, Path]) -> Path:
+    """A temporary folder laid out as torchvision's MNIST reads it (<root>/MNIST/raw): it extracts the
+    copied .gz files there and never downloads."""
+    root = Path(tempfile.mkdtemp(prefix="mnistlr-tv-"))
+    (root / "MNIST" / "raw").mkdir(parents=True)
+    for file_name, path in files.items():
+        shutil.copy(path, root / "MNIST" / "raw" / file_name)
+    return root
+
+
+def tutorial_loop(root: Path, epochs: int, seed: int, device: torch.device, threads: int,
+                  split_seed: int | None = None) -> tuple[list[float], float]:
     """The seed's loop: torchvision MNIST + ToTensor/Normalize, DataLoader(64, shuffle), SGD 0.1, on `threads`
     CPU threads. Seconds of each epoch (its training and validation passes) and the final test accuracy.
 
-    Its 50k/10k split is the trainer's (mnistlr.data.split_indices) rather than random_split's, so
-    both loops see the same images."""
+    Its 50k/10k split is the trainer's (mnistlr.data.split_indices with `split_seed`, default `seed`)
+    rather than random_split's, so both loops see the same images."""
     from torch.utils.data import DataLoader, Subset
     from torchvision import datasets, transforms
 
@@ -90,7 +101,7 @@ def tutorial_loop(root: Path, epochs: int, seed: int, device: torch.device, thre
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
     full_ds = datasets.MNIST(root=str(root), train=True, download=True, transform=transform)
     test_ds = datasets.MNIST(root=str(root), train=False, download=True, transform=transform)
-    train_idx, val_idx = split_indices(len(full_ds), 10_000, seed)
+    train_idx, val_idx = split_indices(len(full_ds), 10_000, seed if split_seed is None else split_seed)
     train_ds, val_ds = Subset(full_ds, train_idx.tolist()), Subset(full_ds, val_idx.tolist())
     train_loader = DataLoader(train_ds, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed))
     val_loader = DataLoader(val_ds, batch_size=64)
@@ -360,10 +371,7 @@ def main(
     results = {"device": name, "cpu_count": os.cpu_count(), "torch": torch.__version__, "commit": commit, "epochs": epochs}
     lines = [f"Device: {name}; {os.cpu_count()} CPU cores; torch {torch.__version__}; commit {commit or 'unknown'}."]
     if loops:
-        root = Path(tempfile.mkdtemp(prefix="mnistlr-tv-"))
-        (root / "MNIST" / "raw").mkdir(parents=True)
-        for file_name, path in files.items():  # torchvision's MNIST reads <root>/MNIST/raw; it extracts, never downloads
-            shutil.copy(path, root / "MNIST" / "raw" / file_name)
+        root = torchvision_root(files)
         default_threads = torch.get_num_threads()
         timed = {}  # loop name -> (epoch seconds, test accuracy)
         if tutorial:

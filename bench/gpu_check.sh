@@ -12,10 +12,10 @@
 #        PIPELINE_DEVICES="cuda cpu" the pipeline's train.device values; MNISTLR_COMMIT names the
 #        commit where the copy came without .git)
 # Rehearse it here first: bench/gpu_rehearsal.sh. On a lent GPU machine, one call of the device tool
-# with carry [".gpu-carry"] and a command like (about 6 minutes, estimated):
-#   MNISTLR_COMMIT=<sha> bash bench/gpu_check.sh /tmp/r > /tmp/r.log 2>&1; cp /tmp/r.log $OUT/;
-#   tar -czf $OUT/gpu-results.tgz -C /tmp/r .
-# (one tarball: the tool brings back at most 8 files).
+# with carry [".gpu-carry"], timeout_s 560 and a command like (about 6 minutes, estimated):
+#   MNISTLR_COMMIT=<sha> timeout 500 bash bench/gpu_check.sh /tmp/r > /tmp/r.log 2>&1;
+#   cp /tmp/r.log $OUT/; tar -czf $OUT/gpu-results.tgz -C /tmp/r .
+# (the inner timeout leaves time to pack what ran; one tarball: the tool brings back at most 8 files).
 set -uo pipefail
 out=${1:-gpu-results}
 checks=${GPU_CHECKS:-tests bench pipeline}
