@@ -25,7 +25,7 @@ from benchmark import torchvision_root, tutorial_loop  # noqa: E402
 
 from mnistlr.data import load_split, load_variant, locate  # noqa: E402
 from mnistlr.params import TrainParams, load_params  # noqa: E402
-from mnistlr.train import fit, score  # noqa: E402
+from mnistlr.train import fit, score, to_device  # noqa: E402
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -45,8 +45,7 @@ def plain_loop(x: torch.Tensor, y: torch.Tensor, test_x: torch.Tensor, test_y: t
             optimizer.zero_grad()
             criterion(model(x[batch]), y[batch]).backward()
             optimizer.step()
-    with torch.no_grad():
-        return (model(test_x).argmax(1) == test_y).double().mean().item()
+    return score(model, test_x, test_y)[1]
 
 
 def _summary(name: str, tests: list[float]) -> str:
@@ -62,9 +61,10 @@ def main(
     tutorial_seeds: int = typer.Option(0, min=0, help="tutorial-loop runs, seeds 0 .. n-1 (0: none; 2 or more for a spread)"),
 ) -> None:
     """Per seed at a constant rate: val accuracy after each epoch and test accuracy at the end."""
-    x, y = map(torch.as_tensor, load_variant(prepared, "full"))
-    val_x, val_y = map(torch.as_tensor, load_split(prepared, "val"))
-    test_x, test_y = map(torch.as_tensor, load_split(prepared, "test"))
+    cpu = torch.device("cpu")
+    x, y = to_device(cpu, *load_variant(prepared, "full"))
+    val_x, val_y = to_device(cpu, *load_split(prepared, "val"))
+    test_x, test_y = to_device(cpu, *load_split(prepared, "test"))
     cfg = TrainParams(epochs=epochs, batch_size=64, schedule="constant")
     typer.echo(f"SGD lr 0.1 constant, batch 64, {epochs} epochs on {len(y)} images, the prepared split\n")
     typer.echo("| loop | seed | val accuracy by epoch (%) | test accuracy (%) |\n|---|---:|---|---:|")
@@ -75,14 +75,14 @@ def main(
         typer.echo(f"| mnistlr trainer | {seed} | {', '.join(f'{100 * h.val_accuracy:.2f}' for h in history)} | {trainer[-1]:.2f} |")
     plain = []
     for seed in range(seeds):
-        plain.append(100 * plain_loop(x, y.long(), test_x, test_y.long(), epochs, seed))
+        plain.append(100 * plain_loop(x, y, test_x, test_y, epochs, seed))
         typer.echo(f"| plain torch.optim loop | {seed} | | {plain[-1]:.2f} |")
     tutorial = []
     if tutorial_seeds:
         root = torchvision_root(locate(Path("data/raw")))
         split_seed = load_params().seed  # the seed prepare split with
         for seed in range(tutorial_seeds):
-            _, accuracy = tutorial_loop(root, epochs, seed, torch.device("cpu"), torch.get_num_threads(), split_seed)
+            _, accuracy = tutorial_loop(root, epochs, seed, cpu, torch.get_num_threads(), split_seed)
             tutorial.append(100 * accuracy)
             typer.echo(f"| tutorial (DataLoader) | {seed} | | {tutorial[-1]:.2f} |")
         shutil.rmtree(root, ignore_errors=True)
