@@ -79,6 +79,13 @@ def write_arrays(path: str | Path, **arrays: Any) -> None:
             np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
 
 
+def write_array(path: str | Path, array: Any) -> None:
+    """Write one array as a .npy file atomically (memory-mappable, no pickle)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a bare temp name
+            np.save(f, np.asarray(array), allow_pickle=False)
+
+
 def save_figure(fig: Any, path: str | Path, **kwargs: Any) -> None:
     """Save a matplotlib figure atomically; PNG metadata pinned so bytes are reproducible."""
     path = Path(path)

@@ -438,16 +438,38 @@ def _load_npz(path: Path, what: str) -> dict[str, np.ndarray]:
         return {k: blob[k] for k in blob.files}
 
 
+def split_files(prepared: str | Path, split: str) -> tuple[Path, Path]:
+    """The two .npy files of a prepared split: pixels x and labels y."""
+    folder = Path(prepared) / split
+    return folder / "x.npy", folder / "y.npy"
+
+
 def load_split(prepared: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(x float32 [N, 784], y int64 [N]) of 'train', 'val' or 'test' from a prepared folder."""
+    """(x float32 [N, 784], y int64 [N]) of 'train', 'val' or 'test' from a prepared folder.
+
+    The pixels are memory-mapped copy-on-write: reading them costs no copy, and writing to them never
+    reaches the file. A stage touches only the pages it reads.
+    """
     if split not in SPLITS:
         raise MnistlrError(f"unknown split {split!r}; accepted: {', '.join(SPLITS)}")
-    blob = _load_npz(Path(prepared) / f"{split}.npz", f"split {split!r}")
-    return blob["x"], blob["y"]
+    x_path, y_path = split_files(prepared, split)
+    if not (x_path.is_file() and y_path.is_file()):
+        raise MnistlrError(f"no prepared split {split!r} at {x_path.parent}; run the prepare stage first")
+    try:
+        return np.load(x_path, mmap_mode="c", allow_pickle=False), np.load(y_path, allow_pickle=False)
+    except ValueError as exc:
+        raise MnistlrError(f"{x_path.parent}: not a prepared split ({str(exc).splitlines()[0]}); "
+                           "rerun the prepare stage") from None
+
+
+def load_variant_index(prepared: str | Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(positions in the train split, labels) of a training-set variant."""
+    variant = _load_npz(Path(prepared) / "variants" / f"{name}.npz", f"variant {name!r}")
+    return variant["index"], variant["y"]
 
 
 def load_variant(prepared: str | Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(x, y) of a training-set variant: its rows of the train split, with its labels."""
-    variant = _load_npz(Path(prepared) / "variants" / f"{name}.npz", f"variant {name!r}")
+    index, labels = load_variant_index(prepared, name)
     x, _ = load_split(prepared, "train")
-    return x[variant["index"]], variant["y"]
+    return x[index], labels

@@ -1,8 +1,8 @@
 """Every matplotlib figure of the project (Agg backend: files only, no display).
 
-Evaluate: confusion matrix, per-class weight images, reliability diagram. Report: learning
-curves, data size, clean vs noisy labels, misclassified digits. Review: experiment comparison.
-Studies: weight rows of L1 vs L2.
+Evaluate: learning curves, data size, clean vs noisy labels, the reference variant's confusion matrix,
+misclassified digits and reliability diagram, every variant's per-class weights, deskewing. Review:
+experiment comparison. Studies: weight rows of L1 vs L2.
 """
 
 from __future__ import annotations
@@ -123,17 +123,19 @@ def comparison_figure(labels: Sequence[str], values: Sequence[float], metric: st
     return fig
 
 
-def noise_figure(rows: pd.DataFrame) -> Figure:
-    """Grouped bars: val and test accuracy (%) of each clean/noisy variant pair."""
+def noise_figure(rows: Sequence[Mapping]) -> Figure:
+    """Grouped bars: val and test accuracy (%) of each clean/noisy variant pair; rows carry "variant",
+    "label noise", "val acc (%)" and "test acc (%)"."""
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     x = np.arange(len(rows))
-    ax.bar(x - 0.2, rows["val acc (%)"], 0.4, label="val", color="tab:gray")
-    ax.bar(x + 0.2, rows["test acc (%)"], 0.4, label="test", color="tab:blue")
-    for xi, v in zip(x, rows["test acc (%)"]):
+    val, test = [r["val acc (%)"] for r in rows], [r["test acc (%)"] for r in rows]
+    ax.bar(x - 0.2, val, 0.4, label="val", color="tab:gray")
+    ax.bar(x + 0.2, test, 0.4, label="test", color="tab:blue")
+    for xi, v in zip(x, test):
         ax.text(xi + 0.2, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
-    lo = float(min(rows["val acc (%)"].min(), rows["test acc (%)"].min()))
+    lo = float(min(val + test))
     ax.set_ylim(max(0.0, lo - 3), 100)
-    ax.set_xticks(x, [f"{v}\n({n:.0%} noise)" for v, n in zip(rows["variant"], rows["label noise"])])
+    ax.set_xticks(x, [f"{r['variant']}\n({r['label noise']:.0%} noise)" for r in rows])
     ax.set(ylabel="accuracy (%)", title="Clean vs noisy training labels")
     ax.legend()
     ax.grid(alpha=0.3, axis="y")

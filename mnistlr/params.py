@@ -149,6 +149,20 @@ class Params(_Strict):
         """The learning rate of the chosen optimizer."""
         return getattr(self.train.lr, self.optimizer)
 
+    def reference_variant(self) -> str:
+        """The variant that stands for 'the full model': 'full', else the first clean full-size one."""
+        if "full" in self.variants:
+            return "full"
+        clean = [n for n, v in self.variants.items() if v.fraction == 1.0 and v.noise == 0]
+        return clean[0] if clean else next(iter(self.variants))
+
+    def clean_twin(self, name: str) -> str | None:
+        """The clean variant of the same size as noisy variant `name`, if params define one."""
+        v = self.variants[name]
+        if v.noise == 0:
+            return None
+        return next((c for c, cv in self.variants.items() if cv.noise == 0 and cv.fraction == v.fraction), None)
+
     def variant(self, name: str) -> VariantParams:
         """The params of one training-set variant, or a clear error naming the known ones."""
         if name not in self.variants:

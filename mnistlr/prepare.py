@@ -37,7 +37,7 @@ def resolve_preprocessing(params: Params, deskewed_train: np.ndarray | None) -> 
 
 def prepare(params: Params, out_dir: str | Path, download_root: str | Path = "data/raw",
             deskew: bool | None = None) -> dict[str, dict]:
-    """Write {train,val,test}.npz, preprocessing.json, samples.npz and variants/<name>.{npz,json} into
+    """Write {train,val,test}/{x,y}.npy, preprocessing.json, samples.npz and variants/<name>.{npz,json} into
     `out_dir`, atomically, as one folder. `deskew` overrides params' data.deskew (the studies' deskewed copy)."""
     if deskew is not None:
         params = params.model_copy(update={"data": params.data.model_copy(update={"deskew": deskew})})
@@ -68,7 +68,9 @@ def prepare(params: Params, out_dir: str | Path, download_root: str | Path = "da
             else:
                 x = pre.apply(images)
             # one split's floats at a time: the peak memory is the largest split, not all three
-            atomic.write_arrays(tmp / f"{split}.npz", x=x, y=labels)
+            x_path, y_path = data.split_files(tmp, split)
+            atomic.write_array(x_path, x)
+            atomic.write_array(y_path, labels)
             del x
         atomic.write_json(tmp / "preprocessing.json", {**asdict(pre), "mean_std_from": source})
         sample = raw["test_images"][:SAMPLES]

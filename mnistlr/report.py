@@ -1,7 +1,8 @@
 """The report stage: one markdown page over all variants, measured beside the tutorial's numbers.
 
-Reads what evaluate wrote (headline metrics, details, test predictions), the learning curves,
-prepare's variant summaries and test digits, and the committed experiment comparison.
+Reads what evaluate wrote (headline metrics, test predictions; its figures are linked, not drawn
+here), prepare's variant summaries and preprocessing, and the committed experiment comparison. No
+figure is drawn and no model loaded: the stage is a page of text.
 """
 
 from __future__ import annotations
@@ -15,16 +16,12 @@ import numpy as np
 import pandas as pd
 
 from mnistlr import atomic, metrics
-from mnistlr.data import IMAGE_SIDE, load_preprocessing, load_split
+from mnistlr.data import load_preprocessing
+from mnistlr.evaluate import (EXAMPLES_PER_PAIR, EXPECTED_BY_FRACTION, EXPECTED_BY_NOISE, EXPECTED_BY_OPTIMIZER,
+                              EXPECTED_NOISE_DROP, noise_rows)
 from mnistlr.params import Params
 
-# The tutorial's (the seed's) expected test accuracy, in %: what users hold the report against.
-EXPECTED_BY_FRACTION = {0.1: (80.0, 85.0), 0.25: (87.0, 89.0), 0.5: (90.0, 91.0), 1.0: (92.0, 93.0)}
-EXPECTED_BY_NOISE = {0.1: (88.0, 89.0)}  # on the full training set
-EXPECTED_NOISE_DROP = {0.1: (3.0, 4.0)}  # points lost to that noise
-EXPECTED_BY_OPTIMIZER = {"sgd": (91.0, 92.0), "adam": (92.0, 93.0)}
 LOSS_NAMES = {"ce": "cross-entropy (logistic regression)", "mse": "least squares on one-hot targets (linear regression)"}
-EXAMPLES_PER_PAIR = 6
 # LeCun et al. (1998), "Gradient-based learning applied to document recognition", table of test error
 # rates: the linear classifier ("1-layer NN") on plain and on deskewed digits, in %.
 LECUN_LINEAR_ERROR = {"plain": 12.0, "deskewed": 8.4}
@@ -50,20 +47,6 @@ def verdict(value: float, band: tuple[float, float] | None) -> str:
 def standard_error_points(accuracy: float, n: int) -> float:
     """Binomial standard error of an accuracy measured on n images, in points."""
     return 100 * math.sqrt(accuracy * (1 - accuracy) / n)
-
-
-def reference_variant(params: Params) -> str:
-    """The variant that stands for 'the full model': 'full', else the first clean full-size one."""
-    if "full" in params.variants:
-        return "full"
-    clean = [n for n, v in params.variants.items() if v.fraction == 1.0 and v.noise == 0]
-    return clean[0] if clean else next(iter(params.variants))
-
-
-def clean_twin(params: Params, name: str) -> str | None:
-    """The clean variant of the same size as noisy variant `name`, if params define one."""
-    v = params.variants[name]
-    return next((c for c, cv in params.variants.items() if cv.noise == 0 and cv.fraction == v.fraction), None)
 
 
 def load_json_dir(folder: str | Path, names: list[str]) -> dict[str, dict]:
@@ -95,28 +78,19 @@ def results_table(params: Params, scores: dict[str, dict], summaries: dict[str, 
 
 def noise_table(params: Params, scores: dict[str, dict]) -> pd.DataFrame:
     """Each noisy variant beside the clean variant of the same size: accuracies and the change."""
-    rows = []
-    for name, v in params.variants.items():
-        clean = clean_twin(params, name) if v.noise > 0 else None
-        if clean is None:
-            continue
-        for variant, noise in ((clean, 0.0), (name, v.noise)):
-            m = scores[variant]
-            rows.append({
-                "variant": variant,
-                "label noise": noise,
-                "val acc (%)": round(100 * m["val"]["accuracy"], 2),
-                "test acc (%)": round(100 * m["test"]["accuracy"], 2),
-                "test acc vs clean (points)": round(100 * (m["test"]["accuracy"] - scores[clean]["test"]["accuracy"]), 2),
-            })
-    return pd.DataFrame(rows).drop_duplicates("variant") if rows else pd.DataFrame()
+    rows = noise_rows(params, scores)
+    for row in rows:
+        clean = params.clean_twin(row["variant"]) or row["variant"]
+        row["test acc vs clean (points)"] = round(100 * (scores[row["variant"]]["test"]["accuracy"]
+                                                         - scores[clean]["test"]["accuracy"]), 2)
+    return pd.DataFrame(rows)
 
 
 def noise_lines(params: Params, scores: dict[str, dict]) -> list[str]:
     """One sentence per noisy variant: its drop against its clean twin, and the tutorial's when it has one."""
     lines = []
     for name, v in params.variants.items():
-        clean = clean_twin(params, name) if v.noise > 0 else None
+        clean = params.clean_twin(name)
         if clean is None:
             continue
         drop = 100 * (scores[clean]["test"]["accuracy"] - scores[name]["test"]["accuracy"])
@@ -132,24 +106,10 @@ def confusion_from_predictions(path: str | Path) -> np.ndarray:
     return metrics.confusion_matrix(df["actual"].to_numpy(), df["predicted"].to_numpy())
 
 
-def misclassified_images(predictions_csv: Path, prepared: Path, pairs: list[tuple[int, int, int]],
-                         mean: float, std: float, per_pair: int = EXAMPLES_PER_PAIR) -> list[tuple[int, int, np.ndarray]]:
-    """For each (true, predicted, count): the first `per_pair` such test digits as [k, 28, 28] in [0, 1]."""
-    pred = pd.read_csv(predictions_csv)
-    x, _ = load_split(prepared, "test")
-    out = []
-    for true, predicted, _ in pairs:
-        idx = pred.index[(pred["actual"] == true) & (pred["predicted"] == predicted)][:per_pair].to_numpy()
-        # the prepared pixels are (p - mean) / std: undo it to show the digit as scanned
-        images = np.clip(x[idx] * std + mean, 0, 1).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
-        out.append((true, predicted, images))
-    return out
-
-
-def per_class_table(details: dict) -> pd.DataFrame:
-    """Precision, recall and F1 of each class (test set), from evaluate's details file."""
+def per_class_table(cm: np.ndarray) -> pd.DataFrame:
+    """Precision, recall and F1 of each class (test set), from its confusion matrix."""
     return pd.DataFrame([{"class": int(c), **{k: round(v, 4) for k, v in s.items()}}
-                         for c, s in details["classes"].items()])
+                         for c, s in metrics.per_class_metrics(cm).items()])
 
 
 def experiments_section(experiments_dir: Path, report_dir: Path) -> list[str]:
@@ -193,13 +153,9 @@ def deskew_pairs(data: dict) -> list[tuple[dict, dict]]:
     return pairs
 
 
-def deskew_section(params: Params, experiments_dir: Path, prepared: Path, fig_dir: Path) -> list[str]:
+def deskew_section(params: Params, experiments_dir: Path, prepared: Path) -> list[str]:
     """Beyond the tutorial: plain vs deskewed inputs for every variant, beside LeCun et al.'s linear classifier,
     with sample test digits before and after deskewing."""
-    from mnistlr import figures
-
-    with np.load(prepared / "samples.npz", allow_pickle=False) as samples:
-        figures.save(figures.deskew_figure(samples["plain"], samples["deskewed"]), fig_dir / "deskew.png")
     lecun = (f"LeCun et al. (1998) give the linear classifier {LECUN_LINEAR_ERROR['plain']:.1f} % test error on plain "
              f"digits and {LECUN_LINEAR_ERROR['deskewed']:.1f} % on deskewed ones.")
     lines = ["## Beyond the tutorial: deskewed digits", "",
@@ -231,47 +187,28 @@ def deskew_section(params: Params, experiments_dir: Path, prepared: Path, fig_di
 def build_report(
     params: Params,
     metrics_dir: str | Path,
-    details_dir: str | Path,
     summaries_dir: str | Path,
-    curves_dir: str | Path,
     predictions_dir: str | Path,
     out_path: str | Path,
     prepared_dir: str | Path = "data/prepared",
     experiments_dir: str | Path = "experiments",
 ) -> str:
-    """Write reports/report.md and its summary figures (reports/figures/*.png); return the markdown."""
-    from mnistlr import figures
-
+    """Write reports/report.md, linking the figures evaluate drew into reports/figures; return the markdown."""
     out_path = Path(out_path)
-    fig_dir = out_path.parent / "figures"
     names = list(params.variants)
     scores = load_json_dir(metrics_dir, names)
     summaries = load_json_dir(summaries_dir, names)
-    ref = reference_variant(params)
-    ref_details = json.loads((Path(details_dir) / f"{ref}.json").read_text())
+    ref = params.reference_variant()
     ref_acc = scores[ref]["test"]["accuracy"]
-    n_test = sum(ref_details["test_reliability"]["count"])
-
-    curves = {n: pd.read_csv(Path(curves_dir) / f"{n}.csv").to_dict("records") for n in names}
-    figures.save(figures.learning_curves_figure(curves), fig_dir / "learning_curves.png")
-    size_points = [(v.fraction, 100 * scores[n]["test"]["accuracy"]) for n, v in params.variants.items() if v.noise == 0]
-    train_size = round(summaries[ref]["size"] / summaries[ref]["fraction"])
-    figures.save(figures.data_size_figure(size_points, EXPECTED_BY_FRACTION, train_size), fig_dir / "data_size.png")
-    noisy = noise_table(params, scores)
-    figures.save(figures.noise_figure(noisy) if len(noisy) else
-                 figures.message_figure("no noisy variant (with a clean one of the same size) in params.yaml"),
-                 fig_dir / "noise.png")
-
     cm = confusion_from_predictions(Path(predictions_dir) / f"{ref}.csv")
+    n_test = int(cm.sum())
+    train_size = round(summaries[ref]["size"] / summaries[ref]["fraction"])
+    noisy = noise_table(params, scores)
     pairs = metrics.top_confusions(cm, params.report.top_confusions)
     confusions = pd.DataFrame(
         [{"true": t, "predicted": p, "count": n, "share of true class (%)": round(100 * n / cm[t].sum(), 2)}
          for t, p, n in pairs])
     pre = load_preprocessing(prepared_dir)
-    examples = misclassified_images(Path(predictions_dir) / f"{ref}.csv", Path(prepared_dir), pairs,
-                                    pre.mean, pre.std)
-    figures.save(figures.confusion_examples_figure(examples, EXAMPLES_PER_PAIR) if examples else
-                 figures.message_figure("no misclassified test digits"), fig_dir / "confusion_examples.png")
 
     t = params.train
     opt_band = EXPECTED_BY_OPTIMIZER.get(params.optimizer)
@@ -295,6 +232,10 @@ def build_report(
         optimizer_line + f" One standard error of a test accuracy near {100 * ref_acc:.1f} % on {n_test} images is "
         f"{standard_error_points(ref_acc, n_test):.2f} points.",
         "",
+        "Learning curves: the training loss and accuracy of an epoch are the running means over its batches, each "
+        "scored just before its update (as the tutorial's `train_epoch` reports them); validation is scored after "
+        "the epoch.",
+        "",
         "![learning curves](figures/learning_curves.png)",
         "",
         "## Training-set size and label noise",
@@ -314,22 +255,23 @@ def build_report(
         confusions.to_markdown(index=False) if len(confusions) else "No errors.",
         "",
     ]
-    if examples:
+    if pairs:
         seen = " (deskewed, as the model saw them)" if pre.deskew else ""
         lines += [f"Up to {EXAMPLES_PER_PAIR} misclassified test digits of each pair above, first in test order{seen}:", "",
                   "![misclassified digits of the top confusions](figures/confusion_examples.png)", ""]
     lines += [
-        f"![confusion matrix of {ref}](figures/{ref}/confusion.png)",
+        f"![confusion matrix of {ref}](figures/confusion.png)",
         "",
         f"### Per-class scores of `{ref}` (test set)",
         "",
-        per_class_table(ref_details).to_markdown(index=False),
+        per_class_table(cm).to_markdown(index=False),
         "",
-        f"## What `{ref}` learned",
+        "## What the models learned",
         "",
-        "Each class's weights as a 28×28 template: red pixels raise the class's score, blue lower it.",
+        "Each class's weights as a 28×28 template, one row per variant: red pixels raise the class's score, blue "
+        "lower it.",
         "",
-        f"![per-class weights of {ref}](figures/{ref}/weights.png)",
+        "![per-class weights of every variant](figures/weights.png)",
         "",
         "## Calibration",
         "",
@@ -337,10 +279,10 @@ def build_report(
         f"({params.evaluate.ece_bins} equal-width confidence bins); its NLL is the test loss, "
         f"{scores[ref]['test']['loss']:.4f}.",
         "",
-        f"![reliability diagram of {ref}](figures/{ref}/reliability.png)",
+        f"![reliability diagram of {ref}](figures/reliability.png)",
         "",
         *experiments_section(Path(experiments_dir), out_path.parent),
-        *deskew_section(params, Path(experiments_dir), Path(prepared_dir), fig_dir),
+        *deskew_section(params, Path(experiments_dir), Path(prepared_dir)),
         "## Studies",
         "",
         "Linear-regression baseline, the L-BFGS optimum, the best linear model (plain and deskewed) and L1 vs L2: "

@@ -1,10 +1,19 @@
-"""The train stage: fit `nn.Linear(784, 10)` on one training-set variant with SGD, Adam or L-BFGS.
+"""The train stage: fit `nn.Linear(784, 10)` on every training-set variant, in one process.
 
-The only module that imports torch. Whole tensors live on the device, each epoch draws a seeded
-permutation and slices batches from it (no DataLoader, no per-sample Python), and nothing in
-the inner loop reads a value back to the host. On CUDA, after the first (eager) epoch, each
-epoch is captured once as a CUDA graph and replayed. L-BFGS runs full batch. The learning
-curve is scored with mnistlr.metrics, the model written as mnistlr.model's plain arrays.
+The only module (with mnistlr.studies) that imports torch. Read top to bottom:
+
+1. the model and what it minimizes: `LogisticRegression`, the criteria, the regularized objective;
+2. the gradient, written out: cross-entropy and least squares have closed-form gradients, so a step is
+   two matrix products and a softmax instead of a trip through autograd;
+3. the optimizers: SGD (momentum) and Adam with the update rules of torch.optim;
+4. fitting: K models that share their input batches train as one program (`fit_models`), one epoch at a
+   time, each epoch replayed as a CUDA graph on a GPU; `fit` and `fit_batched` are its two uses;
+5. L-BFGS (full batch, through autograd: not a hot loop);
+6. learning curves and early stopping;
+7. the stage: every variant, models and curves written once all trained.
+
+Whole tensors live on the device, each epoch draws a seeded permutation and slices batches from it (no
+DataLoader), and nothing in the inner loop reads a value back to the host.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ import csv
 import io
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,20 +31,22 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.optim.adam import adam as adam_step
-from torch.optim.sgd import sgd as sgd_step
 
 from mnistlr import atomic, metrics
-from mnistlr.data import IN_FEATURES, NUM_CLASSES, Preprocessing, derive_seed, load_preprocessing, load_split, load_variant
+from mnistlr.data import (IN_FEATURES, NUM_CLASSES, Preprocessing, derive_seed, load_preprocessing, load_split,
+                          load_variant_index)
 from mnistlr.errors import MnistlrError
 from mnistlr.model import Model
 from mnistlr.params import Params, TrainParams
 
 OPTIMIZERS = ("sgd", "adam", "lbfgs")
 LOSSES = ("ce", "mse")
+# A model's parameters in one [10, 785] block: the weight matrix, then the bias as its last column, so
+# that one product with inputs carrying a trailing 1 gives the logits, and one more gives both gradients.
+COLS = IN_FEATURES + 1
 
 
-# --- the model and what it minimizes ---------------------------------------------------------
+# --- 1. the model and what it minimizes ---------------------------------------------------------
 
 
 class LogisticRegression(nn.Module):
@@ -116,9 +127,6 @@ def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, fl
     return metrics.loss_and_accuracy(predict_logits(model, x).cpu().numpy(), y.cpu().numpy())
 
 
-# --- devices, optimizers, schedules --------------------------------------------------------------
-
-
 def resolve_device(name: str) -> torch.device:
     """'auto' -> CUDA when present else CPU; 'cuda' without a GPU is an error."""
     if name == "auto":
@@ -130,74 +138,391 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class Optimizer:
-    """SGD or Adam stepping through torch.optim's functional kernels (`torch.optim.sgd.sgd`,
-    `torch.optim.adam.adam`): the functions torch.optim.SGD and Adam call, with the same state.
-
-    The classes' step() imports torch._dynamo on first use (about 3 s per process here, more than
-    a whole training run of a small variant); the functions do not. L2 (weight_decay) applies to
-    the weight matrix, not the bias. `fused` (CUDA): one kernel per step, safe to capture in a
-    CUDA graph with a tensor lr.
-    """
-
-    BETAS, EPS = (0.9, 0.999), 1e-8  # Adam's defaults in torch.optim.Adam
-
-    def __init__(self, model: LogisticRegression, name: str, lr: float | torch.Tensor, momentum: float = 0.0,
-                 weight_decay: float = 0.0, fused: bool = False) -> None:
-        if name not in ("sgd", "adam"):
-            raise MnistlrError(f"optimizer {name!r} is not accepted here; accepted: sgd, adam (lbfgs has its own loop)")
-        self.name, self.lr, self.momentum, self.fused = name, lr, momentum, fused
-        self.groups = [([model.fc.weight], weight_decay), ([model.fc.bias], 0.0)]
-        self.momentum_buffers: list[list[torch.Tensor | None]] = [[None] for _ in self.groups]
-        if name == "adam":
-            # capturable (steps on the device) whenever fused, as graph capture requires
-            step_device = model.fc.weight.device if fused else torch.device("cpu")
-            self.exp_avgs = [[torch.zeros_like(p) for p in params] for params, _ in self.groups]
-            self.exp_avg_sqs = [[torch.zeros_like(p) for p in params] for params, _ in self.groups]
-            self.steps = [[torch.tensor(0.0, device=step_device) for _ in params] for params, _ in self.groups]
-
-    def zero_grad(self) -> None:
-        for params, _ in self.groups:
-            for p in params:
-                p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        kernel = {"fused": True} if self.fused else {"foreach": True}
-        for i, (params, weight_decay) in enumerate(self.groups):
-            grads = [p.grad for p in params]
-            if self.name == "sgd":
-                sgd_step(params, grads, self.momentum_buffers[i], weight_decay=weight_decay,
-                         momentum=self.momentum, lr=self.lr, dampening=0.0, nesterov=False, maximize=False, **kernel)
-            else:
-                adam_step(params, grads, self.exp_avgs[i], self.exp_avg_sqs[i], [], self.steps[i],
-                          capturable=self.fused, amsgrad=False, beta1=self.BETAS[0], beta2=self.BETAS[1],
-                          lr=self.lr, weight_decay=weight_decay, eps=self.EPS, maximize=False, **kernel)
-
-
 def lr_schedule(schedule: str, lr: float, total_steps: int) -> list[float]:
     """The learning rate before each step (plus the one after the last): constant, or cosine
-    annealing to 0 over all steps (CosineAnnealingLR's closed form).
-
-    Precomputed so the loop only reads a table, and a CUDA graph can replay an epoch with the right rates.
-    """
+    annealing to 0 over all steps (CosineAnnealingLR's closed form)."""
     if schedule == "constant":
         return [lr] * (total_steps + 1)
     return [lr * (1 + math.cos(math.pi * t / total_steps)) / 2 for t in range(total_steps + 1)]
 
 
-def training_loss(
-    model: LogisticRegression, criterion: nn.Module, x: torch.Tensor, y: torch.Tensor, l1: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, loss): the criterion on raw logits, plus l1 * sum|W| when l1 > 0."""
-    logits = model(x)
-    loss = criterion(logits, y)
-    if l1 > 0:
-        loss = loss + l1 * model.fc.weight.abs().sum()
-    return logits, loss
+# --- 2. the gradient, written out -----------------------------------------------------------------
 
 
-# --- the learning curve and early stopping ----------------------------------------------------------
+def gradient(theta: torch.Tensor, xb: torch.Tensor, targets: torch.Tensor, yb: torch.Tensor, loss: str,
+             out: torch.Tensor, nll: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """The gradient of the mean loss over the batch, for K models at once, into `out` [K * 10, 785]; each
+    example's cross-entropy into `nll` [K, 1, B] and whether it was classified right into `correct` [K, B]
+    (the running scores of the epoch, read once at its end).
+
+    theta: [K * 10, 785] (weights | bias); xb: [B, 785] (inputs | 1); targets: [K, 10, B] one-hot of the
+    labels yb [K, B]. With logits Z = theta · xbᵀ, cross-entropy's gradient by Z is softmax(Z) - onehot(y)
+    and least squares' is Z - onehot(y); either way the gradient by theta is that residual · xb / B.
+    Stored [10, 785] and multiplied this way round, both products are the fast layouts of these skinny
+    shapes (with the weight transposed MKL takes about twice the time here).
+    """
+    k, b = targets.shape[0], xb.shape[0]
+    z = torch.mm(theta, xb.t()).view(k, NUM_CLASSES, b)
+    logp = torch.log_softmax(z, dim=1)
+    torch.gather(logp, 1, yb.unsqueeze(1), out=nll)  # log p(y): the negative loss, summed per epoch
+    torch.eq(z.max(dim=1).indices, yb, out=correct)  # argmax's first maximum; max() costs half of argmax() here
+    residual = (logp.exp_() if loss == "ce" else z).sub_(targets)
+    return out.addmm_(residual.view(k * NUM_CLASSES, b), xb, beta=0, alpha=1.0 / b)
+
+
+def add_penalties(grad: torch.Tensor, theta: torch.Tensor, l1: float | torch.Tensor | None, clip: float, k: int) -> None:
+    """L1's subgradient l1 * sign(W) (0 at 0, as autograd's abs; l1 None: off), then each model's gradient
+    clipped to a global norm of `clip` (torch.nn.utils.clip_grad_norm_'s rule), in place. The bias is not
+    penalized."""
+    if l1 is not None:
+        _add_scaled(grad[:, :IN_FEATURES], torch.sign(theta[:, :IN_FEATURES]), l1)
+    if clip > 0:
+        per_model = grad.view(k, -1)
+        norms = torch.linalg.vector_norm(per_model, dim=1, keepdim=True)
+        # no host read: the coefficient is min(1, clip / norm) on the device
+        per_model.mul_((clip / (norms + 1e-6)).clamp_(max=1.0))
+
+
+def _add_scaled(target: torch.Tensor, update: torch.Tensor, scale: float | torch.Tensor, alpha: float = 1.0) -> None:
+    """target += alpha * scale * update, where scale is a number or a per-row column [rows, 1]."""
+    if isinstance(scale, torch.Tensor):
+        target.addcmul_(update, scale, value=alpha)
+    else:
+        target.add_(update, alpha=alpha * scale)
+
+
+# --- 3. the optimizers ------------------------------------------------------------------------------
+
+
+class Optimizer:
+    """SGD (with momentum) or Adam on a block of parameters, with torch.optim.SGD's and Adam's update rules
+    (L2 as weight decay added to the gradient of the weights, not the bias).
+
+    Per-model settings are numbers when all K models share them, else [K * 10, 1] columns. Each step
+    takes its scalars (the schedule's factor and Adam's two bias corrections, see `scalars`) as numbers in
+    eager mode, or as 0-d device tensors when a CUDA graph replays the step (a graph reads its arguments
+    from fixed addresses).
+    """
+
+    BETAS, EPS = (0.9, 0.999), 1e-8  # Adam's defaults in torch.optim.Adam
+
+    def __init__(self, theta: torch.Tensor, name: str, lr: float | torch.Tensor, momentum: float = 0.0,
+                 weight_decay: float | torch.Tensor = 0.0) -> None:
+        if name not in ("sgd", "adam"):
+            raise MnistlrError(f"optimizer {name!r} is not accepted here; accepted: sgd, adam (lbfgs has its own loop)")
+        self.theta, self.name, self.lr, self.momentum = theta, name, lr, momentum
+        self.weight_decay = weight_decay if isinstance(weight_decay, torch.Tensor) or weight_decay > 0 else None
+        self.buffer: torch.Tensor | None = None  # SGD momentum
+        if name == "adam":
+            self.exp_avg, self.exp_avg_sq = torch.zeros_like(theta), torch.zeros_like(theta)
+            # the fused kernel takes each model's block as its own tensor, so that no model's rounding depends
+            # on how many models it trains beside (a vectorized loop ends each tensor on a scalar tail)
+            self.blocks = [t.split(NUM_CLASSES) for t in (theta, self.exp_avg, self.exp_avg_sq)]
+            self.steps = [torch.zeros((), dtype=torch.float32) for _ in self.blocks[0]]  # its step counters
+
+    def scalars(self, factor: float, step: int) -> tuple[float, float, float]:
+        """(schedule factor, 1 - beta1^t, sqrt(1 - beta2^t)) of step t (counted from 1), in float64 on the host."""
+        b1, b2 = self.BETAS
+        return factor, 1 - b1**step, math.sqrt(1 - b2**step)
+
+    @torch.no_grad()
+    def step(self, grad: torch.Tensor, factor: float | torch.Tensor, bc1: float | torch.Tensor = 1.0,
+             bc2_sqrt: float | torch.Tensor = 1.0) -> None:
+        theta, eager = self.theta, not isinstance(factor, torch.Tensor)
+        if self.weight_decay is not None:
+            _add_scaled(grad[:, :IN_FEATURES], theta[:, :IN_FEATURES], self.weight_decay)
+        if self.name == "sgd":
+            update = grad
+            if self.momentum > 0:
+                if self.buffer is None:  # torch.optim.SGD: the first buffer is the gradient itself
+                    self.buffer = grad.clone()
+                else:
+                    self.buffer.mul_(self.momentum).add_(grad)
+                update = self.buffer
+            if eager:
+                _add_scaled(theta, update, self.lr, alpha=-factor)
+            else:
+                theta.sub_(update * (factor * self.lr))
+            return
+        b1, b2 = self.BETAS
+        if eager and not isinstance(self.lr, torch.Tensor) and theta.device.type == "cpu":
+            # torch's fused CPU Adam (torch.optim.Adam(fused=True)): one pass instead of seven ops; it corrects
+            # the bias from its own step counter, which the caller advances (as torch.optim does)
+            torch._foreach_add_(self.steps, 1)
+            params, exp_avgs, exp_avg_sqs = self.blocks
+            torch._fused_adam_(params, grad.split(NUM_CLASSES), exp_avgs, exp_avg_sqs, [], self.steps,
+                               lr=self.lr * factor, beta1=b1, beta2=b2, weight_decay=0.0, eps=self.EPS,
+                               amsgrad=False, maximize=False)
+            return
+        self.exp_avg.lerp_(grad, 1 - b1)
+        self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denom = (self.exp_avg_sq.sqrt() / bc2_sqrt).add_(self.EPS)
+        theta.sub_(self.exp_avg / denom * (factor / bc1 * self.lr))
+
+
+# --- 4. fitting --------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _per_model(values: Sequence[float], device: torch.device) -> float | torch.Tensor:
+    """One number when every model has it, else a [K * 10, 1] column (each model's 10 rows)."""
+    if len(set(values)) <= 1:
+        return float(values[0])
+    return torch.tensor(values, dtype=torch.float32, device=device).repeat_interleave(NUM_CLASSES).view(-1, 1)
+
+
+def initial_parameters(seed: int) -> torch.Tensor:
+    """The [10, 785] block nn.Linear(784, 10) starts from under torch.manual_seed(seed)."""
+    torch.manual_seed(seed)
+    fc = LogisticRegression().fc
+    return torch.cat([fc.weight.detach(), fc.bias.detach()[:, None]], 1)
+
+
+def to_module(block: torch.Tensor) -> LogisticRegression:
+    """A [10, 785] parameter block as a LogisticRegression in eval mode, on the block's device."""
+    model = LogisticRegression().to(block.device)
+    with torch.no_grad():
+        model.fc.weight.copy_(block[:, :IN_FEATURES])
+        model.fc.bias.copy_(block[:, IN_FEATURES])
+    return model.eval()
+
+
+def _diverged(epoch: int, loss: float, optimizer: str, lr: float) -> MnistlrError:
+    return MnistlrError(f"training diverged: the training loss became {loss} at epoch {epoch} with "
+                        f"train.lr.{optimizer} = {lr}; lower the learning rate or set train.grad_clip (e.g. 1.0)")
+
+
+@dataclass
+class Fitted:
+    """One model of a fit_models program: its parameters and learning curve."""
+
+    model: LogisticRegression
+    history: list[EpochRecord]
+
+
+def fit_models(
+    x: torch.Tensor, labels: torch.Tensor, val_x: torch.Tensor | None, val_y: torch.Tensor | None,
+    cfg: TrainParams, optimizer: str, rates: Sequence[float], weight_decays: Sequence[float] | None = None,
+    l1s: Sequence[float] | None = None, seed: int = 0, rows: torch.Tensor | None = None,
+) -> list[Fitted]:
+    """K models trained at once on the same inputs in the same batch order, each with its own labels
+    (labels [K, N]), learning rate, weight decay and L1: what K calls of `fit` compute, with one product per
+    step for all of them. Same initial weights and seeded batch order as `fit`. The training inputs are
+    x [N, 784], or with `rows` the rows of x at those positions (no copy of the subset is made).
+
+    Each epoch's learning-curve row has the running mean of the training loss and accuracy over its
+    batches, each scored before its update (the tutorial's train_epoch), and with val_x the validation
+    scores after the epoch; cfg.patience > 0 stops each model after that many epochs without a val-accuracy
+    gain, keeping its best epoch's weights.
+    """
+    if optimizer not in ("sgd", "adam"):
+        raise MnistlrError(f"optimizer {optimizer!r} is not accepted; accepted: {', '.join(OPTIMIZERS)}")
+    k = labels.shape[0]
+    weight_decays = [cfg.weight_decay] * k if weight_decays is None else list(weight_decays)
+    l1s = [cfg.l1] * k if l1s is None else list(l1s)
+    if not k == len(rates) == len(weight_decays) == len(l1s):
+        raise MnistlrError(f"fit_models needs one label row, learning rate, weight decay and L1 per model; got "
+                           f"{k}, {len(rates)}, {len(weight_decays)} and {len(l1s)}")
+    if cfg.patience > 0 and val_x is None:
+        raise MnistlrError("train.patience needs validation data to stop on; none was given")
+    device, x = x.device, x.flatten(1)
+    theta = initial_parameters(seed).to(device).repeat(k, 1)  # [K * 10, 785]
+    opt = Optimizer(theta, optimizer, _per_model(rates, device), cfg.momentum, _per_model(weight_decays, device))
+    l1 = _per_model(l1s, device)
+    l1 = l1 if isinstance(l1, torch.Tensor) or l1 > 0 else None
+    n = x.shape[0] if rows is None else rows.shape[0]
+    bs = min(cfg.batch_size, n)
+    steps = math.ceil(n / bs)
+    factors = lr_schedule(cfg.schedule, 1.0, cfg.epochs * steps)
+    order = torch.Generator().manual_seed(derive_seed(seed, "batches"))  # on the CPU: the same on every device
+    xs = torch.empty(n, COLS, dtype=x.dtype, device=device)  # this epoch's inputs in batch order, and a 1
+    xs[:, IN_FEATURES] = 1
+    ys = torch.empty(k, n, dtype=torch.int64, device=device)
+    targets = torch.empty(k, NUM_CLASSES, n, dtype=x.dtype, device=device)
+    nll = torch.empty(k, 1, n, dtype=x.dtype, device=device)
+    correct = torch.empty(k, n, dtype=torch.bool, device=device)
+    grad = torch.empty_like(theta)
+    graph = _EpochGraph(steps, device) if device.type == "cuda" and cfg.cuda_graph else None
+    val_y_np = None if val_y is None else val_y.cpu().numpy()
+    histories: list[list[EpochRecord]] = [[] for _ in range(k)]
+    stoppers = [EarlyStopping(cfg.patience) for _ in range(k)]
+    active = list(range(k))
+
+    def run_step(s: int, *scalars) -> None:
+        lo, hi = s * bs, min((s + 1) * bs, n)
+        gradient(theta, xs[lo:hi], targets[:, :, lo:hi], ys[:, lo:hi], cfg.loss, grad, nll[:, :, lo:hi],
+                 correct[:, lo:hi])
+        add_penalties(grad, theta, l1, cfg.grad_clip, k)
+        opt.step(grad, *scalars)
+
+    for epoch in range(1, cfg.epochs + 1):
+        started = time.perf_counter()
+        base = (epoch - 1) * steps
+        perm = torch.randperm(n, generator=order).to(device)
+        # one permuted copy per epoch, on every thread: gathering each batch's rows at its step instead
+        # waits on memory every time (measured here: 37 us a batch, against 15 for its share of this copy)
+        torch.index_select(x, 0, perm if rows is None else rows[perm], out=xs[:, :IN_FEATURES])
+        torch.index_select(labels, 1, perm, out=ys)
+        targets.zero_().scatter_(1, ys.unsqueeze(1), 1.0)
+        scalars = [opt.scalars(factors[base + s], base + s + 1) for s in range(steps)]
+        if graph is not None:
+            graph.run(scalars, run_step)
+        else:
+            with _threads(1):  # batch-sized products are too small to share: OpenMP hand-offs cost more than they save
+                for s, step_scalars in enumerate(scalars):
+                    run_step(s, *step_scalars)
+        # the epoch's one wait for the device: its running scores, in float64
+        train_loss = [-float(row.double().sum()) / n for row in nll]  # model by model: the same sum as alone
+        train_accuracy = [int(row.sum()) / n for row in correct]
+        val = _val_scores(theta, val_x, val_y_np) if val_x is not None else None
+        seconds = time.perf_counter() - started
+        for i in list(active):
+            if not (math.isfinite(train_loss[i]) and bool(torch.isfinite(theta[i * NUM_CLASSES : (i + 1) * NUM_CLASSES]).all())):
+                raise _diverged(epoch, train_loss[i], optimizer, rates[i])
+            if val is None:
+                continue
+            record = EpochRecord(epoch, train_loss[i], train_accuracy[i], *val[i], factors[epoch * steps] * rates[i],
+                                 seconds)
+            histories[i].append(record)
+            if stoppers[i].update(epoch, record.val_accuracy, theta[i * NUM_CLASSES : (i + 1) * NUM_CLASSES]):
+                active.remove(i)
+        if not active:
+            break
+    fitted = []
+    for i in range(k):
+        block = stoppers[i].best(theta[i * NUM_CLASSES : (i + 1) * NUM_CLASSES])
+        fitted.append(Fitted(to_module(block), histories[i]))
+    return fitted
+
+
+def _val_scores(theta: torch.Tensor, val_x: torch.Tensor, val_y: np.ndarray) -> list[tuple[float, float]]:
+    """(cross-entropy, accuracy) of each of the K models on the validation set, by mnistlr.metrics."""
+    scores = []
+    for block in theta.split(NUM_CLASSES):  # one product per model: its scores never depend on the others
+        logits = torch.addmm(block[:, IN_FEATURES], val_x.flatten(1), block[:, :IN_FEATURES].t())
+        scores.append(metrics.loss_and_accuracy(logits.cpu().numpy(), val_y))
+    return scores
+
+
+class _EpochGraph:
+    """On CUDA: the first epoch runs eagerly (it also warms up the kernels), then one epoch of steps is
+    captured as a CUDA graph and replayed for every later epoch, with each step's scalars copied into a
+    device table first. Capturing records kernels without running them, so capture costs no epoch."""
+
+    def __init__(self, steps: int, device: torch.device) -> None:
+        self.table = torch.empty(steps, 3, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def run(self, scalars: list[tuple[float, float, float]], run_step) -> None:
+        self.table.copy_(torch.tensor(scalars, dtype=torch.float32))
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        for s in range(len(scalars)):  # eager, reading the same table the graph will read
+            run_step(s, *self.table[s])
+        self.graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize()
+        with torch.cuda.graph(self.graph):
+            for s in range(len(scalars)):
+                run_step(s, *self.table[s])
+
+
+def fit(
+    x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
+    cfg: TrainParams, optimizer: str, lr: float, seed: int,
+) -> tuple[LogisticRegression, list[EpochRecord]]:
+    """Train a fresh model on (x, y), which live on the device to train on; log each epoch.
+
+    cfg.grad_clip > 0 clips each step's global gradient norm; cfg.patience > 0 stops after that
+    many epochs without a val-accuracy gain and returns the best epoch's weights.
+    """
+    if optimizer == "lbfgs":
+        return fit_lbfgs(x, y, val_x, val_y, cfg, lr, seed)
+    (one,) = fit_models(x, y[None], val_x, val_y, cfg, optimizer, [lr], seed=seed)
+    return one.model, one.history
+
+
+def batchable(cfg: TrainParams, optimizer: str) -> bool:
+    """Whether fit_batched trains these settings as fit would: SGD or Adam without early stopping
+    (fit_batched scores nothing to stop on)."""
+    return optimizer in ("sgd", "adam") and cfg.patience == 0
+
+
+def fit_batched(
+    x: torch.Tensor, y: torch.Tensor, cfg: TrainParams, optimizer: str, rates: Sequence[float],
+    weight_decays: Sequence[float], seed: int, l1s: Sequence[float] | None = None,
+) -> list[LogisticRegression]:
+    """K models on the same data, each its own lr, weight decay and L1, trained at once: the studies'
+    grids. No learning curves: the studies score the results once."""
+    if not batchable(cfg, optimizer):
+        raise MnistlrError(f"batched training takes sgd or adam without patience; got optimizer {optimizer!r} "
+                           f"with patience {cfg.patience}")
+    k = len(rates)
+    l1s = [0.0] * k if l1s is None else list(l1s)
+    return [f.model for f in fit_models(x, y[None].expand(k, -1), None, None, cfg, optimizer, rates,
+                                        weight_decays, l1s, seed)]
+
+
+# --- 5. L-BFGS -------------------------------------------------------------------------------------
+
+
+def fit_lbfgs(
+    x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, cfg: TrainParams, lr: float, seed: int
+) -> tuple[LogisticRegression, list[EpochRecord]]:
+    """Full-batch L-BFGS: the minimum of the (convex) regularized objective, not an approximation of it.
+
+    Every "epoch" is one LBFGS.step of cfg.lbfgs_iters iterations over the whole training set
+    (the optimizer keeps its curvature history across steps), so the learning-curve log has the
+    same shape as for SGD/Adam. The step size is lr, scaled by a strong-Wolfe line search;
+    cfg.patience works as for SGD/Adam; gradient clipping does not apply.
+    """
+    if cfg.grad_clip > 0:
+        raise MnistlrError(f"train.grad_clip = {cfg.grad_clip} does not apply to optimizer lbfgs "
+                           "(its line search sets each step's length); accepted with lbfgs: 0")
+    model = to_module(initial_parameters(seed).to(x.device)).train()  # the initial weights of SGD/Adam
+    criterion = make_criterion(cfg.loss)
+    opt = torch.optim.LBFGS(
+        model.parameters(), lr=lr, max_iter=cfg.lbfgs_iters, history_size=20,
+        tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = regularized_objective(model, criterion, x, y, cfg.l1, cfg.weight_decay)
+        loss.backward()
+        return loss.detach()  # L-BFGS reads only the value and the parameters' .grad
+
+    history = []
+    stopper = EarlyStopping(cfg.patience)
+    for epoch in range(1, cfg.epochs + 1):
+        started = time.perf_counter()
+        value = float(opt.step(closure))
+        if not math.isfinite(value):
+            raise MnistlrError(
+                f"training diverged: objective became {value} at epoch {epoch} with train.lr.lbfgs = {lr}; "
+                "lower the learning rate"
+            )
+        history.append(EpochRecord(epoch, *score(model, x, y), *score(model, val_x, val_y), lr,
+                                   time.perf_counter() - started))
+        if stopper.update(epoch, history[-1].val_accuracy, model.fc.weight, model.fc.bias):
+            break
+    best = stopper.best(model.fc.weight.detach(), model.fc.bias.detach())
+    if stopper.enabled:
+        with torch.no_grad():
+            model.fc.weight.copy_(best[0]), model.fc.bias.copy_(best[1])
+    return model.eval(), history
+
+
+# --- 6. learning curves and early stopping ------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -224,269 +549,34 @@ class EpochRecord:
 class EarlyStopping:
     """Tracks the best validation accuracy; `patience` epochs without a strict gain means stop.
 
-    patience = 0 turns it off: `update` never asks to stop and `restore` keeps the last weights.
+    patience = 0 turns it off: `update` never asks to stop and `best` gives back the last weights.
     """
 
     def __init__(self, patience: int) -> None:
         self.patience = patience
         self.best_accuracy = float("-inf")
         self.best_epoch = 0
-        self._best_state: dict | None = None
+        self._best: tuple[torch.Tensor, ...] | None = None
 
     @property
     def enabled(self) -> bool:
         return self.patience > 0
 
-    def update(self, epoch: int, val_accuracy: float, model: nn.Module) -> bool:
-        """Record one epoch; True when training should stop now."""
+    def update(self, epoch: int, val_accuracy: float, *tensors: torch.Tensor) -> bool:
+        """Record one epoch of the weights `tensors`; True when training should stop now."""
         if not self.enabled:
             return False
         if val_accuracy > self.best_accuracy:
             self.best_accuracy, self.best_epoch = val_accuracy, epoch
             # A device-side copy: no host transfer, and later steps cannot alias it.
-            self._best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self._best = tuple(t.detach().clone() for t in tensors)
         return epoch - self.best_epoch >= self.patience
 
-    def restore(self, model: nn.Module) -> None:
-        """Load the best epoch's weights back into `model` (no-op when off)."""
-        if self._best_state is not None:
-            model.load_state_dict(self._best_state)
-
-
-def _record(model: nn.Module, epoch: int, lr: float, started: float, x, y, val_x, val_y) -> EpochRecord:
-    """Score the epoch on train and val: the epoch's one wait for the device."""
-    return EpochRecord(epoch, *score(model, x, y), *score(model, val_x, val_y), lr, time.perf_counter() - started)
-
-
-# --- fitting ---------------------------------------------------------------------------------------
-
-
-def fit(
-    x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-    cfg: TrainParams, optimizer: str, lr: float, seed: int,
-) -> tuple[LogisticRegression, list[EpochRecord]]:
-    """Train a fresh model on (x, y), which live on the device to train on; log each epoch.
-
-    cfg.grad_clip > 0 clips each step's global gradient norm; cfg.patience > 0 stops after that
-    many epochs without a val-accuracy gain and returns the best epoch's weights.
-    """
-    if optimizer == "lbfgs":
-        return fit_lbfgs(x, y, val_x, val_y, cfg, lr, seed)
-    if optimizer not in OPTIMIZERS:
-        raise MnistlrError(f"optimizer {optimizer!r} is not accepted; accepted: {', '.join(OPTIMIZERS)}")
-    device = x.device
-    torch.manual_seed(seed)  # weight init
-    model = LogisticRegression().to(device)
-    criterion = make_criterion(cfg.loss)
-    n = x.shape[0]
-    bs = min(cfg.batch_size, n)
-    steps = math.ceil(n / bs)
-    rates = lr_schedule(cfg.schedule, lr, cfg.epochs * steps)
-    graphed = device.type == "cuda" and cfg.cuda_graph
-    # A graph replays kernels with the arguments they were captured with, so the rate must live in a tensor.
-    lr_now = torch.tensor(lr, device=device) if graphed else None
-    opt = Optimizer(model, optimizer, lr_now if graphed else lr, cfg.momentum, cfg.weight_decay,
-                    fused=device.type == "cuda")
-    # on the CPU, so batch order is the same on every device
-    order = torch.Generator().manual_seed(derive_seed(seed, "batches"))
-    xs, ys = torch.empty_like(x), torch.empty_like(y)
-    step_losses = torch.empty(steps, device=device)
-    epoch_rates = torch.empty(steps, device=device) if graphed else None
-    graph = None
-    history = []
-    stopper = EarlyStopping(cfg.patience)
-
-    def run_epoch(set_lr: Callable[[int], object]) -> None:
-        for step in range(steps):
-            set_lr(step)
-            _, loss = training_loss(model, criterion, xs[step * bs : (step + 1) * bs],
-                                    ys[step * bs : (step + 1) * bs], cfg.l1)
-            opt.zero_grad()
-            loss.backward()
-            if cfg.grad_clip > 0:
-                # The returned norm stays unread: reading it would sync with the device every step.
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
-            opt.step()
-            step_losses[step] = loss.detach()
-
-    for epoch in range(1, cfg.epochs + 1):
-        started = time.perf_counter()
-        model.train()
-        base = (epoch - 1) * steps
-        perm = torch.randperm(n, generator=order).to(device)
-        torch.index_select(x, 0, perm, out=xs)
-        torch.index_select(y, 0, perm, out=ys)
-        if graph is not None:
-            epoch_rates.copy_(torch.tensor(rates[base : base + steps]))
-            graph.replay()
-        elif graphed:
-            run_epoch(lambda s: lr_now.fill_(rates[base + s]))
-        else:
-            with _threads(1):  # batch-64 ops are too small to share: OpenMP hand-offs cost more than they save
-                run_epoch(lambda s: setattr(opt, "lr", rates[base + s]))
-        if graphed and graph is None and epoch < cfg.epochs:
-            # Capturing records kernels without running them: the weights stay as epoch `epoch` left them.
-            graph = torch.cuda.CUDAGraph()
-            torch.cuda.synchronize()
-            with torch.cuda.graph(graph):
-                run_epoch(lambda s: lr_now.copy_(epoch_rates[s]))
-        _raise_if_diverged(step_losses, epoch, optimizer, lr)
-        history.append(_record(model, epoch, rates[epoch * steps], started, x, y, val_x, val_y))
-        if stopper.update(epoch, history[-1].val_accuracy, model):
-            break
-    stopper.restore(model)
-    return model.eval(), history
-
-
-def fit_lbfgs(
-    x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, cfg: TrainParams, lr: float, seed: int
-) -> tuple[LogisticRegression, list[EpochRecord]]:
-    """Full-batch L-BFGS: the minimum of the (convex) regularized objective, not an approximation of it.
-
-    Every "epoch" is one LBFGS.step of cfg.lbfgs_iters iterations over the whole training set
-    (the optimizer keeps its curvature history across steps), so the learning-curve log has the
-    same shape as for SGD/Adam. The step size is lr, scaled by a strong-Wolfe line search;
-    cfg.patience works as for SGD/Adam; gradient clipping does not apply.
-    """
-    if cfg.grad_clip > 0:
-        raise MnistlrError(f"train.grad_clip = {cfg.grad_clip} does not apply to optimizer lbfgs "
-                           "(its line search sets each step's length); accepted with lbfgs: 0")
-    torch.manual_seed(seed)  # weight init, as for SGD/Adam
-    model = LogisticRegression().to(x.device)
-    criterion = make_criterion(cfg.loss)
-    opt = torch.optim.LBFGS(
-        model.parameters(), lr=lr, max_iter=cfg.lbfgs_iters, history_size=20,
-        tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe",
-    )
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad(set_to_none=True)
-        loss = regularized_objective(model, criterion, x, y, cfg.l1, cfg.weight_decay)
-        loss.backward()
-        return loss.detach()  # L-BFGS reads only the value and the parameters' .grad
-
-    history = []
-    stopper = EarlyStopping(cfg.patience)
-    for epoch in range(1, cfg.epochs + 1):
-        started = time.perf_counter()
-        model.train()
-        value = float(opt.step(closure))
-        if not math.isfinite(value):
-            raise MnistlrError(
-                f"training diverged: objective became {value} at epoch {epoch} with train.lr.lbfgs = {lr}; "
-                "lower the learning rate"
-            )
-        history.append(_record(model, epoch, lr, started, x, y, val_x, val_y))
-        if stopper.update(epoch, history[-1].val_accuracy, model):
-            break
-    stopper.restore(model)
-    return model.eval(), history
-
-
-def batchable(cfg: TrainParams, optimizer: str) -> bool:
-    """Whether fit_batched trains these settings exactly as fit would (it has no L1, clipping, momentum,
-    early stopping or least squares)."""
-    return (optimizer in ("sgd", "adam") and cfg.loss == "ce" and cfg.l1 == 0 and cfg.grad_clip == 0
-            and cfg.momentum == 0 and cfg.patience == 0)
-
-
-def fit_batched(
-    x: torch.Tensor, y: torch.Tensor, cfg: TrainParams, optimizer: str, rates: Sequence[float],
-    weight_decays: Sequence[float], seed: int, l1s: Sequence[float] | None = None,
-) -> list[LogisticRegression]:
-    """K models that share an optimizer, batch size and epochs, trained at once: the same updates as K
-    calls of `fit` (same initial weights, same batch order, each its own lr, weight decay and L1), but
-    every step is one product of the batch with the K weight matrices side by side, [784, K * 10].
-
-    Small linear models leave a core mostly idle per step; K of them fill it. No learning curves: the
-    studies score the results once.
-    """
-    if not batchable(cfg, optimizer):
-        raise MnistlrError(f"batched training takes sgd or adam with loss ce and no l1, grad_clip, momentum or "
-                           f"patience; got optimizer {optimizer!r} with {cfg.model_dump()}")
-    l1s = [0.0] * len(rates) if l1s is None else list(l1s)
-    if not rates or not len(rates) == len(weight_decays) == len(l1s):
-        raise MnistlrError(f"batched training needs one weight decay and one L1 per learning rate; got "
-                           f"{len(rates)}, {len(weight_decays)} and {len(l1s)}")
-    device, k = x.device, len(rates)
-    torch.manual_seed(seed)  # the initial weights fit() starts every model from
-    init = LogisticRegression()
-    w = init.fc.weight.detach().T.unsqueeze(1).repeat(1, k, 1).to(device).requires_grad_()  # [784, K, 10]
-    b = init.fc.bias.detach().repeat(k, 1).to(device).requires_grad_()  # [K, 10]
-    lr = torch.tensor(rates, dtype=x.dtype, device=device)
-    decay = torch.tensor(weight_decays, dtype=x.dtype, device=device).view(1, k, 1)
-    l1 = torch.tensor(l1s, dtype=x.dtype, device=device).view(1, k, 1)
-    any_l1 = any(v > 0 for v in l1s)
-    n = x.shape[0]
-    bs = min(cfg.batch_size, n)
-    steps = math.ceil(n / bs)
-    factors = lr_schedule(cfg.schedule, 1.0, cfg.epochs * steps)
-    beta1, beta2 = Optimizer.BETAS
-    moments = [torch.zeros_like(t) for t in (w, b, w, b)]  # Adam: first and second moments of w and b
-    order = torch.Generator().manual_seed(derive_seed(seed, "batches"))  # fit's batch order
-    t = 0
-    for _ in range(cfg.epochs):
-        perm = torch.randperm(n, generator=order).to(device)
-        xs, ys = x[perm], y[perm]
-        for step in range(steps):
-            xb, yb = xs[step * bs : (step + 1) * bs], ys[step * bs : (step + 1) * bs]
-            logits = (xb @ w.view(IN_FEATURES, -1)).view(len(xb), k, NUM_CLASSES) + b
-            # the sum over models of each one's mean cross-entropy: each gradient is its own model's
-            loss = F.cross_entropy(logits.transpose(1, 2), yb[:, None].expand(-1, k)) * k
-            gw, gb = torch.autograd.grad(loss, (w, b))
-            rate = lr * factors[t]
-            t += 1
-            with torch.no_grad():
-                gw = gw + decay * w  # L2 on the weights, not the bias, as in fit
-                if any_l1:  # the gradient of l1 * sum|W| (0 at 0, as autograd's abs)
-                    gw = gw + l1 * torch.sign(w)
-                if optimizer == "sgd":
-                    w -= rate.view(1, k, 1) * gw
-                    b -= rate.view(k, 1) * gb
-                    continue
-                for param, grad, m, v, shape in ((w, gw, moments[0], moments[2], (1, k, 1)),
-                                                 (b, gb, moments[1], moments[3], (k, 1))):
-                    m.lerp_(grad, 1 - beta1)
-                    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                    denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(Optimizer.EPS)
-                    param -= (rate / (1 - beta1**t)).view(shape) * m / denom
-    models = []
-    for i in range(k):
-        model = LogisticRegression().to(device)
-        with torch.no_grad():
-            model.fc.weight.copy_(w[:, i, :].T)
-            model.fc.bias.copy_(b[i])
-        models.append(model.eval())
-    return models
-
-
-@contextmanager
-def _threads(n: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _raise_if_diverged(step_losses: torch.Tensor, epoch: int, optimizer: str, lr: float) -> None:
-    finite = torch.isfinite(step_losses)
-    if not bool(finite.all()):
-        step = int((~finite).nonzero()[0, 0]) + 1
-        raise MnistlrError(
-            f"training diverged: loss became {float(step_losses[step - 1])} at epoch {epoch}, step {step} "
-            f"with train.lr.{optimizer} = {lr}; "
-            "lower the learning rate or set train.grad_clip (e.g. 1.0)"
-        )
-
-
-# --- the stage ---------------------------------------------------------------------------------------
-
-
-def to_device(device: torch.device, *arrays: np.ndarray) -> list[torch.Tensor]:
-    """numpy arrays from the prepared folder as tensors on `device`."""
-    return [torch.from_numpy(a).to(device) for a in arrays]
+    def best(self, *last: torch.Tensor):
+        """The best epoch's copy of the weights (the last weights `last` when off); one tensor or a tuple,
+        as passed."""
+        kept = self._best if self._best is not None else last
+        return kept[0] if len(kept) == 1 else kept
 
 
 def best_epoch(history: Sequence[EpochRecord]) -> int:
@@ -494,8 +584,8 @@ def best_epoch(history: Sequence[EpochRecord]) -> int:
     return max(history, key=lambda r: r.val_accuracy).epoch
 
 
-def write_history(path: str | Path, history: Sequence[EpochRecord], best: int | None = None) -> None:
-    """The learning curve as CSV, one row per epoch (DVC plots it with x = epoch).
+def history_csv(history: Sequence[EpochRecord], best: int | None = None) -> str:
+    """The learning curve as CSV text, one row per epoch (DVC plots it with x = epoch).
 
     With `best` (early stopping on) a `best` column marks the epoch whose weights were kept.
     """
@@ -508,19 +598,65 @@ def write_history(path: str | Path, history: Sequence[EpochRecord], best: int | 
         if best is not None:
             row["best"] = int(record.epoch == best)
         writer.writerow(row)
-    atomic.write_text(path, buf.getvalue())
+    return buf.getvalue()
 
 
-def train(params: Params, variant: str, prepared: str | Path, model_path: str | Path,
-          log_path: str | Path) -> list[EpochRecord]:
-    """Train on `variant` with the params' optimizer; write the model and the per-epoch log."""
-    params.variant(variant)
-    pre = load_preprocessing(prepared)  # the model file carries it
+def write_history(path: str | Path, history: Sequence[EpochRecord], best: int | None = None) -> None:
+    """history_csv, written atomically."""
+    atomic.write_text(path, history_csv(history, best))
+
+
+# --- 7. the stage ----------------------------------------------------------------------------------------
+
+
+def to_device(device: torch.device, *arrays: np.ndarray) -> list[torch.Tensor]:
+    """numpy arrays from the prepared folder as tensors on `device`."""
+    return [torch.from_numpy(a).to(device) for a in arrays]
+
+
+def train_variants(params: Params, prepared: str | Path) -> dict[str, tuple[LogisticRegression, list[EpochRecord]]]:
+    """Every variant of params.yaml fitted with the params' optimizer, in params order.
+
+    Variants that train on the same images in the same order (e.g. a noisy copy of `full`) share their
+    input batches and train as one program; each still has its own labels, curve and weights.
+    """
     device = resolve_device(params.train.device)
-    x, y = to_device(device, *load_variant(prepared, variant))
+    pixels, _ = load_split(prepared, "train")  # the train split, read once: each variant is a set of its rows
     val_x, val_y = to_device(device, *load_split(prepared, "val"))
-    model, history = fit(x, y, val_x, val_y, params.train, params.optimizer, params.lr, params.seed)
-    model.to_model(pre).save(model_path)
-    # Only with early stopping are the saved weights the best epoch's rather than the last's.
-    write_history(log_path, history, best_epoch(history) if params.train.patience > 0 else None)
-    return history
+    groups: list[tuple[np.ndarray, list[tuple[str, np.ndarray]]]] = []
+    for name in params.variants:
+        index, labels = load_variant_index(prepared, name)
+        same = next((g for g in groups if np.array_equal(g[0], index)), None)
+        if same is None:
+            groups.append((index, [(name, labels)]))
+        else:
+            same[1].append((name, labels))
+    fitted: dict[str, tuple[LogisticRegression, list[EpochRecord]]] = {}
+    x = torch.from_numpy(pixels).to(device)
+    for index, members in groups:
+        rows = torch.from_numpy(index).to(device)
+        if params.optimizer == "lbfgs":  # full batch: the subset itself
+            for name, labels in members:
+                fitted[name] = fit_lbfgs(x[rows], torch.from_numpy(labels).to(device), val_x, val_y, params.train,
+                                         params.lr, params.seed)
+            continue
+        labels = torch.from_numpy(np.stack([labels for _, labels in members])).to(device)
+        programs = fit_models(x, labels, val_x, val_y, params.train, params.optimizer, [params.lr] * len(members),
+                              seed=params.seed, rows=rows)
+        for (name, _), one in zip(members, programs):
+            fitted[name] = (one.model, one.history)
+    return {name: fitted[name] for name in params.variants}
+
+
+def train(params: Params, prepared: str | Path, models_dir: str | Path, curves_dir: str | Path) -> dict[str, list[EpochRecord]]:
+    """Train every variant; then write models/<variant>.npz and its learning curve <variant>.csv.
+
+    Nothing is written until every variant has trained, so a failure leaves no partial set.
+    """
+    pre = load_preprocessing(prepared)  # every model file carries it
+    fitted = train_variants(params, prepared)
+    for name, (model, history) in fitted.items():
+        model.to_model(pre).save(Path(models_dir) / f"{name}.npz")
+        # Only with early stopping are the saved weights the best epoch's rather than the last's.
+        write_history(Path(curves_dir) / f"{name}.csv", history, best_epoch(history) if params.train.patience > 0 else None)
+    return {name: history for name, (_, history) in fitted.items()}

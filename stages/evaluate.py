@@ -1,4 +1,4 @@
-"""DVC stage: score one trained variant on the validation and test sets."""
+"""DVC stage: score every trained variant on the validation and test sets, and draw the run's figures."""
 
 from pathlib import Path
 
@@ -14,18 +14,17 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 @app.command()
 @user_errors
 def main(
-    variant: str = typer.Option(..., help="variant name from params.yaml"),
     params: Path = typer.Option("params.yaml", help="params file"),
     prepared: Path = typer.Option("data/prepared", help="output folder of the prepare stage"),
-    model: Path = typer.Option(..., help="model written by the train stage (.npz)"),
-    metrics: Path = typer.Option(..., help="headline metrics JSON to write (what dvc metrics diff shows)"),
-    details: Path = typer.Option(..., help="details JSON to write: per-class scores, weight norms, reliability bins"),
-    predictions: Path = typer.Option(..., help="test-set actual,predicted CSV to write"),
-    figures: Path = typer.Option(..., help="folder for confusion.png, weights.png and reliability.png"),
+    models: Path = typer.Option("models", help="folder of <variant>.npz written by the train stage"),
+    curves: Path = typer.Option("plots/train", help="folder of <variant>.csv learning curves written by the train stage"),
+    metrics: Path = typer.Option("metrics", help="folder for <variant>.json headline metrics (what dvc metrics diff shows)"),
+    predictions: Path = typer.Option("plots/predictions", help="folder for <variant>.csv test predictions (actual,predicted)"),
+    figures: Path = typer.Option("reports/figures", help="folder for the run's PNG figures"),
 ) -> None:
-    """Write metrics and details JSON, test predictions, and the confusion, weight and reliability figures."""
-    m = evaluate(load_params(params), variant, prepared, model, metrics, details, predictions, figures)
-    typer.echo(f"{variant}: test accuracy {m['test']['accuracy']:.4f} test loss {m['test']['loss']:.4f}")
+    """Write metrics and test predictions of every variant, then the figures."""
+    for name, m in evaluate(load_params(params), prepared, models, curves, metrics, predictions, figures).items():
+        typer.echo(f"{name}: test accuracy {m['test']['accuracy']:.4f} test loss {m['test']['loss']:.4f}")
 
 
 if __name__ == "__main__":

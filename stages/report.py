@@ -16,17 +16,15 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 def main(
     params: Path = typer.Option("params.yaml", help="params file"),
     metrics: Path = typer.Option("metrics", help="folder of <variant>.json headline metrics"),
-    details: Path = typer.Option("reports/details", help="folder of <variant>.json evaluation details"),
     summaries: Path = typer.Option("data/prepared/variants", help="folder of <variant>.json data summaries"),
-    curves: Path = typer.Option("plots/train", help="folder of <variant>.csv learning curves"),
     predictions: Path = typer.Option("plots/predictions", help="folder of <variant>.csv test predictions"),
-    out: Path = typer.Option("reports/report.md", help="report to write"),
-    prepared: Path = typer.Option("data/prepared", help="prepare's output (test.npz: pixels of misclassified digits)"),
+    out: Path = typer.Option("reports/report.md", help="report to write (it links the figures in reports/figures)"),
+    prepared: Path = typer.Option("data/prepared", help="prepare's output (preprocessing.json: what the inputs went through)"),
     experiments: Path = typer.Option("experiments", help="folder of the committed `mnistlr compare` output"),
 ) -> None:
     """Write the report: results table against the tutorial's numbers, curves, confusions, weights."""
-    build_report(load_params(params), metrics, details, summaries, curves, predictions, out,
-                 prepared_dir=prepared, experiments_dir=experiments)
+    build_report(load_params(params), metrics, summaries, predictions, out, prepared_dir=prepared,
+                 experiments_dir=experiments)
     typer.echo(f"wrote {out}")
 
 

@@ -1,4 +1,4 @@
-"""DVC stage: train the logistic-regression model on one training-set variant."""
+"""DVC stage: train the logistic-regression model on every training-set variant, in one process."""
 
 from pathlib import Path
 
@@ -14,15 +14,15 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 @app.command()
 @user_errors
 def main(
-    variant: str = typer.Option(..., help="variant name from params.yaml"),
     params: Path = typer.Option("params.yaml", help="params file"),
     prepared: Path = typer.Option("data/prepared", help="output folder of the prepare stage"),
-    model: Path = typer.Option(..., help="where to save the model (.npz: weights, bias, normalization)"),
-    log: Path = typer.Option(..., help="per-epoch learning-curve CSV"),
+    models: Path = typer.Option("models", help="folder for <variant>.npz (weights, bias, preprocessing)"),
+    curves: Path = typer.Option("plots/train", help="folder for <variant>.csv, the per-epoch learning curves"),
 ) -> None:
-    """Train on VARIANT with the optimizer and hyperparameters in params.yaml."""
-    last = train(load_params(params), variant, prepared, model, log)[-1]
-    typer.echo(f"{variant}: epoch {last.epoch} val accuracy {last.val_accuracy:.4f} val loss {last.val_loss:.4f}")
+    """Train every variant of params.yaml with its optimizer and hyperparameters."""
+    for name, history in train(load_params(params), prepared, models, curves).items():
+        last = history[-1]
+        typer.echo(f"{name}: epoch {last.epoch} val accuracy {last.val_accuracy:.4f} val loss {last.val_loss:.4f}")
 
 
 if __name__ == "__main__":
