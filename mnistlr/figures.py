@@ -48,21 +48,6 @@ def confusion_figure(cm: np.ndarray, title: str = "Confusion matrix (test set)")
     return fig
 
 
-def weight_grid_figure(weight: np.ndarray, title: str = "Per-class weights") -> Figure:
-    """A 2x5 grid of 28x28 weight images; seismic colormap, limits symmetric about zero."""
-    weight = np.asarray(weight)
-    fig, axes = plt.subplots(2, 5, figsize=(10, 4.4), dpi=100)
-    for cls, ax in enumerate(axes.flat):
-        img = weight[cls].reshape(28, 28)
-        vmax = float(np.abs(img).max()) or 1.0
-        ax.imshow(img, cmap="seismic", vmin=-vmax, vmax=vmax)
-        ax.set_title(f"Class {cls}")
-        ax.axis("off")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
 def learning_curves_figure(histories: Mapping[str, Sequence[Mapping[str, float]]]) -> Figure:
     """Loss and accuracy against epoch: solid = validation, dashed = train, one colour per run."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
@@ -143,39 +128,54 @@ def noise_figure(rows: Sequence[Mapping]) -> Figure:
     return fig
 
 
-def confusion_examples_figure(examples: Sequence[tuple[int, int, np.ndarray]], per_pair: int) -> Figure:
-    """One row per (true, predicted) pair: up to `per_pair` misclassified digits as 28x28 grey images."""
-    n = max(1, len(examples))
-    fig, axes = plt.subplots(n, per_pair, figsize=(1.3 * per_pair + 1.2, 1.4 * n), dpi=100, squeeze=False)
-    for row, (true, pred, images) in enumerate(examples):
-        for col in range(per_pair):
-            ax = axes[row, col]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col < len(images):
-                ax.imshow(images[col], cmap="gray_r", vmin=0, vmax=1)
-            else:
-                ax.axis("off")
-        axes[row, 0].set_ylabel(f"{true} → {pred}", rotation=0, ha="right", va="center", fontsize=11)
-    fig.suptitle("Misclassified test digits (true → predicted)")
+def _mosaic(rows: Sequence[Sequence[np.ndarray]], cols: int, side: int = 28, pad: int = 2) -> np.ndarray:
+    """Images laid out row by row into one array, NaN between and where a row has fewer than `cols`.
+
+    A grid of digits drawn as one image in one axes, not one axes per digit: matplotlib spends tens of
+    milliseconds on every axes it lays out and draws."""
+    step = side + pad
+    out = np.full((len(rows) * step - pad, cols * step - pad), np.nan)
+    for r, images in enumerate(rows):
+        for c, image in enumerate(images[:cols]):
+            out[r * step : r * step + side, c * step : c * step + side] = np.asarray(image).reshape(side, side)
+    return out
+
+
+def _image_grid(mosaic: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str] | None, cmap: str,
+                vmin: float, vmax: float, width: float, title: str, side: int = 28, pad: int = 2) -> Figure:
+    """A mosaic from _mosaic in one axes: row labels on the left, column labels (if any) on top."""
+    n_rows = len(row_labels)
+    fig, ax = plt.subplots(figsize=(width, 1.3 * n_rows + 0.8), dpi=100)
+    colors = plt.get_cmap(cmap).copy()
+    colors.set_bad("white")
+    ax.imshow(mosaic, cmap=colors, vmin=vmin, vmax=vmax, interpolation="nearest")
+    centers = np.arange(n_rows) * (side + pad) + side / 2 - 0.5
+    ax.set_yticks(centers, row_labels)
+    if col_labels is None:
+        ax.set_xticks([])
+    else:
+        ax.set_xticks(np.arange(len(col_labels)) * (side + pad) + side / 2 - 0.5, col_labels)
+        ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def confusion_examples_figure(examples: Sequence[tuple[int, int, np.ndarray]], per_pair: int) -> Figure:
+    """One row per (true, predicted) pair: up to `per_pair` misclassified digits as 28x28 grey images."""
+    mosaic = _mosaic([images for _, _, images in examples], per_pair)
+    return _image_grid(mosaic, [f"{t} → {p}" for t, p, _ in examples], None, "gray_r", 0, 1, 1.2 * per_pair + 1.2,
+                       "Misclassified test digits (true → predicted)")
 
 
 def deskew_figure(plain: np.ndarray, deskewed: np.ndarray) -> Figure:
     """Digits [k, 28, 28] as scanned (top row) and deskewed (bottom row), any intensity scale."""
-    k = len(plain)
-    fig, axes = plt.subplots(2, k, figsize=(1.0 * k + 1.4, 2.6), dpi=100, squeeze=False)
-    for row, (images, label) in enumerate(((plain, "as scanned"), (deskewed, "deskewed"))):
-        for col in range(k):
-            ax = axes[row, col]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.imshow(images[col], cmap="gray_r", vmin=0, vmax=max(float(np.max(images)), 1e-9))
-        axes[row, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=10)
-    fig.suptitle("The first test digits before and after deskewing")
-    fig.tight_layout()
-    return fig
+    vmax = max(float(np.max(plain)), float(np.max(deskewed)), 1e-9)
+    return _image_grid(_mosaic([plain, deskewed], len(plain)), ["as scanned", "deskewed"], None, "gray_r", 0, vmax,
+                       0.9 * len(plain) + 1.6, "The first test digits before and after deskewing")
 
 
 def message_figure(text: str) -> Figure:
@@ -206,16 +206,11 @@ def reliability_figure(bins: Mapping[str, list], ece: float, title: str) -> Figu
 
 
 def weight_rows_figure(weights: Mapping[str, np.ndarray], title: str) -> Figure:
-    """One row of ten 28x28 class images per named weight matrix; one symmetric scale per row."""
-    fig, axes = plt.subplots(len(weights), 10, figsize=(13, 1.6 * len(weights) + 0.6), dpi=100, squeeze=False)
-    for row, (name, w) in zip(axes, weights.items()):
-        vmax = float(np.abs(w).max()) or 1.0
-        for cls, ax in enumerate(row):
-            ax.imshow(np.asarray(w)[cls].reshape(28, 28), cmap="seismic", vmin=-vmax, vmax=vmax)
-            ax.set_xticks([]), ax.set_yticks([])
-            if cls == 0:
-                ax.set_ylabel(name, fontsize=9)
-            ax.set_title(str(cls), fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    """One row of ten 28x28 class templates per named weight matrix [10, 784], each image on its own
+    symmetric scale (red +, blue -, white 0)."""
+    rows = []
+    for w in weights.values():
+        w = np.asarray(w, dtype=np.float64)
+        scale = np.abs(w).max(axis=1, keepdims=True)
+        rows.append(w / np.where(scale > 0, scale, 1.0))
+    return _image_grid(_mosaic(rows, 10), list(weights), [str(c) for c in range(10)], "seismic", -1, 1, 13, title)
