@@ -159,6 +159,6 @@ def draw_figures(params: Params, scored: dict[str, Scored], test: tuple[np.ndarr
     figures.save(figures.reliability_figure(bins, scores[ref]["test"]["ece"], f"Reliability diagram, test set ({ref})"),
                  out / "reliability.png")
     figures.save(figures.weight_rows_figure({n: s.model.weight for n, s in scored.items()},
-                                            "Per-class weights of every variant; red +, blue -"), out / "weights.png")
+                                            "Per-class weights of every variant, each image on its own scale: red +, blue -"), out / "weights.png")
     with np.load(prepared / "samples.npz", allow_pickle=False) as samples:
         figures.save(figures.deskew_figure(samples["plain"], samples["deskewed"]), out / "deskew.png")
