@@ -380,9 +380,7 @@ def fit_models(
             with _threads(1):  # batch-sized products are too small to share: OpenMP hand-offs cost more than they save
                 for s, step_scalars in enumerate(scalars):
                     run_step(s, *step_scalars)
-        # the epoch's one wait for the device: its running scores, in float64
-        train_loss = [-float(row.double().sum()) / n for row in nll]  # model by model: the same sum as alone
-        train_accuracy = [int(row.sum()) / n for row in correct]
+        train_loss, train_accuracy = _running_scores(nll, correct)
         val = _val_scores(theta, val_x, val_y_np) if val_x is not None else None
         seconds = time.perf_counter() - started
         for i in list(active):
@@ -402,6 +400,13 @@ def fit_models(
         block = stoppers[i].best(theta[i * NUM_CLASSES : (i + 1) * NUM_CLASSES])
         fitted.append(Fitted(to_module(block), histories[i]))
     return fitted
+
+
+def _running_scores(nll: torch.Tensor, correct: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Each model's mean training loss and accuracy over the epoch's batches, summed in float64, model by
+    model (the same sums as alone): the epoch's one wait for the device."""
+    n = correct.shape[1]
+    return [-float(row.double().sum()) / n for row in nll], [int(row.sum()) / n for row in correct]
 
 
 def _val_scores(theta: torch.Tensor, val_x: torch.Tensor, val_y: np.ndarray) -> list[tuple[float, float]]:

@@ -67,23 +67,6 @@ def test_mnistlr_command_has_help_and_version():
     assert version.returncode == 0 and version.stdout.strip() == __version__, version.stderr
 
 
-EVALUATE_OUTS = ["--metrics", "m.json", "--details", "d.json", "--predictions", "p.csv", "--figures", "f"]
-
-
-@pytest.mark.parametrize("name,extra", [("train.py", ["--log", "x.csv"]), ("evaluate.py", EVALUATE_OUTS)])
-def test_unknown_variant_is_one_line_naming_it_and_the_known_ones(name, extra, tmp_path):
-    outs = [a if a.startswith("--") else str(tmp_path / a) for a in extra]
-    proc = stage(name, "--variant", "ful", "--model", str(tmp_path / "m.npz"), *outs)
-    assert_one_line_error(proc, "unknown variant 'ful'; params.yaml defines: full, frac10, frac25, frac50, noise10")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_evaluate_requires_the_details_path():
-    proc = stage("evaluate.py", "--variant", "full", "--model", "m.npz",
-                 *[a for a in EVALUATE_OUTS if a not in ("--details", "d.json")])
-    assert proc.returncode == 2 and "Missing option '--details'" in proc.stderr, proc.stderr
-
-
 def test_bad_params_file_is_one_line_and_debug_shows_the_traceback(tmp_path):
     params = write_params(tmp_path / "params.yaml", train={"epochs": "ten"})
     args = ("--params", str(params), "--out", str(tmp_path / "prepared"))
@@ -115,42 +98,59 @@ def prepared(tmp_path_factory, synthetic_mirror):
 
 @pytest.fixture(scope="module")
 def trained(prepared):
-    """The train stage run on the prepared folder with patience 2: its exit and output files."""
+    """The train stage run on the prepared folder with patience 2: its exit and output folders."""
     tmp, params = prepared
-    out = {"model": tmp / "full.npz", "log": tmp / "full.csv"}
-    proc = stage("train.py", "--variant", "full", "--params", str(params), "--prepared", str(tmp / "prepared"),
-                 "--model", str(out["model"]), "--log", str(out["log"]))
+    out = {"models": tmp / "models", "curves": tmp / "curves"}
+    proc = stage("train.py", "--params", str(params), "--prepared", str(tmp / "prepared"),
+                 "--models", str(out["models"]), "--curves", str(out["curves"]))
     return proc, out
 
 
 def test_train_with_patience_exits_0_and_logs_the_best_epoch(trained):
     proc, out = trained
     assert proc.returncode == 0, proc.stderr
-    rows = list(csv.DictReader(out["log"].open()))
+    rows = list(csv.DictReader((out["curves"] / "full.csv").open()))
     assert [r["best"] for r in rows].count("1") == 1
     # stopped when patience ran out after the best epoch, well before 30 epochs on these easy digits
     best = next(int(r["epoch"]) for r in rows if r["best"] == "1")
     assert len(rows) == best + 2 < 30
     assert proc.stdout.startswith(f"full: epoch {len(rows)} val accuracy ")
-    model = load_model(out["model"])  # the model carries the params' normalization
+    model = load_model(out["models"] / "full.npz")  # the model carries the params' normalization
     assert (model.mean, model.std) == (0.1307, 0.3081) and model.weight.shape == (10, 784)
 
 
-def test_evaluate_writes_headline_metrics_and_details(trained, prepared):
+EVALUATE_OUTS = {"metrics": "m", "predictions": "p", "figures": "f"}
+FIGURES = ["confusion.png", "confusion_examples.png", "data_size.png", "deskew.png", "learning_curves.png",
+           "noise.png", "reliability.png", "weights.png"]
+
+
+def evaluate_args(tmp: Path, models: Path, curves: Path) -> list[str]:
+    return ["--models", str(models), "--curves", str(curves),
+            *[a for k, v in EVALUATE_OUTS.items() for a in (f"--{k}", str(tmp / "eval" / v))]]
+
+
+def test_evaluate_writes_headline_metrics_predictions_and_figures(trained, prepared):
     tmp, params = prepared
     assert trained[0].returncode == 0, trained[0].stderr
-    out = {k: tmp / "eval" / v for k, v in (("metrics", "m.json"), ("details", "d.json"),
-                                            ("predictions", "p.csv"), ("figures", "fig"))}
-    proc = stage("evaluate.py", "--variant", "full", "--params", str(params), "--prepared", str(tmp / "prepared"),
-                 "--model", str(trained[1]["model"]), *[a for k, p in out.items() for a in (f"--{k}", str(p))])
+    proc = stage("evaluate.py", "--params", str(params), "--prepared", str(tmp / "prepared"),
+                 *evaluate_args(tmp, trained[1]["models"], trained[1]["curves"]))
     assert proc.returncode == 0 and proc.stdout.startswith("full: test accuracy "), proc.stderr
-    metrics = json.loads(out["metrics"].read_text())
+    metrics = json.loads((tmp / "eval" / "m" / "full.json").read_text())
     assert {k: sorted(v) for k, v in metrics.items()} == {
         "test": ["accuracy", "ece", "loss"], "val": ["accuracy", "loss"], "weights": ["sparsity"]}
     assert metrics["test"]["accuracy"] > 0.9  # the synthetic digits are easy
-    assert sorted(json.loads(out["details"].read_text())) == ["classes", "test_reliability", "weights"]
-    assert len(out["predictions"].read_text().splitlines()) == 1 + 300
-    assert sorted(p.name for p in out["figures"].iterdir()) == ["confusion.png", "reliability.png", "weights.png"]
+    assert len((tmp / "eval" / "p" / "full.csv").read_text().splitlines()) == 1 + 300
+    assert sorted(p.name for p in (tmp / "eval" / "f").iterdir()) == FIGURES
+
+
+def test_a_variant_prepare_never_built_is_one_line_and_trains_nothing(prepared, tmp_path):
+    tmp, _ = prepared
+    params = write_params(tmp_path / "params.yaml", data={"val_size": 200}, train={"epochs": 1, "device": "cpu"},
+                          variants={"full": {"fraction": 1.0, "noise": 0.0}, "half": {"fraction": 0.5, "noise": 0.0}})
+    proc = stage("train.py", "--params", str(params), "--prepared", str(tmp / "prepared"),
+                 "--models", str(tmp_path / "models"), "--curves", str(tmp_path / "curves"))
+    assert_one_line_error(proc, "no prepared variant 'half' at", "run the prepare stage first")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
 def test_diverging_training_is_one_line_and_writes_no_model(prepared):
@@ -160,16 +160,15 @@ def test_diverging_training_is_one_line_and_writes_no_model(prepared):
     raw["train"].update(lr={"sgd": 1e38, "adam": 1e-3, "lbfgs": 1.0}, schedule="constant")
     bad = tmp / "huge_lr.yaml"
     bad.write_text(yaml.safe_dump(raw, sort_keys=False))
-    proc = stage("train.py", "--variant", "full", "--params", str(bad), "--prepared", str(tmp / "prepared"),
-                 "--model", str(tmp / "diverged.npz"), "--log", str(tmp / "diverged.csv"))
-    assert_one_line_error(proc, "training diverged: loss became", "at epoch 1, step", "set train.grad_clip")
-    assert not (tmp / "diverged.npz").exists() and not (tmp / "diverged.csv").exists()
+    proc = stage("train.py", "--params", str(bad), "--prepared", str(tmp / "prepared"),
+                 "--models", str(tmp / "diverged"), "--curves", str(tmp / "diverged_curves"))
+    assert_one_line_error(proc, "training diverged: the training loss became", "at epoch 1", "set train.grad_clip")
+    assert not (tmp / "diverged").exists() and not (tmp / "diverged_curves").exists()
 
 
-def test_evaluate_without_a_model_says_to_train(prepared):
+def test_evaluate_without_a_model_says_to_train(prepared, tmp_path):
     tmp, params = prepared
-    proc = stage("evaluate.py", "--variant", "full", "--params", str(params), "--prepared", str(tmp / "prepared"),
-                 "--model", str(tmp / "none.npz"), *[str(tmp / "none" / a) if not a.startswith("--") else a
-                                                     for a in EVALUATE_OUTS])
-    assert_one_line_error(proc, f"no model at {tmp / 'none.npz'}; run the train stage first")
-    assert not (tmp / "none").exists()
+    proc = stage("evaluate.py", "--params", str(params), "--prepared", str(tmp / "prepared"),
+                 *evaluate_args(tmp_path, tmp_path / "none", tmp_path / "curves"))
+    assert_one_line_error(proc, f"no model at {tmp_path / 'none' / 'full.npz'}; run the train stage first")
+    assert not (tmp_path / "eval").exists()

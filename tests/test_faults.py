@@ -37,7 +37,7 @@ def test_huge_learning_rate_names_epoch_step_and_both_remedies():
         fit(x * 1e20, y, x, y, TrainParams(epochs=3, batch_size=20, schedule="constant"), "sgd", 1e4, seed=0)
     msg = str(info.value)
     assert re.fullmatch(
-        r"training diverged: loss became (nan|inf|-inf) at epoch \d+, step \d+ with train\.lr\.sgd = 10000\.0; "
+        r"training diverged: the training loss became (nan|inf|-inf) at epoch \d+ with train\.lr\.sgd = 10000\.0; "
         r"lower the learning rate or set train\.grad_clip \(e\.g\. 1\.0\)",
         msg,
     ), msg
@@ -64,24 +64,24 @@ def test_grad_clip_bounds_the_update_to_lr_times_max_norm():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_clipped_training_steps_never_wait_for_the_gpu(monkeypatch):
-    # Sync debug mode "error" from the first step to the per-epoch divergence check: any
+    # Sync debug mode "error" from the first step to the end-of-epoch read of the running scores: any
     # host sync inside the inner loop (an .item() on the clipped norm, say) raises.
-    real_loss, real_check = train.training_loss, train._raise_if_diverged
+    real_gradient, real_scores = train.gradient, train._running_scores
 
-    def loss_in_error_mode(*args):
+    def gradient_in_error_mode(*args):
         torch.cuda.set_sync_debug_mode("error")
-        return real_loss(*args)
+        return real_gradient(*args)
 
-    def check_in_default_mode(*args):
+    def scores_in_default_mode(*args):
         torch.cuda.set_sync_debug_mode("default")
-        return real_check(*args)
+        return real_scores(*args)
 
-    monkeypatch.setattr(train, "training_loss", loss_in_error_mode)
-    monkeypatch.setattr(train, "_raise_if_diverged", check_in_default_mode)
+    monkeypatch.setattr(train, "gradient", gradient_in_error_mode)
+    monkeypatch.setattr(train, "_running_scores", scores_in_default_mode)
     x, y = (t.cuda() for t in _blobs())
     try:
         for optimizer, lr in (("sgd", 0.1), ("adam", 1e-2)):
-            cfg = TrainParams(epochs=2, batch_size=20, grad_clip=0.5, l1=1e-4, patience=1)
+            cfg = TrainParams(epochs=2, batch_size=20, grad_clip=0.5, l1=1e-4, patience=1, cuda_graph=False)
             model, history = fit(x, y, x, y, cfg, optimizer, lr, seed=0)
             assert history and model.fc.weight.is_cuda
     finally:
@@ -89,24 +89,21 @@ def test_clipped_training_steps_never_wait_for_the_gpu(monkeypatch):
 
 
 def test_early_stopping_keeps_the_best_epochs_weights():
-    model = torch.nn.Linear(2, 1)
+    weights = torch.zeros(1, 2)
     stopper = EarlyStopping(patience=2)
     stops = []
     for epoch, acc in enumerate([0.5, 0.7, 0.6, 0.7], start=1):  # 0.7 again is no gain
-        torch.nn.init.constant_(model.weight, float(epoch))
-        stops.append(stopper.update(epoch, acc, model))
+        weights.fill_(float(epoch))
+        stops.append(stopper.update(epoch, acc, weights))
     assert stops == [False, False, False, True] and stopper.best_epoch == 2
-    stopper.restore(model)
-    assert torch.equal(model.weight, torch.full((1, 2), 2.0))
+    assert torch.equal(stopper.best(weights), torch.full((1, 2), 2.0))
 
 
 def test_patience_zero_never_stops_and_keeps_the_last_weights():
-    model = torch.nn.Linear(2, 1)
+    weights = torch.ones(1, 2)
     stopper = EarlyStopping(patience=0)
-    assert not any(stopper.update(e, 0.1, model) for e in range(1, 50))
-    before = model.weight.detach().clone()
-    stopper.restore(model)
-    assert torch.equal(model.weight, before)
+    assert not any(stopper.update(e, 0.1, weights) for e in range(1, 50))
+    assert stopper.best(weights) is weights
 
 
 def test_patience_stops_fit_early_on_a_plateau_and_marks_the_best_epoch(tmp_path):
@@ -431,11 +428,11 @@ def test_sigkill_while_writing_the_model_shows_no_partial_file_and_repro_recover
     assert not (project / "metrics" / "full.json").exists()
     assert not (project / "reports" / "report.md").exists()
     lock = yaml.safe_load((project / "dvc.lock").read_text()) if (project / "dvc.lock").exists() else {}
-    assert "train@full" not in lock.get("stages", {})
+    assert "train" not in lock.get("stages", {})
     assert "prepare" in lock.get("stages", {})  # what finished before the kill stays done
 
     again = dvc("repro", cwd=project, env=env)
-    assert "Running stage 'train@full'" in again.stdout and "Running stage 'prepare'" not in again.stdout
+    assert "Running stage 'train'" in again.stdout and "Running stage 'prepare'" not in again.stdout
     from mnistlr.model import load_model
 
     assert load_model(project / "models" / "full.npz").weight.shape == (10, 784)
