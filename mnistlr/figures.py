@@ -146,8 +146,7 @@ def _image_grid(mosaic: np.ndarray, row_labels: Sequence[str], col_labels: Seque
     """A mosaic from _mosaic in one axes: row labels on the left, column labels (if any) on top."""
     n_rows = len(row_labels)
     fig, ax = plt.subplots(figsize=(width, 1.3 * n_rows + 0.8), dpi=100)
-    colors = plt.get_cmap(cmap).copy()
-    colors.set_bad("white")
+    colors = plt.get_cmap(cmap).with_extremes(bad="white")
     ax.imshow(mosaic, cmap=colors, vmin=vmin, vmax=vmax, interpolation="nearest")
     centers = np.arange(n_rows) * (side + pad) + side / 2 - 0.5
     ax.set_yticks(centers, row_labels)

@@ -433,7 +433,7 @@ def test_prepare_records_the_preprocessing_of_its_arrays(tmp_path, use_synthetic
 
 
 def test_missing_prepared_split_or_variant_says_to_run_prepare(tmp_path):
-    with pytest.raises(MnistlrError, match=r"^no prepared split 'val' at .*val\.npz; run the prepare stage first$"):
+    with pytest.raises(MnistlrError, match=r"^no prepared split 'val' at .*val; run the prepare stage first$"):
         data.load_split(tmp_path, "val")
     with pytest.raises(MnistlrError, match=r"^no prepared variant 'half' at .*half\.npz; run the prepare stage first$"):
         data.load_variant(tmp_path, "half")

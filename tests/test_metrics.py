@@ -126,30 +126,52 @@ def test_bad_bin_count_is_rejected():
 # --- the evaluate stage --------------------------------------------------------------------------
 
 
-def test_evaluate_writes_six_headline_numbers_details_predictions_and_figures(tmp_path):
+def fake_run(tmp_path, split_data, record=None, weight=None):
+    """A prepared folder with val and test splits, a model and a learning curve for variant `full`."""
     from mnistlr import atomic
-    from mnistlr.evaluate import evaluate
+    from mnistlr.data import split_files
     from mnistlr.model import Model
+    from mnistlr.train import write_history, EpochRecord
+
+    prepared = tmp_path / "prepared"
+    for split, (x, y) in split_data.items():
+        x_path, y_path = split_files(prepared, split)
+        atomic.write_array(x_path, x)
+        atomic.write_array(y_path, y)
+    atomic.write_json(prepared / "preprocessing.json",
+                      {**(record or {"deskew": False, "mean": 0.1307, "std": 0.3081}), "image_side": 28})
+    atomic.write_json(prepared / "variants" / "full.json", {"name": "full", "fraction": 1.0, "noise": 0.0, "size": 100,
+                                                            "labels_changed": 0, "class_histogram": [10] * 10})
+    atomic.write_arrays(prepared / "samples.npz", plain=np.zeros((3, 28, 28), np.uint8),
+                        deskewed=np.zeros((3, 28, 28)), y=np.arange(3))
+    weight = np.zeros((10, 784), np.float32) if weight is None else weight
+    Model(weight=weight, bias=np.zeros(10, np.float32), mean=0.1307, std=0.3081).save(tmp_path / "models" / "full.npz")
+    write_history(tmp_path / "curves" / "full.csv", [EpochRecord(1, 1.0, 0.5, 1.1, 0.4, 0.1)])
+    return prepared
+
+
+def run_evaluate(tmp_path, params, prepared):
+    from mnistlr.evaluate import evaluate
+
+    return evaluate(params, prepared, tmp_path / "models", tmp_path / "curves", tmp_path / "metrics",
+                    tmp_path / "predictions", tmp_path / "figures")
+
+
+def test_evaluate_writes_six_headline_numbers_predictions_and_figures(tmp_path):
+    from mnistlr.model import load_model
     from mnistlr.params import parse_params
 
     rng = np.random.default_rng(0)
-    prepared = tmp_path / "prepared"
-    split_data = {}
-    for split in ("val", "test"):
-        split_data[split] = (rng.normal(size=(50, 784)).astype(np.float32), np.arange(50, dtype=np.int64) % 10)
-        atomic.write_arrays(prepared / f"{split}.npz", x=split_data[split][0], y=split_data[split][1])
-    atomic.write_json(prepared / "preprocessing.json", {"deskew": False, "mean": 0.1307, "std": 0.3081, "image_side": 28})
+    split_data = {split: (rng.normal(size=(50, 784)).astype(np.float32), np.arange(50, dtype=np.int64) % 10)
+                  for split in ("val", "test")}
     weight = (rng.uniform(0.01, 0.1, size=(10, 784)) * rng.choice([-1, 1], size=(10, 784))).astype(np.float32)
     weight[:, :100] = 0.0  # 1000 of 7840 weights are zero, the rest at least 0.01 from it
-    model = Model(weight=weight, bias=np.zeros(10, np.float32), mean=0.1307, std=0.3081)
-    model.save(tmp_path / "m.npz")
-    params = parse_params({"evaluate": {"ece_bins": 10}})
-    out = {k: tmp_path / name for k, name in
-           (("metrics", "m.json"), ("details", "d.json"), ("predictions", "p.csv"), ("figures", "fig"))}
-    m = evaluate(params, "full", prepared, tmp_path / "m.npz", out["metrics"], out["details"], out["predictions"],
-                 out["figures"])
+    prepared = fake_run(tmp_path, split_data, weight=weight)
+    model = load_model(tmp_path / "models" / "full.npz")
+    params = parse_params({"evaluate": {"ece_bins": 10}, "variants": {"full": {"fraction": 1.0, "noise": 0.0}}})
+    m = run_evaluate(tmp_path, params, prepared)["full"]
 
-    written = json.loads(out["metrics"].read_text())
+    written = json.loads((tmp_path / "metrics" / "full.json").read_text())
     assert written == m
     assert {k: sorted(v) for k, v in written.items()} == {
         "test": ["accuracy", "ece", "loss"], "val": ["accuracy", "loss"], "weights": ["sparsity"]}
@@ -161,28 +183,25 @@ def test_evaluate_writes_six_headline_numbers_details_predictions_and_figures(tm
     assert written["test"]["ece"] == round(metrics.expected_calibration_error(test_probs, split_data["test"][1], 10), 6)
     assert written["weights"]["sparsity"] == pytest.approx(1000 / 7840, abs=1e-6)
 
-    details = json.loads(out["details"].read_text())
-    assert sorted(details) == ["classes", "test_reliability", "weights"]
-    assert sorted(details["classes"]) == [str(c) for c in range(10)]
-    assert details["weights"]["l1_norm"] == pytest.approx(float(np.abs(weight).sum()), rel=1e-5)
-    assert details["weights"]["l2_norm"] == pytest.approx(float(np.linalg.norm(weight)), rel=1e-5)
-    assert len(details["test_reliability"]["count"]) == 10 and sum(details["test_reliability"]["count"]) == 50
-
-    lines = out["predictions"].read_text().splitlines()
+    lines = (tmp_path / "predictions" / "full.csv").read_text().splitlines()
     predicted = model.logits(split_data["test"][0]).argmax(1)
     assert lines[0] == "actual,predicted" and lines[1:] == [f"{a},{p}" for a, p in zip(split_data["test"][1], predicted)]
-    for name in ("confusion.png", "weights.png", "reliability.png"):
-        assert (out["figures"] / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert figures == ["confusion.png", "confusion_examples.png", "data_size.png", "deskew.png", "learning_curves.png",
+                       "noise.png", "reliability.png", "weights.png"]
+    for name in figures:
+        assert (tmp_path / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_evaluate_rejects_an_unknown_variant_before_reading_anything(tmp_path):
-    from mnistlr.evaluate import evaluate
+def test_evaluate_without_a_variants_model_writes_nothing(tmp_path):
     from mnistlr.params import parse_params
 
-    with pytest.raises(MnistlrError, match=r"^unknown variant 'ful'; params.yaml defines: full$"):
-        evaluate(parse_params({}), "ful", tmp_path / "none", tmp_path / "none.npz", tmp_path / "m.json",
-                 tmp_path / "d.json", tmp_path / "p.csv", tmp_path / "fig")
-    assert list(tmp_path.iterdir()) == []
+    zeros = {split: (np.zeros((10, 784), np.float32), np.arange(10)) for split in ("val", "test")}
+    prepared = fake_run(tmp_path, zeros)
+    params = parse_params({"variants": {"full": {"fraction": 1.0, "noise": 0.0}, "half": {"fraction": 0.5, "noise": 0.0}}})
+    with pytest.raises(MnistlrError, match=r"^no model at .*half\.npz; run the train stage first"):
+        run_evaluate(tmp_path, params, prepared)
+    assert not (tmp_path / "metrics").exists() and not (tmp_path / "figures").exists()
 
 
 @pytest.mark.parametrize("record", [{"deskew": True, "mean": 0.1307, "std": 0.3081},
@@ -190,22 +209,13 @@ def test_evaluate_rejects_an_unknown_variant_before_reading_anything(tmp_path):
 def test_evaluate_refuses_a_model_trained_on_other_inputs(tmp_path, record):
     """The model file says what its inputs went through; prepared data that went through something else is a
     one-line error, and nothing is written."""
-    from mnistlr import atomic
-    from mnistlr.errors import MnistlrError
-    from mnistlr.evaluate import evaluate
-    from mnistlr.model import Model
     from mnistlr.params import parse_params
 
-    prepared = tmp_path / "prepared"
-    for split in ("val", "test"):
-        atomic.write_arrays(prepared / f"{split}.npz", x=np.zeros((10, 784), np.float32), y=np.arange(10))
-    atomic.write_json(prepared / "preprocessing.json", {**record, "image_side": 28})
-    Model(weight=np.zeros((10, 784), np.float32), bias=np.zeros(10, np.float32), mean=0.1307,
-          std=0.3081).save(tmp_path / "m.npz")
+    zeros = {split: (np.zeros((10, 784), np.float32), np.arange(10)) for split in ("val", "test")}
+    prepared = fake_run(tmp_path, zeros, record=record)
     with pytest.raises(MnistlrError) as info:
-        evaluate(parse_params({}), "full", prepared, tmp_path / "m.npz", tmp_path / "m.json", tmp_path / "d.json",
-                 tmp_path / "p.csv", tmp_path / "fig")
+        run_evaluate(tmp_path, parse_params({}), prepared)
     msg = str(info.value)
     assert "\n" not in msg and "was trained on inputs with deskew off, mean 0.1307, std 0.3081" in msg
     assert msg.endswith("; rerun the pipeline (dvc repro)")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "prepared"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves", "models", "prepared"]
