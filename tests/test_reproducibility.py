@@ -7,10 +7,15 @@ import pytest
 import torch
 import yaml
 
+import os
+import subprocess
+import sys
+
+import mnistlr
 from mnistlr import train
 from mnistlr.data import build_variant, split_indices, subset_indices
 from mnistlr.params import TrainParams
-from tests.conftest import dvc, make_project, project_env
+from tests.conftest import REPO, SMALL_PARAMS, dvc, make_project, project_env, run
 
 LABELS = np.arange(1000, dtype=np.int64) % 10
 X = torch.randn(120, 784, generator=torch.Generator().manual_seed(5))
@@ -25,13 +30,13 @@ def _init(seed: int) -> np.ndarray:
 
 def _batch_order(seed: int, monkeypatch: pytest.MonkeyPatch) -> np.ndarray:
     seen = []
-    real = train.training_loss
+    real = train.gradient
 
-    def spy(model, criterion, x, y, l1):
-        seen.append(y.numpy().copy())
-        return real(model, criterion, x, y, l1)
+    def spy(theta, xb, targets, yb, *rest):
+        seen.append(yb[0].numpy().copy())
+        return real(theta, xb, targets, yb, *rest)
 
-    monkeypatch.setattr(train, "training_loss", spy)
+    monkeypatch.setattr(train, "gradient", spy)
     train.fit(X, Y, X, Y, TrainParams(epochs=2, batch_size=7, schedule="constant"), "sgd", 0.0, seed)
     return np.concatenate(seen)
 
@@ -63,8 +68,8 @@ PARAMS = {
 
 
 def _metrics(project) -> dict[str, bytes]:
-    files = [*sorted((project / "metrics").glob("*.json")), *sorted((project / "reports" / "details").glob("*.json")),
-             *sorted((project / "plots").rglob("*.csv")), *sorted((project / "models").glob("*.npz"))]
+    files = [*sorted((project / "metrics").glob("*.json")), *sorted((project / "plots").rglob("*.csv")),
+             *sorted((project / "models").glob("*.npz"))]
     return {str(p.relative_to(project)): p.read_bytes() for p in files}
 
 
@@ -73,15 +78,14 @@ def two_runs(tmp_path_factory, synthetic_mirror):
     env = project_env(synthetic_mirror, synthetic=True)
     projects = [make_project(tmp_path_factory.mktemp(f"run{i}"), PARAMS) for i in range(2)]
     for project in projects:
-        dvc("repro", "evaluate@half", cwd=project, env=env)  # the metrics; the report adds none
+        dvc("repro", "evaluate", cwd=project, env=env)  # the metrics; the report adds none
     return projects, env
 
 
 def test_two_runs_give_bit_identical_metrics(two_runs):
     (a, b), _ = two_runs
     first, second = _metrics(a), _metrics(b)
-    assert set(first) == {"metrics/half.json", "reports/details/half.json", "plots/train/half.csv",
-                          "plots/predictions/half.csv", "models/half.npz"}
+    assert set(first) == {"metrics/half.json", "plots/train/half.csv", "plots/predictions/half.csv", "models/half.npz"}
     assert first == second
 
 
@@ -90,7 +94,66 @@ def test_another_seed_gives_other_metrics(two_runs):
     params = yaml.safe_load((b / "params.yaml").read_text())
     params["seed"] = 7
     (b / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    dvc("repro", "evaluate@half", cwd=b, env=env)
+    dvc("repro", "evaluate", cwd=b, env=env)
     assert _metrics(a)["metrics/half.json"] != _metrics(b)["metrics/half.json"]
     summary = [(p / "data/prepared/variants/half.json").read_text() for p in (a, b)]
     assert summary[0] != summary[1]  # the subset and noise draw changed too, not only training
+
+
+# --- the same bits on every x86-64 CPU with AVX2 --------------------------------------------------
+
+# Environments that ask torch, MKL, OpenBLAS and numpy for other code paths and thread counts than
+# the ones mnistlr pins: what a machine with another instruction set (or more cores) picks by itself.
+REQUESTS = {
+    "generic": {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OPENBLAS_CORETYPE": "Prescott",
+                "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR", "OMP_NUM_THREADS": "1"},
+    "widest": {"ATEN_CPU_CAPABILITY": "avx512", "MKL_CBWR": "AUTO", "OPENBLAS_CORETYPE": "SkylakeX",
+               "NPY_DISABLE_CPU_FEATURES": "", "OMP_NUM_THREADS": "2"},
+}
+STAGE_OUTPUTS = ("models", "curves", "metrics", "predictions")
+
+
+def _stage_outputs(project, env: dict, out) -> dict[str, bytes]:
+    """Run the train and evaluate stages of `project` into `out` under `env`; every file they wrote, by path."""
+    args = {"models": out / "models", "curves": out / "curves"}
+    run([sys.executable, "stages/train.py", *[a for k, v in args.items() for a in (f"--{k}", str(v))]], project, env)
+    run([sys.executable, "stages/evaluate.py", "--models", str(out / "models"), "--curves", str(out / "curves"),
+         "--metrics", str(out / "metrics"), "--predictions", str(out / "predictions"), "--figures", str(out / "figures")],
+        project, env)
+    return {str(p.relative_to(out)): p.read_bytes() for d in STAGE_OUTPUTS for p in sorted((out / d).rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def prepared_project(tmp_path_factory, synthetic_mirror):
+    if not mnistlr._has_avx2():
+        pytest.skip("the CPU pins apply to x86-64 CPUs with AVX2 only")
+    project = make_project(tmp_path_factory.mktemp("cpu"), SMALL_PARAMS)
+    env = project_env(synthetic_mirror, synthetic=True)
+    dvc("repro", "prepare", cwd=project, env=env)
+    return project, {k: v for k, v in env.items() if k not in mnistlr.CPU_PINS and k != mnistlr.NATIVE_CPU_ENV}
+
+
+def test_train_and_evaluate_give_the_same_bytes_whatever_code_paths_the_environment_asks_for(prepared_project, tmp_path):
+    project, env = prepared_project
+    baseline = _stage_outputs(project, env, tmp_path / "pinned")
+    assert len(baseline) == 8 and any(k.startswith("models/") for k in baseline)
+    for name, request in REQUESTS.items():
+        assert _stage_outputs(project, {**env, **request}, tmp_path / name) == baseline, name
+
+
+def test_without_the_pins_those_requests_change_the_bits(prepared_project, tmp_path):
+    """The check above can fail: left to their own choice (MNISTLR_NATIVE_CPU=1), the same requests give
+    other trained weights."""
+    project, env = prepared_project
+    native = {**env, mnistlr.NATIVE_CPU_ENV: "1"}
+    pinned_by_hand = _stage_outputs(project, {**native, **mnistlr.CPU_PINS}, tmp_path / "by-hand")
+    generic = _stage_outputs(project, {**native, **REQUESTS["generic"]}, tmp_path / "generic")
+    assert pinned_by_hand["models/full.npz"] != generic["models/full.npz"]
+
+
+def test_a_stage_process_runs_with_the_pins():
+    probe = "import mnistlr, torch; print(mnistlr.cpu_pins_active(), torch.backends.cpu.get_cpu_capability())"
+    env = {k: v for k, v in os.environ.items() if k not in mnistlr.CPU_PINS and k != mnistlr.NATIVE_CPU_ENV}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env={**env, "ATEN_CPU_CAPABILITY": "default"},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == (["True", "AVX2"] if mnistlr._has_avx2() else ["False", out[1]])
