@@ -4,7 +4,11 @@ tests (test_review_e2e.py, test_sweep_e2e.py) run it for real."""
 
 from __future__ import annotations
 
+import math
 import re
+import subprocess
+import sys
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -198,6 +202,15 @@ def test_review_headline_table_shows_base_and_workspace_values():
     assert "| noise20 | test.loss | - | 0.5000 | - |" in md
 
 
+def test_review_headline_table_rows_do_not_follow_dvcs_key_order():
+    d = full_diff()["diff"]
+    shuffled = {path: dict(reversed(list(entries.items()))) for path, entries in reversed(list(d.items()))}
+    md = review.headline_table(shuffled, "main")
+    assert md == review.headline_table(d, "main")
+    assert [tuple(c.strip() for c in ln.split("|")[1:3]) for ln in md.splitlines()[2:4]] == [
+        ("frac10", "test.accuracy"), ("frac10", "test.loss")]
+
+
 def test_accuracy_table_has_one_row_per_variant_full_first():
     rows = review.accuracy_table(full_diff()["diff"], "main").splitlines()
     assert rows[0] == ("| variant | test accuracy (main) | test accuracy (workspace) | change (points) | "
@@ -234,7 +247,8 @@ def test_review_page_opens_with_the_verdict_then_every_variants_accuracy(recorde
     figures = tmp_path / "reports" / "figures"
     (figures / "full").mkdir(parents=True)
     (figures / "learning_curves.png").write_bytes(b"png")
-    (figures / "full" / "confusion.png").write_bytes(b"png")
+    (figures / "confusion.png").write_bytes(b"png")
+    (figures / "full" / "weights.png").write_bytes(b"png")  # not a figure the pipeline draws
     out = tmp_path / "reports" / "review.md"
     text = review.build_review("main", out, figures_dir=figures, cwd=tmp_path)  # no git here: no predictions
     assert out.read_text() == text
@@ -247,9 +261,26 @@ def test_review_page_opens_with_the_verdict_then_every_variants_accuracy(recorde
     assert [r.split("|")[1].strip() for r in rows] == ["full", "frac10", "noise20"]
     assert rows[0] == "| full | 0.9250 | 0.9300 | +0.50 | - | - | - | - |"
     assert "| params.yaml | optimizer | sgd | adam |" in text
-    assert "![learning curves (all variants)](figures/learning_curves.png)" in text
-    assert "![confusion matrix of full](figures/full/confusion.png)" in text
+    figure_lines = text[text.index("### Figures"):].splitlines()[2:]
+    assert figure_lines == ["![learning curves of every variant](figures/learning_curves.png)",
+                            "![test-set confusion matrix of the reference variant](figures/confusion.png)"]
     assert "weights.png" not in text  # only figures that exist are linked
+
+
+def test_figure_links_point_at_the_three_pipeline_figures_relative_to_the_page(tmp_path):
+    figures = tmp_path / "reports" / "figures"
+    figures.mkdir(parents=True)
+    assert review.figure_links(tmp_path / "reports", figures) == []
+    for name in ("learning_curves.png", "confusion.png", "weights.png", "noise.png"):
+        (figures / name).write_bytes(b"png")
+    assert review.figure_links(tmp_path / "reports", figures) == [
+        "![learning curves of every variant](figures/learning_curves.png)",
+        "![test-set confusion matrix of the reference variant](figures/confusion.png)",
+        "![per-class weights of every variant](figures/weights.png)",
+    ]
+    # a page elsewhere links the same files by their path from its own folder
+    links = review.figure_links(tmp_path / "out" / "pr", figures)
+    assert links[2] == "![per-class weights of every variant](../../reports/figures/weights.png)"
 
 
 def test_review_page_says_failed_first_when_the_gate_fails(recorded_dvc, tmp_path):
@@ -281,18 +312,97 @@ def test_identical_predictions_change_nothing_with_p_one_and_a_zero_interval():
     assert (c.fixed, c.broken, c.change, c.p_value, c.interval) == (0, 0, 0.0, 1.0, (0.0, 0.0))
 
 
-def test_a_known_discordant_split_gives_the_exact_mcnemar_p_and_clopper_pearson_interval():
+def _exact_mcnemar_p(fixed: int, broken: int) -> float:
+    """The two-sided exact McNemar p in whole numbers: 2 * #{splits at least as uneven} / 2^d."""
+    d = fixed + broken
+    tail = sum(math.comb(d, i) for i in range(min(fixed, broken) + 1))
+    return float(min(Fraction(1), Fraction(2 * tail, 2**d)))
+
+
+@pytest.mark.parametrize("fixed,broken", [(10, 2), (2, 10), (0, 1), (0, 3), (1, 4), (7, 8), (5, 5), (0, 40),
+                                          (130, 100), (60, 100), (300, 250), (900, 1000)])
+def test_mcnemar_p_is_the_exact_binomial_tail(fixed, broken):
+    assert review.mcnemar_p(fixed, broken) == pytest.approx(_exact_mcnemar_p(fixed, broken), rel=1e-12)
+    assert review.mcnemar_p(fixed, broken) == review.mcnemar_p(broken, fixed)
+
+
+def test_mcnemar_p_of_known_tables():
     # 12 disagreements, 10 won by the new model: p = 2 * P(Binomial(12, 1/2) <= 2) = 2 * 79 / 4096
-    assert review.mcnemar_p(10, 2) == 2 * (1 + 12 + 66) / 4096
-    assert review.mcnemar_p(2, 10) == review.mcnemar_p(10, 2)
-    assert review.mcnemar_p(5, 5) == 1.0
+    assert review.mcnemar_p(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 4096, rel=1e-14)
+    assert review.mcnemar_p(0, 3) == pytest.approx(0.25, rel=1e-14)  # 2 * (1/2)^3
+    assert review.mcnemar_p(0, 40) == pytest.approx(2.0**-39, rel=1e-14)
+    assert review.mcnemar_p(5, 5) == 1.0 and review.mcnemar_p(0, 1) == 1.0 and review.mcnemar_p(0, 0) == 1.0
+
+
+# Clopper-Pearson 95 % bounds evaluated in 40-digit arithmetic (the beta quantiles at (1 - 0.95) / 2 as
+# a double and its complement), to 18 digits.
+CLOPPER_PEARSON_95 = {
+    (10, 12): (0.515862251314032895, 0.979137474539907614),
+    (1, 20): (0.00126508949794980483, 0.248732762772027736),
+    (150, 280): (0.475400624022007502, 0.595264163488637315),
+    (600, 1000): (0.568878445955893102, 0.630531012451087547),
+}
+
+
+@pytest.mark.parametrize("k,n", sorted(CLOPPER_PEARSON_95))
+def test_clopper_pearson_bounds_equal_reference_values(k, n):
+    lo, hi = review.clopper_pearson(k, n)
+    want_lo, want_hi = CLOPPER_PEARSON_95[(k, n)]
+    assert lo == pytest.approx(want_lo, rel=1e-14) and hi == pytest.approx(want_hi, rel=1e-14)
+
+
+@pytest.mark.parametrize("n", [1, 8, 50])
+def test_clopper_pearson_with_no_successes_or_no_failures_has_its_closed_form(n):
+    # P(X = 0) = (1 - p)^n and P(X = n) = p^n reach 0.025 at these bounds; the other bound is 0 or 1
+    assert review.clopper_pearson(0, n) == pytest.approx((0.0, 1 - 0.025 ** (1 / n)), rel=1e-14)
+    assert review.clopper_pearson(n, n) == pytest.approx((0.025 ** (1 / n), 1.0), rel=1e-14)
+
+
+@pytest.mark.parametrize("k,n", [(3, 10), (10, 12), (1, 20), (17, 30)])
+def test_clopper_pearson_bounds_put_exactly_the_tail_mass_outside(k, n):
+    # the binomial tails at the bounds, summed in exact fractions of the returned doubles
+    def tail(p: float, ks: range) -> float:
+        q = Fraction(p)
+        return float(sum(math.comb(n, i) * q**i * (1 - q) ** (n - i) for i in ks))
+
+    lo, hi = review.clopper_pearson(k, n)
+    assert tail(lo, range(k, n + 1)) == pytest.approx(0.025, rel=1e-13)  # P(X >= k) at the lower bound
+    assert tail(hi, range(k + 1)) == pytest.approx(0.025, rel=1e-13)  # P(X <= k) at the upper bound
+    lo90, hi90 = review.clopper_pearson(k, n, confidence=0.90)
+    assert lo < lo90 < k / n < hi90 < hi
+
+
+def test_exact_tests_agree_with_scipy_binomtest():
+    from scipy import stats
+
+    for fixed, broken in [(10, 2), (0, 3), (7, 8), (130, 100), (60, 100), (1, 499), (2000, 1800)]:
+        ref = stats.binomtest(fixed, fixed + broken)
+        assert review.mcnemar_p(fixed, broken) == pytest.approx(ref.pvalue, rel=1e-12)
+        ci = ref.proportion_ci(method="exact")
+        assert review.clopper_pearson(fixed, fixed + broken) == pytest.approx((ci.low, ci.high), abs=1e-11)
+
+
+def test_review_module_loads_scipy_special_only_when_testing_and_never_scipy_stats():
+    probe = ("import sys\n"
+             "from mnistlr import review\n"
+             "print('scipy' in sys.modules)\n"
+             "review.mcnemar_p(10, 2), review.change_interval(10, 2, 1000)\n"
+             "print('scipy.special' in sys.modules, 'scipy.stats' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True", "False"]
+
+
+def test_change_interval_scales_the_share_of_disagreements_won():
     # the Clopper-Pearson 95 % interval of 10/12 is [0.5159, 0.9791]: the change is (2 pi - 1) * 12 / n
     lo, hi = review.change_interval(10, 2, 1000)
-    assert lo == pytest.approx((2 * 0.51586 - 1) * 12 / 1000, abs=2e-6)
-    assert hi == pytest.approx((2 * 0.97914 - 1) * 12 / 1000, abs=2e-6)
+    want_lo, want_hi = CLOPPER_PEARSON_95[(10, 12)]
+    assert lo == pytest.approx((2 * want_lo - 1) * 12 / 1000, rel=1e-13)
+    assert hi == pytest.approx((2 * want_hi - 1) * 12 / 1000, rel=1e-13)
     # all disagreements one way: the bound on that side is exactly the observed change
     lo, hi = review.change_interval(8, 0, 100)
-    assert hi == pytest.approx(0.08) and 0 < lo < 0.08
+    assert hi == 0.08 and 0 < lo < 0.08
+    assert review.change_interval(0, 8, 100)[0] == -0.08
+    assert review.change_interval(0, 0, 100) == (0.0, 0.0)
 
 
 def test_paired_change_counts_fixed_and_broken_images():
