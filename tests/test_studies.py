@@ -104,8 +104,8 @@ def test_plain_repro_runs_only_the_root_pipeline_and_the_studies_run_on_its_data
     project = make_project(tmp_path, small)
     env = project_env(synthetic_mirror, synthetic=True)
     root = set(RUNNING.findall(dvc("repro", cwd=project, env=env).stdout))
-    assert root == {"prepare", "train@full", "evaluate@full", "report"}  # no studies stage
-    png = (project / "reports/figures/full/reliability.png").read_bytes()
+    assert root == {"prepare", "train", "evaluate", "report"}  # no studies stage
+    png = (project / "reports/figures/reliability.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     listed = dvc("stage", "list", "studies/dvc.yaml", cwd=project, env=env).stdout
     for stage in ("prepare_deskewed", "study@mse", "study@optimum", "l1l2", "sweep", "deskew", "report"):
