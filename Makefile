@@ -38,8 +38,9 @@ GATE_METRIC ?= test.accuracy
 MAX_DROP ?= 0.002
 SIGNIFICANCE ?=
 GATE_ARGS = --base $(BASE) --metric $(GATE_METRIC) --max-drop $(MAX_DROP) $(if $(SIGNIFICANCE),--significance $(SIGNIFICANCE))
+REPRO_ARGS ?=
 review: $(STAMP)
-	$(BIN)/dvc repro
+	$(BIN)/dvc repro $(REPRO_ARGS)
 	$(BIN)/mnistlr review $(GATE_ARGS) --out reports/review.md
 	$(BIN)/mnistlr gate $(GATE_ARGS)
 

@@ -216,3 +216,43 @@ def test_with_credentials_ci_pulls_what_exists_retrains_the_rest_and_pushes(tmp_
     proc, _ = run_step(step("Push what the run built")["run"], ci, ci_env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     client.head_object(Bucket=s3_storage.bucket, Key=f"workflow-test/files/md5/{one[:2]}/{one[2:]}")  # back again
+
+
+PARAM_PIPELINE = """stages:
+  fit:
+    cmd: python -c "import yaml; open('fit.txt', 'w').write(str(yaml.safe_load(open('params.yaml'))['p']))"
+    params: [p]
+    outs: [fit.txt]
+"""
+
+
+def test_a_config_that_ran_anywhere_is_restored_from_the_remotes_run_cache_not_rerun(tmp_path, ci_env, s3_storage):
+    """A pull request whose dvc.lock is stale (its params changed back without a run) trains nothing when that
+    config ran before: the pull step brings the remote's run cache and the review runs `dvc repro --pull`."""
+    review = step("review")
+    assert "--pull" in review["env"]["REPRO_ARGS"] and "steps.remote.outputs.enabled" in review["env"]["REPRO_ARGS"]
+    assert "dvc repro $(REPRO_ARGS)" in (REPO / "Makefile").read_text()
+    secrets = {"DVC_S3_ACCESS_KEY_ID": s3_storage.access_key, "DVC_S3_SECRET_ACCESS_KEY": s3_storage.secret_key,
+               "DVC_REMOTE_URL": f"s3://{s3_storage.bucket}/run-cache-test", "DVC_REMOTE_ENDPOINT": s3_storage.endpoint}
+    author = tiny_repo(tmp_path / "author", ci_env)
+    (author / "dvc.yaml").write_text(PARAM_PIPELINE)
+    run_step(step("remote")["run"], author, {**ci_env, **secrets})
+    for p in (1, 2):  # two configs run and pushed, with their runs
+        (author / "params.yaml").write_text(f"p: {p}\n")
+        assert "Running stage 'fit'" in dvc("repro", cwd=author, env=ci_env).stdout
+        proc, _ = run_step(step("Push what the run built")["run"], author, ci_env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    run(["git", "add", "-A"], author, ci_env)
+    run(["git", "commit", "-qm", "p = 2, ran"], author, ci_env)
+    (author / "params.yaml").write_text("p: 1\n")  # back to p = 1, committed without running
+    run(["git", "commit", "-qam", "p = 1 again"], author, ci_env)
+
+    ci = tmp_path / "ci"
+    run(["git", "clone", "-q", str(author), str(ci)], tmp_path, ci_env)
+    (ci / ".venv").symlink_to(Path(sys.executable).parents[1])
+    run_step(step("remote")["run"], ci, {**ci_env, **secrets})
+    pull, _ = run_step(step("Pull cached outputs")["run"], ci, ci_env)
+    assert pull.returncode == 0, pull.stdout + pull.stderr
+    repro = dvc("repro", "--pull", cwd=ci, env=ci_env)
+    assert "Running stage 'fit'" not in repro.stdout and "Stage 'fit' is cached" in repro.stdout, repro.stdout
+    assert (ci / "fit.txt").read_text() == "1"
