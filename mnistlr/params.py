@@ -1,4 +1,11 @@
-"""Typed, validated params: loaded once from params.yaml at the edge of each stage."""
+"""Typed, validated params: loaded once from params.yaml at the edge of each stage.
+
+Every default here is the value params.yaml sets for that key, and params.yaml sets every key
+(tests/test_params.py checks both), so a key left out of a params file means what the committed
+file says. The exceptions are the collections of named or listed entries (`variants`, the studies'
+`candidates`): params.yaml defines their entries, each with every key; the default here is a single
+entry of default values.
+"""
 
 from __future__ import annotations
 
@@ -102,16 +109,16 @@ class MseStudy(_Strict):
 
 
 class OptimumStudy(_Strict):
-    weight_decays: list[NonNegativeFloat] = [0.0, 1e-4, 1e-3]
+    weight_decays: list[NonNegativeFloat] = [0.0, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3]
     lbfgs_iters: PositiveInt = 300  # total full-batch iterations per L-BFGS fit
     epochs: PositiveInt = 10  # of the SGD and Adam runs compared against the optimum
 
 
 class L1L2Study(_Strict):
     values: list[NonNegativeFloat] = [0.0, 1e-6, 1e-5, 1e-4]  # each used as train.l1, then as train.weight_decay
-    epochs: PositiveInt = 5
-    batch_size: PositiveInt = 256
-    lr: PositiveFloat = 0.4  # SGD
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 64
+    lr: PositiveFloat = 0.1  # SGD
 
 
 class SweepStudy(_Strict):

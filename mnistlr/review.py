@@ -514,9 +514,9 @@ def figure_links(out_dir: Path, figures_dir: Path) -> list[str]:
     """Image lines for the pipeline's figures that exist, relative to the review page (CML uploads them).
     The evaluate stage draws each as one image: curves and weights of every variant, the confusion
     matrix of the reference variant (its title names it)."""
-    wanted = [("learning curves of every variant", figures_dir / "learning_curves.png"),
-              ("test-set confusion matrix of the reference variant", figures_dir / "confusion.png"),
-              ("per-class weights of every variant", figures_dir / "weights.png")]
+    wanted = [("learning curves (all variants)", figures_dir / "learning_curves.png"),
+              ("confusion matrix of the reference variant", figures_dir / "confusion.png"),
+              ("per-class weights (all variants)", figures_dir / "weights.png")]
     return [f"![{alt}]({Path(os.path.relpath(p, out_dir)).as_posix()})"
             for alt, p in wanted if Path(p).is_file()]
 

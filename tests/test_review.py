@@ -262,8 +262,8 @@ def test_review_page_opens_with_the_verdict_then_every_variants_accuracy(recorde
     assert rows[0] == "| full | 0.9250 | 0.9300 | +0.50 | - | - | - | - |"
     assert "| params.yaml | optimizer | sgd | adam |" in text
     figure_lines = text[text.index("### Figures"):].splitlines()[2:]
-    assert figure_lines == ["![learning curves of every variant](figures/learning_curves.png)",
-                            "![test-set confusion matrix of the reference variant](figures/confusion.png)"]
+    assert figure_lines == ["![learning curves (all variants)](figures/learning_curves.png)",
+                            "![confusion matrix of the reference variant](figures/confusion.png)"]
     assert "weights.png" not in text  # only figures that exist are linked
 
 
@@ -274,13 +274,13 @@ def test_figure_links_point_at_the_three_pipeline_figures_relative_to_the_page(t
     for name in ("learning_curves.png", "confusion.png", "weights.png", "noise.png"):
         (figures / name).write_bytes(b"png")
     assert review.figure_links(tmp_path / "reports", figures) == [
-        "![learning curves of every variant](figures/learning_curves.png)",
-        "![test-set confusion matrix of the reference variant](figures/confusion.png)",
-        "![per-class weights of every variant](figures/weights.png)",
+        "![learning curves (all variants)](figures/learning_curves.png)",
+        "![confusion matrix of the reference variant](figures/confusion.png)",
+        "![per-class weights (all variants)](figures/weights.png)",
     ]
     # a page elsewhere links the same files by their path from its own folder
     links = review.figure_links(tmp_path / "out" / "pr", figures)
-    assert links[2] == "![per-class weights of every variant](../../reports/figures/weights.png)"
+    assert links[2] == "![per-class weights (all variants)](../../reports/figures/weights.png)"
 
 
 def test_review_page_says_failed_first_when_the_gate_fails(recorded_dvc, tmp_path):
