@@ -1,12 +1,24 @@
-"""Benchmark: the tutorial's DataLoader loop against mnistlr's trainer, plus pipeline wall time and memory.
+"""Benchmark: the trainer against a plain autograd + torch.optim loop and the tutorial's loop, then the pipeline.
 
-Run `make bench` (or `python bench/benchmark.py --help`). Prints a markdown table.
+Run `make bench` (or `python bench/benchmark.py --help`). Prints a markdown report; `--out` also writes JSON.
 It measures; it asserts nothing: speed goals are checked by reading its output, not by tests.
+
+1. Loops: the same 50k/10k split, SGD lr 0.1 constant, batch 64, seed; seconds per epoch (training and
+   the epoch's scores) and test accuracy of mnistlr's trainer, of a plain loop over the same tensors in
+   the same batch order (nn.Linear, CrossEntropyLoss, autograd, torch.optim.SGD; running train scores and
+   validation scores like the trainer's), and of the tutorial's DataLoader loop.
+2. The CPU pins (mnistlr/__init__.py): the trainer and the one-process floor, each in a fresh process,
+   with the pins and with MNISTLR_NATIVE_CPU=1.
+3. The pipeline in a fresh copy with an empty cache: cold `dvc repro`, no-op `dvc repro`, `dvc exp run -S
+   optimizer=adam` (a new config) beside the same work in one process (train + evaluate of every variant,
+   imports included), then configs already run (`-S optimizer=sgd`, `-S optimizer=adam` again), each
+   stage process's wall time and peak RSS, and what starting a stage process costs.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -23,12 +35,15 @@ import typer
 from torch import nn
 
 from mnistlr import atomic
-from mnistlr.data import locate, normalize, read_images, read_labels, split_indices
+from mnistlr.data import derive_seed, locate, normalize, read_images, read_labels, split_indices
 from mnistlr.params import TrainParams
-from mnistlr.train import fit, resolve_device, score
+from mnistlr.train import LogisticRegression, fit, resolve_device, score
 
 REPO = Path(__file__).resolve().parents[1]
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+# --- 1. loops ------------------------------------------------------------------------------------
 
 
 class TutorialLogisticRegression(nn.Module):
@@ -126,36 +141,161 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def trainer_run(
-    files: dict, epochs: int, seed: int, device: torch.device, batch_size: int, cuda_graph: bool
-) -> tuple[list[float], float]:
-    """mnistlr's trainer with the tutorial's settings (SGD lr 0.1, constant, batch 64).
-
-    Returns (seconds of each epoch, test accuracy after `epochs`). Like the tutorial's, each epoch
-    includes its train and validation scores.
-    """
+def load_tensors(files: dict, seed: int, device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The 50k/10k split and the test set, normalized as the pipeline's prepare does, on `device`."""
     x = torch.from_numpy(normalize(read_images(files["train-images-idx3-ubyte.gz"]), 0.1307, 0.3081))
     y = torch.from_numpy(read_labels(files["train-labels-idx1-ubyte.gz"]))
     train_idx, val_idx = (torch.from_numpy(i) for i in split_indices(60_000, 10_000, seed))
-    tx = torch.from_numpy(normalize(read_images(files["t10k-images-idx3-ubyte.gz"]), 0.1307, 0.3081)).to(device)
-    ty = torch.from_numpy(read_labels(files["t10k-labels-idx1-ubyte.gz"])).to(device)
-    xtr, ytr = x[train_idx].to(device), y[train_idx].to(device)
-    xva, yva = x[val_idx].to(device), y[val_idx].to(device)
+    tx = torch.from_numpy(normalize(read_images(files["t10k-images-idx3-ubyte.gz"]), 0.1307, 0.3081))
+    ty = torch.from_numpy(read_labels(files["t10k-labels-idx1-ubyte.gz"]))
+    return {"train": (x[train_idx].to(device), y[train_idx].to(device)),
+            "val": (x[val_idx].to(device), y[val_idx].to(device)), "test": (tx.to(device), ty.to(device))}
 
-    def timed_fit(n: int):
-        cfg = TrainParams(epochs=n, batch_size=batch_size, schedule="constant", cuda_graph=cuda_graph)
-        return fit(xtr, ytr, xva, yva, cfg, "sgd", 0.1, seed)
 
-    model, history = timed_fit(epochs)
-    _, acc = score(model, tx, ty)
-    return [h.seconds for h in history], float(acc)
+def trainer_run(data: dict, epochs: int, seed: int, cuda_graph: bool = True) -> tuple[list[float], float]:
+    """mnistlr's trainer with the tutorial's settings (SGD lr 0.1, constant, batch 64): seconds of each
+    epoch (its steps, running train scores and validation scores) and the test accuracy."""
+    cfg = TrainParams(epochs=epochs, batch_size=64, schedule="constant", cuda_graph=cuda_graph)
+    model, history = fit(*data["train"], *data["val"], cfg, "sgd", 0.1, seed)
+    return [h.seconds for h in history], score(model, *data["test"])[1]
+
+
+def plain_loop(data: dict, epochs: int, seed: int, threads: int) -> tuple[list[float], float]:
+    """The same training written the usual way over the same tensors: nn.Linear, CrossEntropyLoss, autograd
+    and torch.optim.SGD (lr 0.1, batch 64), in the trainer's batch order (the same seeded permutation per
+    epoch), with the trainer's per-epoch scores: the running mean of the batches' loss and accuracy
+    (accumulated on the device) and the validation set's, by mnistlr.metrics. Steps on `threads` threads."""
+    x, y = data["train"]
+    torch.manual_seed(seed)  # the trainer's initial weights
+    model = LogisticRegression().to(x.device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    criterion = nn.CrossEntropyLoss()
+    n, bs = len(x), 64
+    order = torch.Generator().manual_seed(derive_seed(seed, "batches"))
+    epoch_s = []
+    for _ in range(epochs):
+        _sync(x.device)
+        started = time.perf_counter()
+        perm = torch.randperm(n, generator=order).to(x.device)
+        xs, ys = x[perm], y[perm]
+        seen_loss = torch.zeros((), dtype=torch.float64, device=x.device)
+        seen_correct = torch.zeros((), dtype=torch.int64, device=x.device)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        for s in range(math.ceil(n / bs)):
+            xb, yb = xs[s * bs : (s + 1) * bs], ys[s * bs : (s + 1) * bs]
+            opt.zero_grad()
+            logits = model(xb)
+            loss = criterion(logits, yb)
+            loss.backward()
+            opt.step()
+            seen_loss += loss.detach() * len(yb)
+            seen_correct += (logits.argmax(1) == yb).sum()
+        torch.set_num_threads(previous)
+        _ = (float(seen_loss) / n, int(seen_correct) / n, *score(model, *data["val"]))
+        _sync(x.device)
+        epoch_s.append(time.perf_counter() - started)
+    return epoch_s, score(model, *data["test"])[1]
 
 
 def steady_state(epoch_s: list[float]) -> dict:
-    """Median and spread of the epochs after the first, which in either loop pays one-off costs
+    """Median and spread of the epochs after the first, which in every loop pays one-off costs
     (first kernel launches, allocator, and on CUDA the graph capture)."""
     rest = epoch_s[1:]
     return {"median": statistics.median(rest), "min": min(rest), "max": max(rest), "epochs": len(rest)}
+
+
+def loops(files: dict, epochs: int, seed: int, dev: torch.device, cuda_graph: bool, tutorial: bool) -> dict:
+    """Every loop, timed alike: {name: {median, min, max, epochs, epoch_s, test_accuracy}}."""
+    data = load_tensors(files, seed, dev)
+    timed: dict[str, tuple[list[float], float]] = {}
+    trainer = "mnistlr trainer" + (" (CUDA graph)" if dev.type == "cuda" and cuda_graph else
+                                   ", steps on 1 thread" if dev.type == "cpu" else "")
+    timed[trainer] = trainer_run(data, epochs, seed, cuda_graph)
+    threads = torch.get_num_threads()
+    for t in sorted({1, threads}):
+        timed[f"plain autograd + torch.optim loop, {t} thread{'s' if t > 1 else ''}"] = plain_loop(data, epochs, seed, t)
+    if tutorial:
+        root = torchvision_root(files)
+        timed[f"tutorial (DataLoader), {threads} threads"] = tutorial_loop(root, epochs, seed, dev, threads)
+        torch.set_num_threads(threads)
+        shutil.rmtree(root, ignore_errors=True)
+    return {k: {**steady_state(t), "epoch_s": t, "test_accuracy": acc} for k, (t, acc) in timed.items()}
+
+
+def loop_lines(results: dict, epochs: int, seed: int) -> list[str]:
+    trainer = next(iter(results))
+    base = results[trainer]["median"]
+    return [
+        f"{epochs} epochs of SGD lr 0.1 constant, batch 64, seed {seed}, the same 50k/10k split; every loop timed alike: "
+        "seconds per epoch (its steps and its scores), the first epoch dropped, median and range of the rest.",
+        "",
+        "| loop | s / epoch (median) | range | trainer's speed-up over it | test accuracy |",
+        "|---|---:|---:|---:|---:|",
+        *[f"| {k} | {r['median']:.3f} | {r['min']:.3f}-{r['max']:.3f} | {r['median'] / base:.1f}x | "
+          f"{100 * r['test_accuracy']:.2f} % |" for k, r in results.items()],
+    ]
+
+
+# --- 2. the CPU pins -------------------------------------------------------------------------------
+
+
+FLOOR = """
+import json, sys, time
+t = time.perf_counter()
+from mnistlr.evaluate import evaluate
+from mnistlr.params import load_params
+from mnistlr.train import train
+params = load_params(sys.argv[1])
+params = params.model_copy(update={"optimizer": sys.argv[3]})
+out = sys.argv[4]
+train(params, sys.argv[2], out + "/models", out + "/curves")
+evaluate(params, sys.argv[2], out + "/models", out + "/curves", out + "/metrics", out + "/predictions", out + "/figures")
+print(json.dumps({"seconds": time.perf_counter() - t}))
+"""
+
+TRAINER_ONLY = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import benchmark
+from mnistlr.data import locate
+from pathlib import Path
+data = benchmark.load_tensors(locate(Path(sys.argv[2])), int(sys.argv[3]), benchmark.torch.device("cpu"))
+epoch_s, _ = benchmark.trainer_run(data, int(sys.argv[4]), int(sys.argv[3]))
+print(json.dumps(benchmark.steady_state(epoch_s)))
+"""
+
+
+def _python(code: str, *args: str, env: dict, cwd: Path = REPO) -> dict:
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: a benchmark subprocess failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def floor_seconds(workspace: Path, optimizer: str, env: dict) -> float:
+    """Wall time of train + evaluate of every variant in one fresh process (imports included), from
+    `workspace`'s params and prepared data into a scratch folder."""
+    out = Path(tempfile.mkdtemp(prefix="mnistlr-floor-"))
+    try:
+        return _python(FLOOR, "params.yaml", "data/prepared", optimizer, str(out), env=env, cwd=workspace)["seconds"]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def pin_costs(workspace: Path, raw: Path, seed: int, epochs: int, env: dict) -> dict:
+    """The trainer's s/epoch and the one-process floor, each in fresh processes, pinned and native
+    (MNISTLR_NATIVE_CPU=1); the floor is the median of 3 runs."""
+    out = {}
+    for name, extra in (("pinned", {}), ("native", {"MNISTLR_NATIVE_CPU": "1"})):
+        run_env = {**env, **extra}
+        trainer = _python(TRAINER_ONLY, str(REPO / "bench"), str(raw), str(seed), str(epochs), env=run_env)
+        floors = [floor_seconds(workspace, "adam", run_env) for _ in range(3)]
+        out[name] = {"trainer_s_per_epoch": trainer["median"], "floor_s": statistics.median(floors)}
+    return out
+
+
+# --- 3. the pipeline --------------------------------------------------------------------------------
 
 
 def _median_seconds(cmd: list[str], cwd: Path, env: dict, runs: int = 3) -> float:
@@ -168,17 +308,16 @@ def _median_seconds(cmd: list[str], cwd: Path, env: dict, runs: int = 3) -> floa
     return statistics.median(times)
 
 
-def startup_costs(workspace: Path, env: dict, cuda: bool, scripts: list[str]) -> dict:
+def startup_costs(workspace: Path, env: dict, cuda: bool) -> dict:
     """What a stage process pays before its first line of work, each the median of 3 fresh processes:
-    the bare interpreter, the interpreter plus the imports of each entry point in `scripts`, and the CUDA
-    context that a stage training on the GPU creates on top (measured as `import torch` plus one tiny
-    kernel, minus `import torch`)."""
+    the bare interpreter, the interpreter plus each stage entry point's module-level imports, and the
+    CUDA context a stage training on the GPU creates on top."""
     py = sys.executable
     costs = {"interpreter_s": _median_seconds([py, "-c", "pass"], workspace, env)}
     load = ("import importlib.util as u, sys; s = u.spec_from_file_location('stage', sys.argv[1]); "
             "s.loader.exec_module(u.module_from_spec(s))")  # module top level only: no command runs
-    costs["imports_s"] = {Path(script).stem: _median_seconds([py, "-c", load, script], workspace, env)
-                          for script in scripts}
+    costs["imports_s"] = {stage: _median_seconds([py, "-c", load, f"stages/{stage}.py"], workspace, env)
+                          for stage in ("prepare", "train", "evaluate", "report")}
     if cuda:
         torch_only = _median_seconds([py, "-c", "import torch"], workspace, env)
         with_cuda = _median_seconds([py, "-c", "import torch; torch.ones(1, device='cuda').sum().item()"], workspace, env)
@@ -190,62 +329,12 @@ def _accuracies(workspace: Path) -> dict[str, float]:
     return {m.stem: json.loads(m.read_text())["test"]["accuracy"] for m in sorted((workspace / "metrics").glob("*.json"))}
 
 
-def _overhead(stages: list[dict], costs: dict) -> float:
-    """Seconds of the stage processes spent starting: interpreter and imports, plus CUDA set-up in train."""
-    total = 0.0
-    for s in stages:
-        stage = Path(s["cmd"][0]).stem
-        total += costs["imports_s"].get(stage, costs["interpreter_s"])
-        if stage == "train":
-            total += costs.get("cuda_init_s", 0.0)
-    return total
-
-
-def project_files() -> list[str]:
-    """The repository's files, relative: git's list, or where neither git nor .git came along (a bare
-    GPU image gets a copy of the working tree), every file that the .gitignore files do not exclude."""
-    try:
-        return subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    except (OSError, subprocess.CalledProcessError):
-        import pathspec  # a dvc dependency
-
-        files = []
-        for folder, dirs, names in os.walk(REPO):
-            here = Path(folder)
-            dirs[:] = [d for d in dirs if d != ".git"]
-            files += [(here / n).relative_to(REPO).as_posix() for n in names]
-        for ignore in sorted(REPO.rglob(".gitignore")):
-            base = ignore.parent.relative_to(REPO).as_posix()
-            spec = pathspec.GitIgnoreSpec.from_lines(ignore.read_text().splitlines())
-            prefix = "" if base == "." else base + "/"
-            files = [f for f in files if not (f.startswith(prefix) and spec.match_file(f[len(prefix):]))]
-        return files
-
-
-def commit_all(repo: Path, message: str) -> None:
-    """Commit every file of `repo` (a git repository is made first if there is none), with the git
-    program where there is one, else with dulwich (a dvc dependency; dvc itself needs no git program)."""
-    if shutil.which("git"):
-        git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
-        cmds = ([] if (repo / ".git").exists() else [["git", "init", "-q"]]) + [["git", "add", "-A"], [*git, "commit", "-qm", message]]
-        for cmd in cmds:
-            subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
-        return
-    from dulwich import porcelain
-
-    handle = porcelain.open_repo(repo) if (repo / ".git").exists() else porcelain.init(repo)
-    porcelain.add(handle)
-    who = b"bench <bench@example.com>"
-    porcelain.commit(handle, message=message.encode(), author=who, committer=who)
-
-
-def pipeline_timings(mirror: Path, train_device: str = "auto") -> dict:
-    """Cold `dvc repro` (fresh copy, empty cache), a no-op one, then `dvc exp run -S optimizer=adam`
-    from the reproduced workspace: wall time and peak RSS of each stage process, each variant's test
-    accuracy after both, and what a stage process pays before it works (`startup_costs`).
-    `train_device` is written into the copy's params.yaml (train.device) before the first run."""
+def project_copy(train_device: str) -> Path:
+    """The repository's files (git's list, as they are in the working tree; no outputs) in a fresh git
+    repository with `train.device` set in its params.yaml."""
     tmp = Path(tempfile.mkdtemp(prefix="mnistlr-bench-"))
-    for rel in project_files():
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
         if rel.startswith(("dvc.lock", "metrics/", "plots/", "reports/")) or not (REPO / rel).is_file():
             continue
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -255,6 +344,15 @@ def pipeline_timings(mirror: Path, train_device: str = "auto") -> dict:
     if count != 1:
         raise SystemExit(f"error: expected one train.device line in {params}, found {count}")
     params.write_text(text)
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], [*git, "commit", "-qm", "bench"]):
+        subprocess.run(cmd, cwd=tmp, check=True, capture_output=True)
+    return tmp
+
+
+def pipeline_timings(mirror: Path, train_device: str, seed: int, epochs: int) -> dict:
+    """Every pipeline figure of the report, in one fresh copy with an empty cache."""
+    tmp = project_copy(train_device)
     cuda = train_device == "cuda" or (train_device == "auto" and torch.cuda.is_available())
     shim_dir = tmp / ".shim"
     shim_dir.mkdir()
@@ -268,45 +366,45 @@ def pipeline_timings(mirror: Path, train_device: str = "auto") -> dict:
         "t = time.perf_counter()\n"
         f"rc = subprocess.call([{sys.executable!r}, *sys.argv[1:]])\n"
         "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-        f"open({str(log)!r}, 'a').write(json.dumps({{'cmd': sys.argv[1:4], 'wall_s': time.perf_counter() - t, 'max_rss_mb': rss / 1024}}) + '\\n')\n"
+        f"open({str(log)!r}, 'a').write(json.dumps({{'cmd': sys.argv[1:2], 'wall_s': time.perf_counter() - t, 'max_rss_mb': rss / 1024}}) + '\\n')\n"
         "sys.exit(rc)\n"
     )
     (shim_dir / "python").chmod(0o755)
     env = dict(os.environ, PATH=f"{shim_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                MNISTLR_MNIST_DIR=str(mirror), DVC_NO_ANALYTICS="1")
     env.pop("MNISTLR_MD5SUMS", None)
-    commit_all(tmp, "bench")
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
 
-    def dvc(*args: str) -> str:
-        """Run dvc in the copy (as a module: also where it was installed with `pip --target`, no script
-        on PATH); its output, or on failure a stop that shows what dvc said."""
+    def dvc(*args: str) -> tuple[float, list[dict]]:
+        """Run dvc in the copy: its wall time and the stage processes it started."""
+        log.unlink(missing_ok=True)
+        t = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=tmp, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - t
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
             raise SystemExit(f"error: `dvc {' '.join(args)}` exited {proc.returncode} in {tmp}:\n{tail}")
-        return proc.stdout
+        stages = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        return seconds, stages
 
-    t = time.perf_counter()
-    dvc("repro")
-    cold = time.perf_counter() - t
-    repro_accuracy = _accuracies(tmp)
-    noops, noop_out = [], ""
-    for _ in range(3):  # the median of three: one run is at the mercy of the machine's other load
-        t = time.perf_counter()
-        noop_out = dvc("repro")
-        noops.append(time.perf_counter() - t)
-    stages = [json.loads(line) for line in log.read_text().splitlines()]
-    log.unlink()
-    commit_all(tmp, "results")
-    t = time.perf_counter()
-    dvc("exp", "run", "-S", "optimizer=adam")
-    exp_run = time.perf_counter() - t
-    exp_stages = [json.loads(line) for line in log.read_text().splitlines()]
-    costs = startup_costs(tmp, env, cuda, sorted({s["cmd"][0] for s in stages + exp_stages}))
-    result = {"cold_s": cold, "noop_s": statistics.median(noops), "noop_ran_nothing": "Running stage" not in noop_out,
-              "exp_run_s": exp_run, "stages": stages, "exp_stages": exp_stages, "startup": costs,
-              "train_device": "cuda" if cuda else "cpu",
-              "test_accuracy": {"repro (sgd)": repro_accuracy, "exp run (adam)": _accuracies(tmp)}}
+    result: dict = {"train_device": "cuda" if cuda else "cpu"}
+    result["cold_s"], result["stages"] = dvc("repro")
+    result["test_accuracy"] = {"repro (sgd)": _accuracies(tmp)}
+    noops = [dvc("repro") for _ in range(3)]  # the median of three: one run is at the mercy of the machine's load
+    result["noop_s"] = statistics.median(s for s, _ in noops)
+    result["noop_started"] = max(len(st) for _, st in noops)
+    subprocess.run(["git", "add", "-A"], cwd=tmp, check=True, capture_output=True)
+    subprocess.run([*git, "commit", "-qm", "results"], cwd=tmp, check=True, capture_output=True)
+    result["pins"] = pin_costs(tmp, Path(mirror), seed, epochs, env)
+    result["floor_s"] = result["pins"]["pinned"]["floor_s"]
+    runs = []
+    for label, value in (("new config", "adam"), ("config already run", "sgd"), ("config already run", "adam")):
+        seconds, stages = dvc("exp", "run", "-S", f"optimizer={value}")
+        runs.append({"label": label, "set": f"optimizer={value}", "wall_s": seconds, "stages": stages})
+        if value == "adam" and label == "new config":
+            result["test_accuracy"]["exp run (adam)"] = _accuracies(tmp)
+    result["exp_runs"] = runs
+    result["startup"] = startup_costs(tmp, env, cuda)
     shutil.rmtree(tmp, ignore_errors=True)
     return result
 
@@ -314,29 +412,38 @@ def pipeline_timings(mirror: Path, train_device: str = "auto") -> dict:
 def pipeline_lines(p: dict) -> list[str]:
     """The pipeline part of the markdown report."""
     costs = p["startup"]
-    rows = []
-    for name, wall, stages in (("cold `dvc repro`", p["cold_s"], p["stages"]),
-                               ("`dvc exp run -S optimizer=adam`", p["exp_run_s"], p["exp_stages"])):
-        inside = sum(s["wall_s"] for s in stages)
-        start = _overhead(stages, costs)
-        rows.append(f"| {name} | {wall:.1f} | {len(stages)} | {inside:.1f} | {wall - inside:.1f} | "
-                    f"{start:.1f} ({100 * start / wall:.0f} %) | {inside - start:.1f} |")
+    new = next(r for r in p["exp_runs"] if r["label"] == "new config")
+    rows = [("cold `dvc repro` (fresh copy, empty cache)", p["cold_s"], p["stages"]),
+            ("no-op `dvc repro` (median of 3)", p["noop_s"], []),
+            *[(f"`dvc exp run -S {r['set']}`, {r['label']}", r["wall_s"], r["stages"]) for r in p["exp_runs"]]]
+    pins = p["pins"]
+    cuda = f"; CUDA context {costs['cuda_init_s']:.2f} s" if "cuda_init_s" in costs else ""
     accuracy = p["test_accuracy"]
     variants = list(next(iter(accuracy.values())))
-    cuda = f"; CUDA context {costs['cuda_init_s']:.2f} s" if "cuda_init_s" in costs else ""
     return [
-        f"Training stages ran on: {p['train_device']}. No-op `dvc repro`: {p['noop_s']:.2f} s"
-        f" (median of 3; {'ran no stage' if p['noop_ran_nothing'] else 'RAN STAGES'}).",
+        f"Training stages ran on: {p['train_device']}.",
         "",
-        "| run | wall s | stage processes | s inside them | s in dvc itself | s starting them (share of wall) | s working |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        *rows,
+        "| run | wall s | stage processes started | s inside them |",
+        "|---|---:|---|---:|",
+        *[f"| {name} | {wall:.2f} | {', '.join(Path(s['cmd'][0]).stem for s in stages) or 'none'} | "
+          f"{sum(s['wall_s'] for s in stages):.1f} |" for name, wall, stages in rows],
+        f"| the same work as the new config in one process (train + evaluate of every variant, imports; median of 3) "
+        f"| {p['floor_s']:.2f} | - | - |",
         "",
-        "s starting them: per stage process, the interpreter and its entry point's module-level imports, plus the "
-        "CUDA context for a stage that trains on the GPU; each measured alone as the median of 3 fresh processes: "
-        f"interpreter {costs['interpreter_s']:.2f} s; with each entry point's imports: " + ", ".join(f"{k} {v:.2f} s" for k, v in costs["imports_s"].items()) + cuda + ".",
+        f"A config already run, again: {max(r['wall_s'] for r in p['exp_runs'] if r['label'] != 'new config'):.2f} s, "
+        f"{100 * max(r['wall_s'] for r in p['exp_runs'] if r['label'] != 'new config') / new['wall_s']:.0f} % of the new "
+        f"config's {new['wall_s']:.2f} s. The new config's dvc overhead beyond its stage processes: "
+        f"{new['wall_s'] - sum(s['wall_s'] for s in new['stages']):.2f} s.",
         "",
-        "| stage command | wall s | peak RSS (MB) |",
+        "What starting a stage process costs (each the median of 3 fresh processes): interpreter "
+        f"{costs['interpreter_s']:.2f} s; with each entry point's imports: "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in costs["imports_s"].items()) + cuda + ".",
+        "",
+        "| CPU code paths | trainer s / epoch | one-process floor (adam), s |",
+        "|---|---:|---:|",
+        *[f"| {name} | {v['trainer_s_per_epoch']:.3f} | {v['floor_s']:.2f} |" for name, v in pins.items()],
+        "",
+        "| stage command (cold repro) | wall s | peak RSS (MB) |",
         "|---|---:|---:|",
         *[f"| `{' '.join(s['cmd'])}` | {s['wall_s']:.1f} | {s['max_rss_mb']:.0f} |" for s in p["stages"]],
         "",
@@ -350,54 +457,31 @@ def pipeline_lines(p: dict) -> list[str]:
 def main(
     epochs: int = typer.Option(4, min=4, help="epochs for every loop; the first is dropped, the rest give median and spread"),
     seed: int = typer.Option(42),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    pipeline: bool = typer.Option(True, help="also time a cold and a no-op `dvc repro` and `dvc exp run`"),
+    device: str = typer.Option("auto", help="device of the loops: auto | cpu | cuda"),
+    pipeline: bool = typer.Option(True, help="also time the pipeline (cold and no-op repro, exp runs, pins)"),
     out: Path = typer.Option(None, help="also write the results as JSON here"),
     cuda_graph: bool = typer.Option(True, help="trainer: replay epochs as CUDA graphs (CUDA only)"),
     tutorial: bool = typer.Option(True, help="also time the tutorial's loop"),
-    loops: bool = typer.Option(True, help="time the training loops (off: the pipeline alone)"),
-    pipeline_device: str = typer.Option("auto", help="train.device for the pipeline's training stages: auto | cpu | cuda"),
+    pipeline_device: str = typer.Option("auto", help="train.device for the pipeline's training stage: auto | cpu | cuda"),
 ) -> None:
-    """Tutorial loop vs mnistlr trainer (s/epoch, ratio, test accuracy), then pipeline timings."""
+    """Trainer vs plain loop vs tutorial loop (s/epoch, test accuracy), then the pipeline's timings."""
     if pipeline_device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter(f"{pipeline_device!r}; accepted: auto, cpu, cuda", param_hint="--pipeline-device")
     dev = resolve_device(device)
     files = locate(REPO / "data" / "raw")
     name = torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor() or platform.machine()
-    # whoever sent a copy of the working tree without .git (or without git) names its commit
-    commit = os.environ.get("MNISTLR_COMMIT", "")
-    if not commit and shutil.which("git"):
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    results = {"device": name, "cpu_count": os.cpu_count(), "torch": torch.__version__, "commit": commit, "epochs": epochs}
-    lines = [f"Device: {name}; {os.cpu_count()} CPU cores; torch {torch.__version__}; commit {commit or 'unknown'}."]
-    if loops:
-        root = torchvision_root(files)
-        default_threads = torch.get_num_threads()
-        timed = {}  # loop name -> (epoch seconds, test accuracy)
-        if tutorial:
-            timed[f"tutorial (DataLoader), {default_threads} threads"] = tutorial_loop(root, epochs, seed, dev, default_threads)
-            timed["tutorial (DataLoader), 1 thread"] = tutorial_loop(root, epochs, seed, dev, 1)
-            torch.set_num_threads(default_threads)
-        trainer_name = "mnistlr trainer" + (" (CUDA graph)" if dev.type == "cuda" and cuda_graph else
-                                            ", steps on 1 thread" if dev.type == "cpu" else "")
-        timed[trainer_name] = trainer_run(files, epochs, seed, dev, 64, cuda_graph)
-        shutil.rmtree(root, ignore_errors=True)
-        stats = {k: steady_state(t) for k, (t, _) in timed.items()}
-        base = stats[next(iter(stats))]["median"]
-        results["loops"] = {k: {**stats[k], "epoch_s": timed[k][0], "test_accuracy": timed[k][1]} for k in timed}
-        lines += [
-            "",
-            f"{epochs} epochs of SGD lr 0.1 constant, batch 64, seed {seed}, the same 50k/10k split; every loop timed "
-            "alike: seconds per epoch (training and validation passes), the first epoch dropped, median and range of the rest.",
-            "",
-            "| loop | s / epoch (median) | range | speed-up vs first row | test accuracy |",
-            "|---|---:|---:|---:|---:|",
-            *[f"| {k} | {st['median']:.3f} | {st['min']:.3f}-{st['max']:.3f} | {base / st['median']:.1f}x | "
-              f"{100 * timed[k][1]:.2f} % |" for k, st in stats.items()],
-        ]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                                capture_output=True, text=True).stdout.strip())
+    results: dict = {"device": name, "cpu_count": os.cpu_count(), "torch": torch.__version__, "commit": commit,
+                     "uncommitted_changes": dirty, "epochs": epochs}
+    lines = [f"Device: {name}; {os.cpu_count()} CPU cores; torch {torch.__version__}; "
+             f"commit {commit}{' with uncommitted changes' if dirty else ''}.", ""]
+    results["loops"] = loops(files, epochs, seed, dev, cuda_graph, tutorial)
+    lines += loop_lines(results["loops"], epochs, seed)
     if pipeline:
         mirror = Path(os.environ.get("MNISTLR_MNIST_DIR") or Path(files["train-images-idx3-ubyte.gz"]).parent)
-        results["pipeline"] = pipeline_timings(mirror, pipeline_device)
+        results["pipeline"] = pipeline_timings(mirror, pipeline_device, seed, epochs)
         lines += ["", *pipeline_lines(results["pipeline"])]
     typer.echo("\n".join(lines))
     if out:
