@@ -150,10 +150,10 @@ def lr_schedule(schedule: str, lr: float, total_steps: int) -> list[float]:
 
 
 def gradient(theta: torch.Tensor, xb: torch.Tensor, targets: torch.Tensor, yb: torch.Tensor, loss: str,
-             out: torch.Tensor, nll: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
-    """The gradient of the mean loss over the batch, for K models at once, into `out` [K * 10, 785]; each
-    example's cross-entropy into `nll` [K, 1, B] and whether it was classified right into `correct` [K, B]
-    (the running scores of the epoch, read once at its end).
+             out: torch.Tensor, nll: torch.Tensor, top: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+    """The gradient of the mean loss over the batch, for K models at once, into `out` [K * 10, 785]; and
+    the batch's running scores: each example's log-probability of its label into `nll` [K, 1, B], its
+    predicted class into `predicted` [K, B] (its top logit into `top`), read once at the epoch's end.
 
     theta: [K * 10, 785] (weights | bias); xb: [B, 785] (inputs | 1); targets: [K, 10, B] one-hot of the
     labels yb [K, B]. With logits Z = theta · xbᵀ, cross-entropy's gradient by Z is softmax(Z) - onehot(y)
@@ -164,8 +164,8 @@ def gradient(theta: torch.Tensor, xb: torch.Tensor, targets: torch.Tensor, yb: t
     k, b = targets.shape[0], xb.shape[0]
     z = torch.mm(theta, xb.t()).view(k, NUM_CLASSES, b)
     logp = torch.log_softmax(z, dim=1)
-    torch.gather(logp, 1, yb.unsqueeze(1), out=nll)  # log p(y): the negative loss, summed per epoch
-    torch.eq(z.max(dim=1).indices, yb, out=correct)  # argmax's first maximum; max() costs half of argmax() here
+    torch.gather(logp, 1, yb.unsqueeze(1), out=nll)
+    torch.max(z, dim=1, out=(top, predicted))  # argmax's first maximum, at half argmax()'s cost here
     residual = (logp.exp_() if loss == "ce" else z).sub_(targets)
     return out.addmm_(residual.view(k * NUM_CLASSES, b), xb, beta=0, alpha=1.0 / b)
 
@@ -349,7 +349,11 @@ def fit_models(
     ys = torch.empty(k, n, dtype=torch.int64, device=device)
     targets = torch.empty(k, NUM_CLASSES, n, dtype=x.dtype, device=device)
     nll = torch.empty(k, 1, n, dtype=x.dtype, device=device)
-    correct = torch.empty(k, n, dtype=torch.bool, device=device)
+    top = torch.empty(k, n, dtype=x.dtype, device=device)
+    predicted = torch.empty(k, n, dtype=torch.int64, device=device)
+    # every step's slices of the epoch buffers, made once: the buffers are refilled, never reallocated
+    batches = [(xs[lo:hi], targets[:, :, lo:hi], ys[:, lo:hi], nll[:, :, lo:hi], top[:, lo:hi], predicted[:, lo:hi])
+               for lo, hi in ((s * bs, min((s + 1) * bs, n)) for s in range(steps))]
     grad = torch.empty_like(theta)
     graph = _EpochGraph(steps, device) if device.type == "cuda" and cfg.cuda_graph else None
     val_y_np = None if val_y is None else val_y.cpu().numpy()
@@ -358,9 +362,8 @@ def fit_models(
     active = list(range(k))
 
     def run_step(s: int, *scalars) -> None:
-        lo, hi = s * bs, min((s + 1) * bs, n)
-        gradient(theta, xs[lo:hi], targets[:, :, lo:hi], ys[:, lo:hi], cfg.loss, grad, nll[:, :, lo:hi],
-                 correct[:, lo:hi])
+        xb, tb, yb, nb, topb, pb = batches[s]
+        gradient(theta, xb, tb, yb, cfg.loss, grad, nb, topb, pb)
         add_penalties(grad, theta, l1, cfg.grad_clip, k)
         opt.step(grad, *scalars)
 
@@ -380,7 +383,7 @@ def fit_models(
             with _threads(1):  # batch-sized products are too small to share: OpenMP hand-offs cost more than they save
                 for s, step_scalars in enumerate(scalars):
                     run_step(s, *step_scalars)
-        train_loss, train_accuracy = _running_scores(nll, correct)
+        train_loss, train_accuracy = _running_scores(nll, predicted == ys)
         val = _val_scores(theta, val_x, val_y_np) if val_x is not None else None
         seconds = time.perf_counter() - started
         for i in list(active):

@@ -104,8 +104,8 @@ def test_the_written_out_gradient_is_autograds_for_every_model_of_a_batch(loss):
     xb = torch.cat([x, torch.ones(len(x), 1)], 1)
     labels = torch.stack([y, y2])
     targets = torch.nn.functional.one_hot(labels, 10).float().transpose(1, 2).contiguous()
-    out, nll, correct = torch.empty_like(theta), torch.empty(2, 1, 48), torch.empty(2, 48, dtype=torch.bool)
-    gradient(theta, xb, targets, labels, loss, out, nll, correct)
+    out, nll, top, predicted = torch.empty_like(theta), torch.empty(2, 1, 48), torch.empty(2, 48), torch.empty(2, 48, dtype=torch.int64)
+    gradient(theta, xb, targets, labels, loss, out, nll, top, predicted)
     for i, (model, labels_i) in enumerate(zip(models, labels)):
         make_criterion(loss)(model(x), labels_i).backward()
         block = out[10 * i : 10 * (i + 1)]
@@ -114,7 +114,7 @@ def test_the_written_out_gradient_is_autograds_for_every_model_of_a_batch(loss):
         logits = model(x).detach()
         torch.testing.assert_close(-nll[i, 0], nn.functional.cross_entropy(logits, labels_i, reduction="none"),
                                    atol=1e-5, rtol=1e-5)
-        assert torch.equal(correct[i], logits.argmax(1) == labels_i)
+        assert torch.equal(predicted[i], logits.argmax(1))
 
 
 def test_penalties_add_l1s_sign_to_the_weights_and_clip_each_model_to_its_norm():
