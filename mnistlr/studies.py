@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -46,8 +45,7 @@ def _cfg(params: Params, **train) -> TrainParams:
     return TrainParams.model_validate(params.train.model_copy(update=train).model_dump())
 
 
-def _row(model: LogisticRegression, data: dict, cfg: TrainParams, optimizer: str, lr: float, splits, seconds: float,
-         **extra) -> dict:
+def _row(model: LogisticRegression, data: dict, cfg: TrainParams, optimizer: str, lr: float, splits, **extra) -> dict:
     """A fitted model's settings, training objective and accuracies, as one JSON row (printed as it goes)."""
     x, y = data["train"]
     row = {
@@ -58,7 +56,6 @@ def _row(model: LogisticRegression, data: dict, cfg: TrainParams, optimizer: str
     }
     for s in splits:
         row[f"{s}_accuracy"] = _accuracy(model, *data[s])
-    row["seconds"] = round(seconds, 1)
     row.update(extra)
     print(json.dumps(row), flush=True)
     return row
@@ -67,16 +64,14 @@ def _row(model: LogisticRegression, data: dict, cfg: TrainParams, optimizer: str
 def _run(params: Params, data: dict, optimizer: str, lr: float, *, splits=("val", "test"), **train) -> tuple[LogisticRegression, dict]:
     """Fit on train with params.train overridden by `train`; accuracies, objective and timing."""
     cfg = _cfg(params, **train)
-    t0 = time.perf_counter()
     model, _ = fit(*data["train"], *data["val"], cfg, optimizer, lr, params.seed)
-    return model, _row(model, data, cfg, optimizer, lr, splits, time.perf_counter() - t0)
+    return model, _row(model, data, cfg, optimizer, lr, splits)
 
 
 def _run_candidates(params: Params, data: dict, points: list[SweepPoint],
                     splits=("val",)) -> tuple[list[LogisticRegression], list[dict]]:
     """The fitted model and its row for each candidate, in order. Candidates sharing optimizer, batch size
-    and epochs train as one batched program; `seconds` is then the group's wall time divided among its
-    models (`batched`: K)."""
+    and epochs train as one batched program (`batched`: K)."""
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(points):
         groups.setdefault((c.optimizer, c.batch_size, c.epochs), []).append(i)
@@ -89,15 +84,13 @@ def _run_candidates(params: Params, data: dict, points: list[SweepPoint],
                 models[i], rows[i] = _run(params, data, optimizer, points[i].lr, splits=splits, epochs=epochs,
                                           batch_size=batch_size, weight_decay=points[i].weight_decay)
             continue
-        t0 = time.perf_counter()
         fitted = fit_batched(*data["train"], cfg, optimizer, [points[i].lr for i in idx],
                              [points[i].weight_decay for i in idx], params.seed)
-        share = (time.perf_counter() - t0) / len(idx)
         for i, model in zip(idx, fitted):
             models[i] = model
             rows[i] = _row(model, data, _cfg(params, epochs=epochs, batch_size=batch_size,
                                              weight_decay=points[i].weight_decay),
-                           optimizer, points[i].lr, splits, share, batched=len(idx))
+                           optimizer, points[i].lr, splits, batched=len(idx))
     return models, rows
 
 
@@ -152,16 +145,14 @@ def study_l1l2(params: Params, data: dict, figure: str | Path | None = None) -> 
     runs = [(kind, v) for kind in ("l1", "weight_decay") for v in p.values if not (v == 0 and kind == "weight_decay")]
     base = _cfg(params, epochs=p.epochs, batch_size=p.batch_size)
     cfgs = [_cfg(params, epochs=p.epochs, batch_size=p.batch_size, **{kind: v}) for kind, v in runs]
-    t0 = time.perf_counter()
     if batchable(base, "sgd"):
         models = fit_batched(*data["train"], base, "sgd", [p.lr] * len(runs), [c.weight_decay for c in cfgs],
                              params.seed, l1s=[c.l1 for c in cfgs])
     else:
         models = [fit(*data["train"], *data["val"], c, "sgd", p.lr, params.seed)[0] for c in cfgs]
-    share = (time.perf_counter() - t0) / len(runs)
     rows, strongest = [], {}
     for (kind, v), c, model in zip(runs, cfgs, models):
-        r = _row(model, data, c, "sgd", p.lr, ("val", "test"), share, batched=len(runs))
+        r = _row(model, data, c, "sgd", p.lr, ("val", "test"), batched=len(runs))
         w = model.fc.weight.detach().cpu()
         r.update(penalty=kind if v else "none", strength=v, sparsity=round(metrics.weight_sparsity(w.numpy(), thr), 6),
                  exact_zeros=round(float((w == 0).float().mean()), 6), l1_norm=round(float(w.abs().sum()), 3),
@@ -235,7 +226,6 @@ def run_study(name: str, params: Params, prepared: str | Path, out: str | Path,
     # The studies' small matrix products: on a shared 2-core machine one thread ran SGD 2.4x faster than two.
     torch.set_num_threads(1)
     torch.manual_seed(params.seed)
-    started = time.perf_counter()
     pre = load_preprocessing(prepared)
     if pre.deskew != (name == "deskew"):
         raise MnistlrError(f"study {name!r} needs {'deskewed' if name == 'deskew' else 'plain'} inputs, but {prepared} "
@@ -255,7 +245,7 @@ def run_study(name: str, params: Params, prepared: str | Path, out: str | Path,
     elif name == "deskew":
         result = study_deskew(params, data)
     result = {"study": name, "params": params.studies.model_dump()[name], "device": str(data["train"][0].device),
-              "preprocessing": pre.describe(), "wall_seconds": round(time.perf_counter() - started, 1), **result}
+              "preprocessing": pre.describe(), **result}
     atomic.write_json(out, result)
     return result
 
@@ -328,17 +318,16 @@ def sweep_section(s: dict, title: str = "## 3. The best linear model", inputs: s
     rows = []
     for i, r in enumerate(s["rows"]):
         mark = " **(selected)**" if i == s["best_index"] else ""
-        batched = f" (batched x{r['batched']})" if r.get("batched") else ""
+        batched = f"x{r['batched']}" if r.get("batched") else "alone"
         rows.append([_config(r) + mark, f"{r['objective']:.4f}", _pct(r["train_accuracy"]), _pct(r["val_accuracy"]),
-                     f"{r['seconds']:g}{batched}"])
+                     batched])
     b, t = s["best"], s["trained_on_train"]
     best_val, n_train, n_val = s["rows"][s["best_index"]]["val_accuracy"], s["n_train"], s["n_val"]
     out = [title, "",
            f"Every candidate is trained on the {n_train} training{inputs} images and scored on the {n_val} validation "
            "images; the one with the highest validation accuracy is selected, and only it touches the test set. "
-           "Candidates sharing optimizer, batch size and epochs train as one batched program (seconds: the group's "
-           "wall time per model).", "",
-           *_table(["config", "train objective", "train acc %", "val acc %", "seconds"], rows),
+           "Candidates sharing optimizer, batch size and epochs train as one batched program.", "",
+           *_table(["config", "train objective", "train acc %", "val acc %", "trained"], rows),
            f"One standard error of an accuracy near {100 * best_val:.1f} % on {n_val} validation images is "
            f"{100 * math.sqrt(best_val * (1 - best_val) / n_val):.2f} points: differences smaller than that "
            "do not separate the candidates.", "",
@@ -367,10 +356,8 @@ def write_studies_report(results: str | Path, out: str | Path) -> str:
     lines = ["# Studies: beyond the tutorial", "",
              f"Generated by `{COMMAND}` (studies/dvc.yaml; params: `studies:` in params.yaml). "
              "Multinomial logistic regression on normalized pixels; no augmentation or features; section 4 on "
-             "deskewed digits.", "",
-             "Wall time of each study stage's work (data loading, training, scoring; not the process start): " +
-             ", ".join(f"{n} {found[n].get('wall_seconds', 0):g} s" for n in STUDIES) +
-             f"; {sum(found[n].get('wall_seconds', 0) for n in STUDIES):.0f} s in all.", ""]
+             "deskewed digits. Wall times are the benchmark's (bench/studies_wall.sh), not kept here: they vary "
+             "run to run, these results must not.", ""]
     opt = found["optimum"]
     logistic = next(e["sgd"] for e in opt["rows"] if e["weight_decay"] == 0) if any(e["weight_decay"] == 0 for e in opt["rows"]) else opt["rows"][0]["sgd"]
     lines += (mse_section(found["mse"], logistic) + optimum_section(opt) + sweep_section(found["sweep"])
