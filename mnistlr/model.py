@@ -8,6 +8,7 @@ with numpy alone; only training (mnistlr.train) builds the torch module.
 
 from __future__ import annotations
 
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,8 @@ class Model:
 
 
 def load_model(path: str | Path) -> Model:
-    """Read a model written by the train stage; anything else is a one-line error naming what is wrong."""
+    """Read a model written by the train stage; anything else is a one-line error naming what is wrong,
+    a model whose weight, bias, mean or std is nan or infinite (or whose std is not > 0) included."""
     path = Path(path)
     if not path.is_file():
         raise MnistlrError(f"no model at {path}; run the train stage first (dvc repro) or pass --model")
@@ -66,9 +68,29 @@ def load_model(path: str | Path) -> Model:
                if arrays[k].shape != () or arrays[k].dtype.kind not in ("b" if k == "deskew" else "fiu")]
     if scalars:
         raise MnistlrError(f"{path}: {', '.join(scalars)} must be a single number; retrain it with the train stage")
-    weight, bias = arrays["weight"].astype(np.float32), arrays["bias"].astype(np.float32)
+    numeric = [k for k in ("weight", "bias") if arrays[k].dtype.kind not in "fiu"]
+    if numeric:
+        raise MnistlrError(f"{path}: {', '.join(numeric)} must be numbers, not {arrays[numeric[0]].dtype}; "
+                           "retrain it with the train stage")
+    with np.errstate(over="ignore", invalid="ignore"):  # a value beyond float32 becomes inf, refused below
+        weight, bias = arrays["weight"].astype(np.float32), arrays["bias"].astype(np.float32)
     if weight.shape != (NUM_CLASSES, IN_FEATURES) or bias.shape != (NUM_CLASSES,):
         raise MnistlrError(f"{path}: weight {weight.shape} and bias {bias.shape}; expected "
                            f"({NUM_CLASSES}, {IN_FEATURES}) and ({NUM_CLASSES},)")
-    return Model(weight, bias, float(arrays["mean"]), float(arrays["std"]), int(arrays["image_side"]),
-                 bool(arrays["deskew"]))
+    mean, std = float(arrays["mean"]), float(arrays["std"])
+    problems = non_finite(weight=weight, bias=bias)
+    problems += [f"{k} is {v}" for k, v in (("mean", mean), ("std", std)) if not math.isfinite(v)]
+    if math.isfinite(std) and std <= 0:
+        problems.append(f"std is {std}, not > 0")
+    if problems:
+        # a diverged or damaged fit: its scores would be nan, or its inputs divided by zero
+        raise MnistlrError(f"{path}: {', '.join(problems)}; a model needs finite weights, bias and mean "
+                           "and a std > 0; retrain it with the train stage")
+    return Model(weight, bias, mean, std, int(arrays["image_side"]), bool(arrays["deskew"]))
+
+
+def non_finite(**arrays: np.ndarray) -> list[str]:
+    """'NAME has N non-finite values (nan or inf)' for each array holding any (as float32, as used)."""
+    counts = {name: int(np.count_nonzero(~np.isfinite(a))) for name, a in arrays.items()}
+    return [f"{name} has {n} non-finite value{'s' if n != 1 else ''} (nan or inf)"
+            for name, n in counts.items() if n]

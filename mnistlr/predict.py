@@ -12,14 +12,15 @@ already is one passes through unchanged:
    and weak ink is stretched so the darkest stroke is 1. Faint anti-aliased ink is kept, not thresholded;
 3. a digit that is already MNIST-form (a 28x28 image whose digit fits the 20x20 box) is not resampled.
    Any other is fitted the MNIST way: its bounding box (a threshold only finds the box) is scaled to
-   fit 20x20 keeping the aspect ratio, with area anti-aliasing; a pen much thinner than MNIST's is
-   widened to MIN_STROKE;
+   fit 20x20 keeping the aspect ratio, with area anti-aliasing; a pen thinner than MIN_STROKE (at that
+   scale) is widened to it;
 4. the digit is moved by whole pixels so its centre of mass lies where MNIST puts it: in pixel
    (14, 14) of the 28x28 field (0-based index, rounded), as in every MNIST digit;
 5. [0, 1] -> deskewed when the model file says its inputs were, then normalized with the mean and std
    it carries.
 
-bench/predict_fidelity.py measures what this costs in accuracy on real test digits, kind by kind.
+bench/predict_fidelity.py chooses MIN_STROKE on MNIST training digits held out of training and
+measures what this preprocessing costs in accuracy on the MNIST test digits, kind of file by kind.
 """
 
 from __future__ import annotations
@@ -48,7 +49,12 @@ FULL_CONTRAST = 0.99  # ink this close to the page's full range is left as it is
 NOISE_SIGMAS = 3.0  # the border's robust noise level, times this, is subtracted from the ink
 MARGIN = 2  # output pixels of context kept around the digit's box when it is resampled (faint edges)
 FITTED_MIN = 17  # a 28x28 digit whose long side is FITTED_MIN..BOX pixels counts as already fitted
-MIN_STROKE = 1.9  # pixels at the 28x28 scale: a thinner pen is widened to this (MNIST's median is 2.3)
+# Pixels at the 28x28 scale: a thinner pen is widened to this (MNIST's median stroke is 2.5). Chosen by
+# `python bench/predict_fidelity.py --model models/full.npz` on MNIST training images held out of training
+# (the prepare stage's 10k validation split), as the threshold of 0 (never widen) and 1.0 to 3.0 px in
+# 0.1 steps that gets the most of them right through predict, written as each kind of file the bench
+# resamples (bench/results/predict_fidelity.md); the test digits only measure the result.
+MIN_STROKE = 2.3
 SUPERSAMPLE = 4  # resolution (times the output's) at which a thin pen is widened
 WORK_SIDE = 1024  # larger images are reduced to about this many pixels a side before any float work
 STRIP_PIXELS = 1 << 22  # pixels converted at a time while reducing a large image with transparency
@@ -167,10 +173,10 @@ def _strip_to_gray(strip: Image.Image, factor: int) -> np.ndarray:
     return np.asarray(gray, dtype=np.float64)
 
 
-def to_mnist(gray: np.ndarray, name: str = "image") -> np.ndarray:
+def to_mnist(gray: np.ndarray, name: str = "image", min_stroke: float = MIN_STROKE) -> np.ndarray:
     """[H, W] grayscale in [0, 255] -> [28, 28] float in [0, 1], white digit on black, MNIST-fitted and
     centred. An MNIST digit (28x28, white on black, fitted in 20x20, centred by mass) comes out as
-    pixel / 255, unchanged."""
+    pixel / 255, unchanged. A resampled digit's pen is widened to min_stroke (0: never widened)."""
     gray = np.asarray(gray, dtype=np.float64)
     if gray.ndim != 2 or gray.size == 0:
         raise MnistlrError(f"{name}: expected a 2-D grayscale image, got shape {gray.shape}")
@@ -180,7 +186,7 @@ def to_mnist(gray: np.ndarray, name: str = "image") -> np.ndarray:
         f0, f1, g0, g1 = bounding_box(ink > 0)  # with its faintest anti-aliased edge
         if max(f1 - f0, g1 - g0) >= FITTED_MIN:  # already fitted: no resampling, at most a whole-pixel move
             return place(ink, (r0, r1, c0, c1))
-    return place(*fit_box(ink, r0, r1, c0, c1))
+    return place(*fit_box(ink, r0, r1, c0, c1, min_stroke))
 
 
 def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -213,16 +219,17 @@ def ink_map(gray: np.ndarray, name: str = "image") -> np.ndarray:
     return np.clip(ink / level, 0.0, 1.0)
 
 
-def fit_box(ink: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def fit_box(ink: np.ndarray, r0: int, r1: int, c0: int, c1: int,
+            min_stroke: float = MIN_STROKE) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """Scale the digit's box [r0:r1, c0:c1] so its longer side is BOX pixels (aspect kept, area
-    anti-aliased), with MARGIN output pixels of context around it. A pen thinner than MIN_STROKE
+    anti-aliased), with MARGIN output pixels of context around it. A pen thinner than min_stroke
     (at the 28x28 scale) is thickened to it by a grey dilation at SUPERSAMPLE times the resolution.
     Returns the patch and the fitted box's rows and columns in it."""
     h, w = r1 - r0, c1 - c0
     scale = BOX / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     box = (MARGIN, MARGIN + nh, MARGIN, MARGIN + nw)
-    thicken = round((MIN_STROKE - stroke_width(ink[r0:r1, c0:c1] >= 0.5) * scale) * SUPERSAMPLE / 2)
+    thicken = round((min_stroke - stroke_width(ink[r0:r1, c0:c1] >= 0.5) * scale) * SUPERSAMPLE / 2)
     if thicken <= 0:
         return resample(ink, (r0 + r1) / 2, (c0 + c1) / 2, scale, (nh + 2 * MARGIN, nw + 2 * MARGIN)), box
     fine = resample(ink, (r0 + r1) / 2, (c0 + c1) / 2, scale * SUPERSAMPLE,

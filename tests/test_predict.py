@@ -19,10 +19,10 @@ from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 from mnistlr.cli import app
-from mnistlr.data import IN_FEATURES, NUM_CLASSES, normalize, read_images, read_labels
+from mnistlr.data import IN_FEATURES, NUM_CLASSES, normalize, read_images, read_labels, split_indices
 from mnistlr.errors import MnistlrError
 from mnistlr.model import Model, load_model
-from mnistlr.predict import (MAX_DATA_BYTES, center_of_mass, load_gray, predict_files, preprocess_file,
+from mnistlr.predict import (MAX_DATA_BYTES, MIN_STROKE, center_of_mass, load_gray, predict_files, preprocess_file,
                              preprocess_gray, to_mnist)
 from tests.conftest import REPO
 
@@ -121,6 +121,11 @@ def test_a_thin_pen_is_widened_to_an_mnist_stroke():
     out = to_mnist(np.asarray(img, np.float64))
     assert out.max() == pytest.approx(1.0, abs=0.05)
     assert 1.5 <= out.sum() / 20 <= 3.0  # ink per row of the 20-pixel stroke: its width in pixels
+    assert abs(out.sum() / 20 - MIN_STROKE) <= 0.5
+    never = to_mnist(np.asarray(img, np.float64), min_stroke=0.0)  # the threshold the bench calls "never widen"
+    assert never.sum() / 20 < 0.5
+    wider = to_mnist(np.asarray(img, np.float64), min_stroke=MIN_STROKE + 1.0)
+    assert wider.sum() / 20 > out.sum() / 20 + 0.5
 
 
 def test_a_thick_pen_is_not_thinned():
@@ -417,14 +422,60 @@ def test_scans_and_photos_of_real_digits_score_close_to_direct(fidelity, quick_m
 
 
 @pytest.mark.slow
-def test_the_fidelity_bench_writes_its_table(fidelity, real_model, real_mirror, tmp_path, monkeypatch):
+def test_the_fidelity_bench_chooses_on_validation_digits_and_reports_on_test_digits(
+        fidelity, real_model, real_mirror, tmp_path, monkeypatch):
+    """The threshold is chosen on training images held out of training (the prepare stage's val split),
+    never on test digits; the table is of the test digits, through predict as it is."""
     monkeypatch.setenv("MNISTLR_MNIST_DIR", str(real_mirror))
+    chosen_on = []
+
+    def spy(model, images, labels, kinds, **kwargs):
+        chosen_on.append(images.copy())
+        return real_select(model, images, labels, kinds, **kwargs)
+
+    real_select = fidelity.select
+    monkeypatch.setattr(fidelity, "select", spy)
     bench = runner.invoke(fidelity.app, ["--model", str(real_model), "--digits", "20", "--mnist-digits", "50",
-                                         "--kind", "mnist", "--kind", "jpeg", "--out", str(tmp_path / "f.json")])
+                                         "--select-digits", "30", "--kind", "mnist", "--kind", "jpeg",
+                                         "--out", str(tmp_path / "results")])
     assert bench.exit_code == 0, bench.output
     assert "| mnist | 50 |" in bench.output and "| jpeg | 20 |" in bench.output
-    rows = json.loads((tmp_path / "f.json").read_text())["rows"]
-    assert [(r["kind"], r["digits"]) for r in rows] == [("mnist", 50), ("jpeg", 20)]
+    train = read_images(real_mirror / "train-images-idx3-ubyte.gz")
+    _, val_idx = split_indices(len(train), 10000, 42)  # params.yaml's val_size and seed
+    assert len(chosen_on) == 1 and np.array_equal(chosen_on[0], train[val_idx[:30]])
+    result = json.loads((tmp_path / "results" / "predict_fidelity.json").read_text())
+    assert [(r["kind"], r["digits"]) for r in result["test"]["rows"]] == [("mnist", 50), ("jpeg", 20)]
+    assert result["test"]["min_stroke"] == MIN_STROKE
+    selection = result["selection"]
+    assert selection["digits"] == 30 and [r["min_stroke"] for r in selection["rows"]] == list(fidelity.CANDIDATES)
+    assert set(selection["rows"][0]) == {"min_stroke", "jpeg", "all"}  # mnist form is never resampled: not scored
+    assert f"chosen: {selection['chosen']} px" in bench.output
+    assert (tmp_path / "results" / "predict_fidelity.md").read_text() in bench.output
+
+
+@pytest.mark.slow
+def test_the_bench_chooses_the_threshold_that_gets_most_digits_right(fidelity, quick_model, real_mirror):
+    """A pen widened to 8 px ruins digits and is not chosen; thresholds that widen nothing tie and the
+    smallest wins."""
+    train = read_images(real_mirror / "train-images-idx3-ubyte.gz")
+    labels = read_labels(real_mirror / "train-labels-idx1-ubyte.gz")
+    images, labels = train[:100], labels[:100]
+    chosen, rows = fidelity.select(quick_model, images, labels, ["paper", "thin"], candidates=(8.0, MIN_STROKE))
+    assert chosen == MIN_STROKE and rows[0]["all"] < rows[1]["all"] - 20
+    assert rows[1]["all"] == pytest.approx((rows[1]["paper"] + rows[1]["thin"]) / 2)
+    # 0.2 px is below any pen, so it widens nothing, as 0 does: the two tie
+    chosen, rows = fidelity.select(quick_model, images, labels, ["thin"], candidates=(0.2, 0.0))
+    assert chosen == 0.0 and rows[0]["thin"] == rows[1]["thin"]
+
+
+def test_the_bench_scores_each_threshold_as_predict_preprocesses_its_files(fidelity, synthetic_mirror):
+    """What the bench's selection computes for predict's own threshold is predict's preprocessing of the file."""
+    images = read_images(synthetic_mirror / "train-images-idx3-ubyte.gz")[:3]
+    model = random_model()
+    for kind in fidelity.KINDS:
+        for path in fidelity.files_of_kind(images, kind, 0, 1):
+            via_bench = model.preprocessing.apply_float(to_mnist(load_gray(path), str(path), MIN_STROKE)[None])[0]
+            np.testing.assert_array_equal(via_bench, preprocess_file(path, model))
 
 
 @pytest.mark.slow
