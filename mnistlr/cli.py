@@ -118,8 +118,11 @@ def sweep(
     metric: str = typer.Option("test.accuracy", help="sorts the comparison (best first); " + METRIC_HELP),
 ) -> None:
     """Run a grid of DVC experiments on a Dask cluster (one task per point, each in a fresh clone of the pushed
-    commit), pull the results and compare them. Points already on the remote are skipped. Exit status: the
-    number of failed points (0 when all pass)."""
+    commit), pull the results and compare them. Points already on the remote are skipped. No credentials are
+    sent: a --scheduler's workers need their own (MNISTLR_DVC_CONFIG_LOCAL naming a DVC config.local on the
+    worker, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the worker's environment); a local cluster's
+    workers read this repository's .dvc/config.local. Needs dask and distributed, the optional cluster extra of
+    mnistlr. Exit status: the number of failed points (0 when all pass)."""
     from mnistlr.sweep import run_sweep
 
     outcome = run_sweep(set_param, scheduler, name_prefix, origin, workers, out, variant, metric,
@@ -143,7 +146,10 @@ def sweep_point(
     name_prefix: str = typer.Option("sweep", help="prefix of the default name"),
     origin: str = typer.Option("origin", help="git remote name of this repository, or a URL"),
     config_local: Optional[Path] = typer.Option(
-        None, help="DVC config.local (credentials) for the clone (default: this repository's .dvc/config.local)"),
+        None, envvar="MNISTLR_DVC_CONFIG_LOCAL", show_envvar=True,
+        help="a DVC config.local (credentials) on this machine, copied into the clone (default: this repository's "
+             ".dvc/config.local; without either, dvc takes AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from the "
+             "environment)"),
     workdir: Optional[Path] = typer.Option(None, help="where the temporary clone goes (default: the temp folder)"),
 ) -> None:
     """Run one point of a sweep: clone the commit from the git remote, dvc pull, dvc exp run -n NAME -S ...,

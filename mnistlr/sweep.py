@@ -6,6 +6,16 @@ ref is already on the git remote, and submits one task per remaining point. A ta
 per-point command (`mnistlr sweep-point`) in a fresh clone of the commit: `dvc pull`, `dvc exp run`,
 `dvc push` (the cache first), then `dvc exp push` (the ref last, so a ref never exists without its
 data). The same per-point command runs unchanged as a CI matrix job or a SLURM array task.
+
+A task's arguments are the git URL, the commit, the point's name and its overrides: no credentials.
+Anyone who can reach the scheduler can read them, so each worker takes the DVC remote's credentials
+from its own machine: a DVC config.local named by MNISTLR_DVC_CONFIG_LOCAL in the worker's environment
+(copied into each clone), else the standard AWS variables of that environment (AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, and AWS_ENDPOINT_URL for a store whose endpoint .dvc/config does not name) or
+the worker's ~/.aws files. A local cluster (no --scheduler) runs on this machine: its workers are
+given the path of this repository's .dvc/config.local, never its text.
+
+dask and distributed are the optional `cluster` extra; only the driver and the workers need them.
 """
 
 from __future__ import annotations
@@ -32,6 +42,8 @@ from mnistlr.errors import MnistlrError
 from mnistlr.review import compare_experiments, dvc_exe, run_dvc
 
 CONNECT_TIMEOUT_S = 10
+CONFIG_LOCAL_ENV = "MNISTLR_DVC_CONFIG_LOCAL"  # a worker's own DVC config.local (credentials) for its clones
+CLUSTER_INSTALL = "pip install 'mnistlr[cluster]'"
 TEMPFAIL = 75  # sweep-point's exit status for a failure worth retrying elsewhere (git or storage, not the experiment)
 WATCHDOG_ENV = "MNISTLR_SWEEP_WATCHDOG"  # set by the Dask task: the point kills its own process group if the worker dies
 ORPHANED = threading.Event()  # set by the watchdog: the worker that ran this point is gone
@@ -201,9 +213,14 @@ def _env() -> dict[str, str]:
     return env
 
 
+STORAGE_REFUSED = re.compile(r"Unable to locate credentials|Forbidden|AccessDenied|InvalidAccessKeyId|"
+                             r"SignatureDoesNotMatch|\(403\)")
+
+
 def _dvc(*args: str, cwd: Path, env: dict[str, str], error: type[MnistlrError]) -> str:
     """stdout of `dvc ARGS`; a failure becomes `error` with one line: a stage's own `error: ...` line when one
-    printed it (what to fix), else dvc's last line."""
+    printed it (what to fix), else dvc's first ERROR line (the cause; the later ones sum up), else its last line.
+    Storage that refuses this machine's credentials (or finds none) says where they come from."""
     if ORPHANED.is_set():
         raise TransientError("the Dask worker running this point died; stopped")
     proc = subprocess.run([dvc_exe(), *args], cwd=cwd, env=env, capture_output=True, text=True)
@@ -215,8 +232,22 @@ def _dvc(*args: str, cwd: Path, env: dict[str, str], error: type[MnistlrError]) 
         if stage:
             raise error(f"`dvc {args[0]} {args[1] if len(args) > 1 else ''}`".replace(" `", "`")
                         + f" failed{' in stage ' + what.group(1) if what else ''}: {stage[-1]}")
-        raise error(f"`dvc {' '.join(args)}` failed: {(failed or lines or [f'exit {proc.returncode}'])[-1]}")
+        cause = failed[0] if failed else (lines or [f"exit {proc.returncode}"])[-1]
+        if STORAGE_REFUSED.search(cause):
+            cause += (f"; this machine's storage credentials: {CONFIG_LOCAL_ENV} naming a DVC config.local, or "
+                      "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment")
+        raise error(f"`dvc {' '.join(args)}` failed: {cause}")
     return proc.stdout
+
+
+def default_remote(repo: Path) -> str | None:
+    """The DVC default remote of `repo` (`dvc remote default`, read in this process: every config level)."""
+    from dvc.config import Config, ConfigError
+
+    try:
+        return Config(dvc_dir=repo / ".dvc").get("core", {}).get("remote") or None
+    except ConfigError as exc:
+        raise MnistlrError(f"the DVC config of the clone (with its config.local) is not valid: {exc}") from None
 
 
 def run_point(url: str, commit: str, name: str, point: list[str], config_local: Path | None = None,
@@ -236,20 +267,17 @@ def run_point(url: str, commit: str, name: str, point: list[str], config_local: 
         git("clone", "-q", "--no-checkout", url, str(clone), cwd=attempt, error=TransientError)
         git("checkout", "-q", "--detach", commit, cwd=clone)
         if config_local is not None:
+            (clone / ".dvc" / "config.local").touch(mode=0o600)
             shutil.copyfile(config_local, clone / ".dvc" / "config.local")
-            os.chmod(clone / ".dvc" / "config.local", 0o600)
-            if os.environ.get(WATCHDOG_ENV):
-                Path(config_local).unlink(missing_ok=True)  # the task's copy: credentials live only in the clone
-        has_remote = subprocess.run([dvc_exe(), "remote", "default"], cwd=clone, env=env, capture_output=True,
-                                    text=True).stdout.strip() != ""
+        has_remote = default_remote(clone) is not None
         if has_remote:
-            _dvc("pull", "--allow-missing", "-q", cwd=clone, env=env, error=TransientError)
+            _dvc("pull", "--allow-missing", cwd=clone, env=env, error=TransientError)  # not -q: it hides errors
         else:
             log(f"{name}: no default DVC remote: the models stay in this clone; only metrics reach git")
         log(f"{name}: dvc exp run {' '.join('-S ' + o for o in point)}")
         _dvc("exp", "run", "-n", name, *(a for o in point for a in ("-S", o)), cwd=clone, env=env, error=MnistlrError)
         if has_remote:
-            _dvc("push", "-q", cwd=clone, env=env, error=TransientError)  # the data first ...
+            _dvc("push", cwd=clone, env=env, error=TransientError)  # the data first ...
         try:
             _dvc("exp", "push", "--no-cache", url, name, cwd=clone, env=env, error=TransientError)  # ... the ref last
         except TransientError:
@@ -279,19 +307,15 @@ class PointResult:
     host: str = field(default_factory=lambda: os.uname().nodename)
 
 
-def point_task(url: str, commit: str, name: str, point: list[str], config_local_text: str | None) -> PointResult:
+def point_task(url: str, commit: str, name: str, point: list[str]) -> PointResult:
     """The Dask task: the per-point command in a subprocess (its own process group, which kills itself
-    if this worker dies). An experiment that fails is a result; a git or storage failure raises, so
-    Dask retries the task (a fresh clone)."""
+    if this worker dies), with this worker's environment: the storage credentials are the worker's own
+    (MNISTLR_DVC_CONFIG_LOCAL or the AWS variables), none travel with the task. An experiment that fails
+    is a result; a git or storage failure raises, so Dask retries the task (a fresh clone)."""
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mnistlr-sweep-task-") as tmp:
         cmd = [*mnistlr_command(), "sweep-point", "--origin", url, "--commit", commit, "--name", name,
                *(a for o in point for a in ("-S", o))]
-        if config_local_text is not None:
-            cfg = Path(tmp) / "config.local"
-            cfg.touch(mode=0o600)
-            cfg.write_text(config_local_text)
-            cmd += ["--config-local", str(cfg)]
         proc = subprocess.run(cmd, cwd=tmp, env={**_env(), WATCHDOG_ENV: "1"}, capture_output=True, text=True,
                               start_new_session=True)
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
@@ -319,8 +343,20 @@ class SweepOutcome:
         return [r for r in self.results if r.status == "failed"]
 
 
-def connect(scheduler: str | None, n_workers: int) -> tuple[Any, Any]:
-    """(client, cluster): the scheduler at `scheduler`, else a local cluster of n_workers processes."""
+def require_distributed() -> None:
+    """dask's `distributed` (the optional `cluster` extra) must import; without it a one-line error naming the
+    missing package and the install command."""
+    try:
+        import distributed  # noqa: F401
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "distributed").split(".")[0]
+        raise MnistlrError(f"`mnistlr sweep` needs the package {missing!r}, which is not installed "
+                           f"(dask and distributed are the optional `cluster` extra): {CLUSTER_INSTALL}") from None
+
+
+def connect(scheduler: str | None, n_workers: int, config_local: Path | None = None) -> tuple[Any, Any]:
+    """(client, cluster): the scheduler at `scheduler`, else a local cluster of n_workers processes on this
+    machine, whose workers are pointed at `config_local` (a path: its text stays in the file)."""
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -330,8 +366,11 @@ def connect(scheduler: str | None, n_workers: int) -> tuple[Any, Any]:
             raise MnistlrError(f"cannot reach the Dask scheduler at {scheduler} within {CONNECT_TIMEOUT_S} s "
                                f"({type(exc).__name__}); start one with `dask scheduler` or leave out --scheduler "
                                "for a local cluster") from None
+    env = {CONFIG_LOCAL_ENV: str(config_local)} if config_local is not None else {}
+    # no dashboard; the scheduler's HTTP server (health, metrics) on a free port of 127.0.0.1, not 8787
     cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                           host="127.0.0.1", silence_logs=50)
+                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, host="127.0.0.1",
+                           silence_logs=50, env=env)
     return Client(cluster), cluster
 
 
@@ -342,7 +381,10 @@ def _describe(point: list[str]) -> str:
 def run_sweep(sets: list[str], scheduler: str | None = None, name_prefix: str = "sweep", remote: str = "origin",
               n_workers: int = 2, out: str | Path = "experiments", variant: str = "full",
               metric: str = "test.accuracy", cwd: str | Path = ".", log: Callable[[str], None] = print) -> SweepOutcome:
-    """Check everything, run every point not yet on the remote, pull the results and compare them."""
+    """Check everything, run every point not yet on the remote, pull the results and compare them.
+    No credentials leave this machine: a remote scheduler's workers use their own; a local cluster's
+    workers read this repository's .dvc/config.local (unless MNISTLR_DVC_CONFIG_LOCAL names another)."""
+    require_distributed()
     root = Path(git("rev-parse", "--show-toplevel", cwd=cwd).strip())
     points = expand_grid(sets)
     check_keys(points, root / "params.yaml")
@@ -353,7 +395,10 @@ def run_sweep(sets: list[str], scheduler: str | None = None, name_prefix: str = 
     if git("status", "--porcelain", "--untracked-files=no", cwd=root).strip():
         log(f"note: uncommitted changes are not part of the sweep; it runs commit {commit[:7]}")
     cfg = root / ".dvc" / "config.local"
-    config_local_text = cfg.read_text() if cfg.is_file() else None
+    local_cfg = cfg if cfg.is_file() and not scheduler and CONFIG_LOCAL_ENV not in os.environ else None
+    if scheduler and cfg.is_file():
+        log(f"note: {cfg.relative_to(root)} stays on this machine; the workers use their own storage credentials "
+            f"({CONFIG_LOCAL_ENV} or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in their environment)")
 
     pushed = remote_exp_refs(url, root)
     results: dict[str, PointResult] = {}
@@ -367,9 +412,9 @@ def run_sweep(sets: list[str], scheduler: str | None = None, name_prefix: str = 
         f"{len(todo)} to run")
 
     if todo:
-        client, cluster = connect(scheduler, n_workers)
+        client, cluster = connect(scheduler, n_workers, local_cfg)
         try:
-            results.update(_run_tasks(client, url, commit, todo, config_local_text, log))
+            results.update(_run_tasks(client, url, commit, todo, log))
         finally:
             client.close()
             if cluster is not None:
@@ -393,13 +438,13 @@ def _executing_keys(dask_worker: Any) -> list[str]:
     return [str(ts.key) for ts in dask_worker.state.executing]
 
 
-def _run_tasks(client: Any, url: str, commit: str, todo: list[tuple[str, list[str]]], config_local_text: str | None,
+def _run_tasks(client: Any, url: str, commit: str, todo: list[tuple[str, list[str]]],
                log: Callable[[str], None]) -> dict[str, PointResult]:
     """Submit one task per point (retries=2) and report progress until every one has an outcome."""
     from distributed import wait
 
-    futures = {client.submit(point_task, url, commit, name, point, config_local_text, key=f"mnistlr-sweep-{name}",
-                             pure=False, retries=2): (name, point) for name, point in todo}
+    futures = {client.submit(point_task, url, commit, name, point, key=f"mnistlr-sweep-{name}", pure=False,
+                             retries=2): (name, point) for name, point in todo}
     results: dict[str, PointResult] = {}
     pending = set(futures)
     last_line = ""
@@ -439,7 +484,9 @@ def _run_tasks(client: Any, url: str, commit: str, todo: list[tuple[str, list[st
 def point_from_here(sets: list[str], commit: str | None = None, name: str | None = None, name_prefix: str = "sweep",
                     origin: str = "origin", config_local: Path | None = None, workdir: str | Path | None = None,
                     log: Callable[[str], None] = print) -> str:
-    """`mnistlr sweep-point`: one point, from a checkout (a CI job, a SLURM task) or from a Dask task (origin a URL)."""
+    """`mnistlr sweep-point`: one point, from a checkout (a CI job, a SLURM task) or from a Dask task (origin a URL).
+    config_local: a DVC config.local on this machine for the clone (default: this checkout's, if any); without
+    one the clone's dvc takes the AWS variables of this environment."""
     points = expand_grid(sets) if sets else [[]]
     if len(points) != 1:
         raise MnistlrError(f"sweep-point runs one point but -S {' -S '.join(sets)} makes {len(points)}; "
@@ -462,6 +509,10 @@ def point_from_here(sets: list[str], commit: str | None = None, name: str | None
     name = name or point_name(point, commit, name_prefix)
     if not NAME_RE.match(name):
         raise MnistlrError(f"--name {name!r} is not accepted; accepted: up to 40 letters, digits, - or _")
+    if config_local is not None and not Path(config_local).is_file():
+        raise MnistlrError(f"--config-local {str(config_local)!r} (or {CONFIG_LOCAL_ENV}) is not a file; accepted: "
+                           "a DVC config.local on this machine, or neither (then the AWS_* variables of the "
+                           "environment hold the credentials)")
     if config_local is None and root is not None and (root / ".dvc" / "config.local").is_file():
         config_local = root / ".dvc" / "config.local"
     return run_point(url, commit, name, point, config_local, workdir, log)

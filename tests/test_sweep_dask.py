@@ -1,6 +1,9 @@
 """`mnistlr sweep` on a real Dask cluster: a scheduler and two workers on 127.0.0.1, a bare git origin and a
-real S3 server, all started here and stopped by PID. Every point is a one-epoch `dvc exp run` on synthetic
-digits in its own clone; results are checked from a fresh clone of the origin, as a teammate would see them."""
+real S3 server, all started here and stopped by PID. Every point is a one-epoch `dvc exp run` of one variant
+on synthetic digits in its own clone. The driver's .dvc/config.local holds the S3 credentials; the workers
+get theirs from their own environment, and the scheduler records every task it is given, so the tests see
+that none of the driver's credentials travel. Results are checked from a fresh clone of the origin, as a
+teammate would see them."""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,30 +24,60 @@ import pytest
 import yaml
 
 from mnistlr.errors import MnistlrError
-from mnistlr.sweep import exp_ref, expand_grid, point_name
+from mnistlr.sweep import CONFIG_LOCAL_ENV, exp_ref, expand_grid, point_name
 from tests.conftest import dvc, load_storage_module, make_project, project_env, run
 
 BIN = Path(sys.executable).parent
 MNISTLR = str(BIN / "mnistlr")
 PARAMS = {
-    "data": {"val_size": 200},
+    "data": {"val_size": 100},
     "variants": {"full": {"fraction": 1.0, "noise": 0.0}},  # one variant: each point is one train + evaluate
     "train": {"epochs": 1, "batch_size": 32, "device": "cpu", "lr": {"sgd": 0.003, "adam": 0.0003}},
 }
-GRID = ["-S", "optimizer=sgd,adam", "-S", "train.weight_decay=0,0.0001"]
-EXPECTED = {("sgd", 0), ("sgd", 0.0001), ("adam", 0), ("adam", 0.0001)}
+# Two points that run and two that fail: val_size 0 fails the params check of the first stage that reads it
+# (prepare), before any training.
+GRID = ["-S", "optimizer=sgd,adam", "-S", "data.val_size=50,0"]
+GOOD = ["-S", "optimizer=sgd,adam", "-S", "data.val_size=50"]  # the grid's points that pass
+EXPECTED = {("sgd", 50), ("adam", 50)}
+
+# Loaded by the scheduler (`dask scheduler --preload`): appends every task it is given, pickled as the
+# scheduler holds it (function and arguments), to the file named by MNISTLR_TEST_TASK_LOG.
+RECORDER = '''
+import json, os
+import cloudpickle
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+class RecordTasks(SchedulerPlugin):
+    name = "record-tasks"
+
+    def update_graph(self, scheduler, *, tasks, **kwargs):
+        with open(os.environ["MNISTLR_TEST_TASK_LOG"], "a") as f:
+            for key in tasks:
+                ts = scheduler.tasks.get(key)
+                if ts is not None:
+                    f.write(json.dumps({"key": str(key), "spec": cloudpickle.dumps(ts.run_spec).hex()}) + "\\n")
+
+def dask_setup(scheduler):
+    scheduler.add_plugin(RecordTasks())
+'''
 
 
 # --- the grid, against what `dvc exp run --queue` queues ---------------------------------------------------
 
 
 def queued_overrides(project: Path, env: dict, sets: list[str]) -> list[list[str]]:
-    """The overrides of every experiment `dvc exp run --queue -S ...` queues, in order, from its own output."""
+    """The overrides of every experiment `dvc exp run --queue -S ...` queues, in order, from its own output
+    (the queue is never started: what it holds is left to the temp project)."""
     out = dvc("exp", "run", "--queue", *(a for s in sets for a in ("-S", s)), cwd=project, env=env).stdout
     found = [ast.literal_eval(m)["params.yaml"] for m in re.findall(r"Queueing with overrides '(\{.*\})'\.", out)]
     queued = out.count("Queued experiment")
-    dvc("queue", "remove", "--all", cwd=project, env=env)
     return found if found else [[]] * queued
+
+
+@pytest.fixture(scope="module")
+def queue_project(tmp_path_factory, synthetic_mirror):
+    project = make_project(tmp_path_factory.mktemp("queue"), PARAMS)
+    return project, project_env(synthetic_mirror, synthetic=True)
 
 
 @pytest.mark.parametrize("sets", [
@@ -54,9 +86,8 @@ def queued_overrides(project: Path, env: dict, sets: list[str]) -> list[list[str
     ["seed=range(1,4)", "train.lr.sgd=0.1,0.2"],                    # Hydra's range() and a nested key
     ["train.schedule=constant", "optimizer=adam,sgd,lbfgs"],        # a single value and a 3-way list
 ], ids=["2x2", "repeated-key", "range-nested", "single-and-3"])
-def test_grid_expands_as_dvc_queues_it(tmp_path, synthetic_mirror, sets):
-    project = make_project(tmp_path, PARAMS)
-    env = project_env(synthetic_mirror, synthetic=True)
+def test_grid_expands_as_dvc_queues_it(queue_project, sets):
+    project, env = queue_project
     assert expand_grid(sets) == queued_overrides(project, env, sets)
 
 
@@ -101,52 +132,71 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=15)
 
 
+def aws_env(storage) -> dict[str, str]:
+    """The S3 credentials as the standard AWS variables: how a worker (or a teammate) holds them."""
+    return {"AWS_ACCESS_KEY_ID": storage.access_key, "AWS_SECRET_ACCESS_KEY": storage.secret_key}
+
+
 @pytest.fixture(scope="module")
 def team(tmp_path_factory, synthetic_mirror, s3_storage):
-    """A reproduced project whose baseline is pushed to a bare git origin and to the S3 remote."""
+    """A reproduced project whose baseline is pushed to a bare git origin and to the S3 remote. The remote's URL
+    and endpoint are committed in .dvc/config; its credentials are in the driver's .dvc/config.local only."""
     root = tmp_path_factory.mktemp("team")
     origin = root / "origin.git"
     run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], root)
     (root / "project").mkdir()
     project = make_project(root / "project", PARAMS)
     env = project_env(synthetic_mirror, synthetic=True)
+    for key in aws_env(s3_storage):
+        env.pop(key, None)
     for cmd in load_storage_module().dvc_remote_commands(s3_storage):
         dvc(*cmd, cwd=project, env=env)
+    assert s3_storage.secret_key in (project / ".dvc" / "config.local").read_text()
+    assert s3_storage.secret_key not in (project / ".dvc" / "config").read_text()
     dvc("repro", cwd=project, env=env)
     run(["git", "add", "-A"], project, env)
     run(["git", "commit", "-qm", "baseline"], project, env)
     run(["git", "remote", "add", "origin", str(origin)], project, env)
     run(["git", "push", "-q", "origin", "main"], project, env)
     dvc("push", cwd=project, env=env)
-    return {"project": project, "origin": origin, "env": env, "storage": s3_storage, "root": root}
+    commit = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    return {"project": project, "origin": origin, "env": env, "storage": s3_storage, "root": root, "commit": commit}
 
 
 @pytest.fixture(scope="module")
 def cluster(team):
-    """`dask scheduler` and two `dask worker`s (no nanny: the PID is the worker) on 127.0.0.1, each worker with its
-    own temp folder so the test sees where its clones go; all stopped by PID."""
+    """`dask scheduler` (recording every task it is given) and two `dask worker`s (no nanny: the PID is the worker)
+    on 127.0.0.1, each worker with the S3 credentials in its environment and its own temp folder, so the test sees
+    where its clones go; all stopped by PID."""
     root, env = team["root"], team["env"]
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
+    (root / "record_tasks.py").write_text(RECORDER)
+    task_log = root / "tasks.jsonl"
+    task_log.touch()
     procs: list[subprocess.Popen] = []
     logs = []
 
-    def start(args: list[str], name: str, extra_env: dict | None = None) -> subprocess.Popen:
+    def start(args: list[str], name: str, extra_env: dict) -> subprocess.Popen:
         log = open(root / f"{name}.log", "w")  # noqa: SIM115 - closed at teardown
         logs.append(log)
-        proc = subprocess.Popen([str(BIN / "dask"), *args], cwd=root, env={**env, **(extra_env or {})},
+        proc = subprocess.Popen([str(BIN / "dask"), *args], cwd=root, env={**env, **extra_env},
                                 stdout=log, stderr=subprocess.STDOUT)
         procs.append(proc)
         return proc
 
     try:
-        start(["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], "scheduler")
+        # --dashboard-address: the HTTP server each starts even without a dashboard, on 127.0.0.1 too
+        start(["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard",
+               "--dashboard-address", "127.0.0.1:0",
+               "--preload", str(root / "record_tasks.py")], "scheduler", {"MNISTLR_TEST_TASK_LOG": str(task_log)})
         workers = []
         for i in range(2):
             tmp = root / f"worker{i}-tmp"
             tmp.mkdir()
-            proc = start(["worker", address, "--nthreads", "1", "--no-dashboard", "--no-nanny", "--host", "127.0.0.1",
-                          "--local-directory", str(tmp)], f"worker{i}", {"TMPDIR": str(tmp)})
+            proc = start(["worker", address, "--nthreads", "1", "--no-dashboard", "--dashboard-address", "127.0.0.1:0",
+                          "--no-nanny", "--host", "127.0.0.1", "--local-directory", str(tmp)], f"worker{i}",
+                         {"TMPDIR": str(tmp), **aws_env(team["storage"])})
             workers.append((proc, tmp))
         from distributed import Client
 
@@ -158,8 +208,8 @@ def cluster(team):
                 break
             except OSError:
                 assert time.monotonic() < deadline, (root / "scheduler.log").read_text()
-                time.sleep(1)
-        yield {"address": address, "workers": workers}
+                time.sleep(0.5)
+        yield {"address": address, "workers": workers, "task_log": task_log}
     finally:
         for proc in reversed(procs):
             stop(proc)
@@ -167,10 +217,10 @@ def cluster(team):
             log.close()
 
 
-def sweep(team: dict, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run([MNISTLR, "sweep", *args], cwd=team["project"], env={**team["env"], "COLUMNS": "120"},
-                          capture_output=True, text=True, timeout=timeout)
-    return proc
+def sweep(team: dict, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([MNISTLR, "sweep", *args], cwd=team["project"],
+                          env={**(env or team["env"]), "COLUMNS": "120"}, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def origin_refs(team: dict) -> dict[str, str]:
@@ -179,91 +229,157 @@ def origin_refs(team: dict) -> dict[str, str]:
     return {line.split("\t")[1]: line.split("\t")[0] for line in out.splitlines()}
 
 
-def fresh_clone(team: dict, dest: Path) -> Path:
-    """A teammate's clone of the origin with the S3 remote's credentials."""
-    run(["git", "clone", "-q", str(team["origin"]), str(dest)], team["root"])
-    for cmd in load_storage_module().dvc_remote_commands(team["storage"]):
-        if "--local" in cmd:
-            dvc(*cmd, cwd=dest, env=team["env"])
-    return dest
+def cached_model(clone: Path, lock: dict) -> Path:
+    """models/full.npz of a dvc.lock, as a file of the clone's DVC cache, its bytes checked against its md5."""
+    cache = clone / ".dvc" / "cache" / "files" / "md5"
+    outs = [o for stage in lock["stages"].values() for o in stage.get("outs", [])]
+    md5 = next((o["md5"] for o in outs if o["path"] == "models/full.npz"), None)
+    if md5 is None:  # the models folder as one output: its manifest names each file's md5
+        folder = next(o["md5"] for o in outs if o["path"] == "models")
+        manifest = json.loads((cache / folder[:2] / folder[2:]).read_text())
+        md5 = next(e["md5"] for e in manifest if e["relpath"] == "full.npz")
+    path = cache / md5[:2] / md5[2:]
+    assert hashlib.md5(path.read_bytes()).hexdigest() == md5
+    return path
 
 
 def check_results(team: dict, dest: Path, names: list[str]) -> dict[str, dict]:
-    """Pull `names` into a fresh clone: each must show its params and metrics, and its model must come out of S3."""
-    clone = fresh_clone(team, dest)
-    env = team["env"]
-    dvc("exp", "pull", "origin", *names, cwd=clone, env=env)  # with their cache: from S3 into this empty clone
-    shown = json.loads(dvc("exp", "show", "--json", cwd=clone, env=env).stdout)
-    exps = {r["name"]: r["data"] for c in shown if c["rev"] != "workspace"
+    """A teammate's fresh clone of the origin, the S3 credentials in its environment: `dvc exp pull` brings `names`
+    with their cache, from S3 into the empty clone. Each must show its params and metrics and have its own model."""
+    run(["git", "clone", "-q", str(team["origin"]), str(dest)], team["root"])
+    env = {**team["env"], **aws_env(team["storage"])}
+    dvc("exp", "pull", "origin", *names, cwd=dest, env=env)
+    shown = json.loads(dvc("exp", "show", "--json", cwd=dest, env=env).stdout)
+    exps = {r["name"]: r for c in shown if c["rev"] != "workspace"
             for e in c.get("experiments") or [] for r in e["revs"]}
     assert set(names) <= set(exps), (names, sorted(exps))
+    models = set()
     for name in names:
-        metrics = exps[name]["metrics"]["metrics/full.json"]["data"]
+        metrics = exps[name]["data"]["metrics"]["metrics/full.json"]["data"]
         assert 0.3 < metrics["test"]["accuracy"] <= 1.0, (name, metrics)
-        dvc("exp", "apply", name, cwd=clone, env=env)
-        dvc("pull", "models/full.npz", cwd=clone, env=env)
-        model = clone / "models" / "full.npz"
-        lock = yaml.safe_load((clone / "dvc.lock").read_text())
-        md5 = next(o["md5"] for o in lock["stages"]["train@full"]["outs"] if o["path"] == "models/full.npz")
-        assert hashlib.md5(model.read_bytes()).hexdigest() == md5  # the experiment's own model
-        with np.load(model) as f:
+        lock = yaml.safe_load(run(["git", "show", f"{exps[name]['rev']}:dvc.lock"], dest).stdout)
+        with np.load(cached_model(dest, lock)) as f:
             assert f[f.files[0]].size > 0
-        run(["git", "checkout", "-q", "--", "."], clone)
-    return {n: exps[n] for n in names}
+            models.add(hashlib.md5(b"".join(f[k].tobytes() for k in sorted(f.files))).hexdigest())
+    assert len(models) == len(names)  # each experiment its own model
+    return {n: exps[n]["data"] for n in names}
 
 
 def sweep_names(output: str, status: str = "done") -> list[str]:
     return re.findall(rf"^{status} (\S+) \(", output, flags=re.M)
 
 
-def grid_of(exps: dict[str, dict]) -> set[tuple[str, float]]:
+def grid_of(exps: dict[str, dict]) -> set[tuple[str, int]]:
+    """(optimizer, data.val_size) of each experiment, as dvc recorded its params."""
     out = set()
     for data in exps.values():
         p = data["params"]["params.yaml"]["data"]
-        out.add((p["optimizer"], float(p["train"]["weight_decay"])))
+        out.add((p["optimizer"], p["data"]["val_size"]))
     return out
+
+
+def points_of(sets: list[str], team: dict, prefix: str = "sweep") -> dict[str, list[str]]:
+    """name -> overrides of every point of a grid, named as the driver names them."""
+    return {point_name(p, team["commit"], prefix): p for p in expand_grid(sets[1::2])}
 
 
 # --- the sweep ------------------------------------------------------------------------------------------------
 
 
-def test_sweep_runs_every_point_on_the_cluster_and_reports_the_failing_ones(team, cluster, tmp_path):
+@pytest.fixture(scope="module")
+def grid_sweep(team, cluster):
+    """GRID swept once on the cluster: its output, the comparison it wrote, the origin's refs before and after."""
     before = origin_refs(team)
-    # weight_decay -1 fails the train stage's params check: two failing points beside four good ones
-    proc = sweep(team, "-S", "optimizer=sgd,adam", "-S", "train.weight_decay=0,0.0001,-1",
-                 "--scheduler", cluster["address"])
+    proc = sweep(team, *GRID, "--scheduler", cluster["address"])
+    compare = team["project"] / "experiments" / "compare.json"
+    return {"proc": proc, "before": before, "after": origin_refs(team),
+            "compared": json.loads(compare.read_text()) if compare.is_file() else None}
+
+
+def test_sweep_runs_every_point_on_the_cluster_and_reports_the_failing_ones(team, grid_sweep, tmp_path):
+    proc = grid_sweep["proc"]
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out  # the number of failed points
     done = sweep_names(proc.stdout)
-    assert len(done) == 4, out
+    assert sorted(done) == sorted(points_of(GOOD, team)), out
     failed = re.findall(r"^FAILED (\S+) \((.*)\): (.+)$", proc.stdout, flags=re.M)
-    assert sorted(p for _, p, _ in failed) == ["optimizer=adam train.weight_decay=-1",
-                                               "optimizer=sgd train.weight_decay=-1"], out
-    assert all("weight_decay" in err and "\n" not in err for _, _, err in failed), failed
-    assert re.search(r"^progress: \d/6 done, \d running, \d waiting, \d failed$", proc.stdout, flags=re.M), out
-    assert "sweep: 4 of 6 points passed, 2 failed" in proc.stderr
-    # only the four good points reached the origin, each named as the driver named it
-    commit = run(["git", "rev-parse", "HEAD"], team["project"]).stdout.strip()
-    new = set(origin_refs(team)) - set(before)
-    assert new == {exp_ref(commit, n) for n in done}, (new, done)
-    # the comparison, as `mnistlr compare` writes it: the baseline and the four experiments
-    compared = json.loads((team["project"] / "experiments" / "compare.json").read_text())
-    assert {r["run"] for r in compared["runs"]} >= set(done) and len(compared["runs"]) == 5
-    assert "compared 5 runs on full" in proc.stdout
-    # a teammate's fresh clone: all four with metrics, the models in S3
+    assert sorted(p for _, p, _ in failed) == ["optimizer=adam data.val_size=0", "optimizer=sgd data.val_size=0"], out
+    # each with the stage's own one-line reason: an experiment that fails, not git or storage (no retry)
+    assert all("failed in stage prepare" in err and "val_size" in err for _, _, err in failed), failed
+    assert re.search(r"^progress: \d/4 done, \d running, \d waiting, \d failed$", proc.stdout, flags=re.M), out
+    assert "sweep: 2 of 4 points passed, 2 failed" in proc.stderr
+    # the driver's credentials stay with it, and it says so
+    assert "note: .dvc/config.local stays on this machine" in proc.stdout, out
+    # only the two good points reached the origin, each named as the driver named it
+    new = set(grid_sweep["after"]) - set(grid_sweep["before"])
+    assert new == {exp_ref(team["commit"], n) for n in done}, (new, done)
+    # the comparison, as `mnistlr compare` writes it: the baseline and the two experiments
+    compared = grid_sweep["compared"]
+    assert {r["run"] for r in compared["runs"]} >= set(done) and len(compared["runs"]) == 3
+    assert "compared 3 runs on full" in proc.stdout
+    # a teammate's fresh clone: both with metrics, the models in S3
     exps = check_results(team, tmp_path / "fresh", done)
     assert grid_of(exps) == EXPECTED
 
 
-def test_rerunning_the_sweep_skips_every_point_already_pushed(team, cluster):
+def recorded_tasks(task_log: Path) -> dict[str, bytes]:
+    """key -> the pickled function and arguments of every task the scheduler was given."""
+    return {t["key"]: bytes.fromhex(t["spec"]) for t in map(json.loads, task_log.read_text().splitlines())}
+
+
+def test_no_credential_travels_with_the_tasks(team, cluster, grid_sweep):
+    storage = team["storage"]
+    tasks = recorded_tasks(cluster["task_log"])
+    # the scheduler saw each point's task with its arguments (so a credential among them would show) ...
+    for name, point in points_of(GRID, team).items():
+        spec = tasks[f"mnistlr-sweep-{name}"]
+        assert b"point_task" in spec and name.encode() in spec and str(team["origin"]).encode() in spec, spec
+        assert all(o.encode() in spec for o in point), spec
+    # ... and none of the driver's credentials in any task: the workers ran with their own
+    for key, spec in tasks.items():
+        assert storage.secret_key.encode() not in spec, key
+        assert storage.access_key.encode() not in spec, key
+        assert b"config.local" not in spec, key
+
+
+def test_rerunning_the_sweep_skips_every_point_already_pushed(team, cluster, grid_sweep):
     before = origin_refs(team)
-    start = time.monotonic()
-    proc = sweep(team, *GRID, "--scheduler", cluster["address"])
-    elapsed = time.monotonic() - start
+    logged = len(recorded_tasks(cluster["task_log"]))
+    proc = sweep(team, *GOOD, "--scheduler", cluster["address"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "4 already on origin (skipped), 0 to run" in proc.stdout, proc.stdout
+    assert "2 already on origin (skipped), 0 to run" in proc.stdout, proc.stdout
     assert sweep_names(proc.stdout) == [] and origin_refs(team) == before  # nothing ran, nothing pushed
-    assert elapsed < 60, elapsed  # no experiment ran (one runs ~20 s or more)
+    assert len(recorded_tasks(cluster["task_log"])) == logged  # no task was submitted
+    assert re.search(r"^compared \d+ runs on full", proc.stdout, flags=re.M), proc.stdout  # of what is there
+
+
+def test_a_local_cluster_reads_this_repositorys_config_local(team):
+    # A local cluster's workers run on this machine and use the driver's .dvc/config.local (by its path): the
+    # failing point gets through `dvc pull` to the train stage's params check. The mirror is made unreachable,
+    # so a pull that restored nothing would fail in the prepare stage instead.
+    env = {**team["env"], "MNISTLR_MNIST_DIR": str(team["root"] / "no-mirror-here")}
+    assert not set(aws_env(team["storage"])) & set(env) and CONFIG_LOCAL_ENV not in env
+    proc = sweep(team, "-S", "train.weight_decay=-1", "--workers", "1", env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    failed = re.findall(r"^FAILED (\S+) \((.*)\): (.+)$", proc.stdout, flags=re.M)
+    assert len(failed) == 1 and "failed in stage train" in failed[0][2] and "weight_decay" in failed[0][2], out
+    assert "sweep: 0 of 1 points passed, 1 failed" in proc.stderr, out
+
+
+def test_a_worker_without_credentials_fails_the_point_saying_where_they_come_from(team, tmp_path):
+    # the per-point command as a worker (or a CI job) without any of the S3 credentials runs it
+    before = origin_refs(team)
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.run([MNISTLR, "sweep-point", "-S", "optimizer=adam", "--name-prefix", "nocreds", "--origin",
+                           str(team["origin"]), "--commit", team["commit"], "--workdir", str(work)],
+                          cwd=tmp_path, env=team["env"], capture_output=True, text=True)
+    assert proc.returncode == 75, proc.stdout + proc.stderr  # storage, not the experiment: worth another attempt
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: `dvc pull --allow-missing` failed: ERROR: "), err
+    assert CONFIG_LOCAL_ENV in err and "AWS_ACCESS_KEY_ID" in err, err
+    assert origin_refs(team) == before and list(work.iterdir()) == []  # nothing pushed, no clone left
 
 
 def processes_in(folder: Path) -> list[str]:
@@ -282,22 +398,26 @@ def processes_in(folder: Path) -> list[str]:
     return found
 
 
-def test_a_worker_killed_mid_sweep_loses_no_point_and_pushes_nothing_partial(team, cluster, tmp_path):
-    (victim, victim_tmp), _ = cluster["workers"]
+def test_a_worker_killed_mid_point_loses_no_point_and_pushes_nothing_partial(team, cluster, tmp_path):
     before = set(origin_refs(team))
-    proc = subprocess.Popen([MNISTLR, "sweep", *GRID, "--name-prefix", "killed", "--scheduler", cluster["address"]],
+    point = ["-S", "optimizer=adam", "-S", "data.val_size=50"]
+    proc = subprocess.Popen([MNISTLR, "sweep", *point, "--name-prefix", "killed", "--scheduler", cluster["address"]],
                             cwd=team["project"], env=team["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
-        # wait until the victim is inside a point's `dvc exp run` (its clone has a checkout and a DVC temp dir)
+        # the victim: the worker whose clone of the point is running one of the pipeline's stages
         deadline = time.monotonic() + 180
-        while not list(victim_tmp.glob("mnistlr-sweep-killed-*/repo/.dvc/tmp")):
-            assert proc.poll() is None and time.monotonic() < deadline, "the victim never started a point"
-            time.sleep(0.3)
-        time.sleep(4)
-        os.kill(victim.pid, signal.SIGKILL)
-        victim.wait(timeout=10)
-        stdout, stderr = proc.communicate(timeout=900)
+        victim = None
+        while victim is None:
+            assert proc.poll() is None and time.monotonic() < deadline, "no worker started the point"
+            for worker, tmp in cluster["workers"]:
+                if any(" stages/" in p for p in processes_in(tmp)):
+                    victim = (worker, tmp)
+            time.sleep(0.2)
+        (worker, victim_tmp) = victim
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+        stdout, stderr = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
@@ -305,7 +425,7 @@ def test_a_worker_killed_mid_sweep_loses_no_point_and_pushes_nothing_partial(tea
     out = stdout + stderr
     assert proc.returncode == 0, out
     done = sweep_names(stdout)
-    assert len(done) == 4 and all(n.startswith("killed-") for n in done), out
+    assert done == list(points_of(point, team, "killed")), out
     # the killed attempt stopped itself (no orphan finished it: its point was rerun, not found pushed) and
     # cleaned up: its clone is gone and none of its processes is left
     assert not re.search(r"^skipped ", stdout, flags=re.M), out
@@ -313,11 +433,11 @@ def test_a_worker_killed_mid_sweep_loses_no_point_and_pushes_nothing_partial(tea
     while list(victim_tmp.glob("mnistlr-sweep-killed-*")) or processes_in(victim_tmp):
         assert time.monotonic() < deadline, (list(victim_tmp.glob("mnistlr-sweep-killed-*")), processes_in(victim_tmp))
         time.sleep(0.5)
-    # exactly four new refs, and every one has its metrics and its model in the remote
+    # exactly one new ref, and it has its metrics and its model in the remote
     new = set(origin_refs(team)) - before
-    assert len(new) == 4, new
-    exps = check_results(team, tmp_path / "fresh", [ref.rsplit("/", 1)[1] for ref in new])
-    assert grid_of(exps) == EXPECTED
+    assert new == {exp_ref(team["commit"], done[0])}, new
+    exps = check_results(team, tmp_path / "fresh", done)
+    assert grid_of(exps) == {("adam", 50)}
 
 
 # --- bad input: one line, exit 1, nothing pushed -------------------------------------------------------------
@@ -364,9 +484,34 @@ def test_a_missing_git_remote_or_an_unpushed_commit_is_refused(team, tmp_path):
     assert origin_refs(team) == before
 
 
-def test_sweep_point_refuses_a_list_and_the_cli_stays_light():
+def test_sweep_point_refuses_a_list_or_a_missing_config_local_and_the_cli_stays_light(tmp_path):
     proc = subprocess.run([MNISTLR, "sweep-point", "-S", "optimizer=sgd,adam", "--origin", "/nowhere",
                            "--commit", "a" * 40], capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.strip().startswith("error: sweep-point runs one point"), proc.stderr
+    # a worker's MNISTLR_DVC_CONFIG_LOCAL that names no file: one line naming it, before any clone
+    missing = tmp_path / "no-config.local"
+    proc = subprocess.run([MNISTLR, "sweep-point", "-S", "seed=1", "--origin", "/nowhere", "--commit", "a" * 40],
+                          cwd=tmp_path, env={**os.environ, CONFIG_LOCAL_ENV: str(missing)}, capture_output=True,
+                          text=True)
+    assert_one_line_error(proc, str(missing), CONFIG_LOCAL_ENV, "is not a file")
     probe = "import sys, mnistlr.cli; print(sorted(m for m in ('torch', 'dask', 'distributed') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "[]"
+
+
+NO_DASK = "import sys; sys.modules['dask'] = None; from mnistlr.cli import app; app()"  # `import dask` fails
+
+
+@pytest.mark.parametrize("missing", ["dask", "distributed"])
+def test_sweep_without_the_cluster_extra_is_one_line_naming_the_package_and_the_install(tmp_path, missing):
+    project = make_project(tmp_path, PARAMS)
+    code = NO_DASK.replace("'dask'", repr(missing))
+    proc = subprocess.run([sys.executable, "-c", code, "sweep", "-S", "seed=1,2"], cwd=project, capture_output=True,
+                          text=True)
+    assert_one_line_error(proc, f"needs the package {missing!r}", "pip install 'mnistlr[cluster]'")
+    assert run(["git", "status", "--porcelain"], project).stdout == ""  # nothing written
+    # the per-point command and the rest of the CLI work without it
+    proc = subprocess.run([sys.executable, "-c", code, "sweep-point", "-S", "optimizer=sgd,adam", "--origin",
+                           "/nowhere", "--commit", "a" * 40], cwd=project, capture_output=True, text=True)
+    assert_one_line_error(proc, "sweep-point runs one point")
+    proc = subprocess.run([sys.executable, "-c", code, "version"], cwd=project, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr

@@ -26,7 +26,7 @@ PARAMS = {
 }
 
 
-def wait_for_queue(project: Path, env: dict, timeout_s: float = 900) -> str:
+def wait_for_queue(project: Path, env: dict, timeout_s: float = 600) -> str:
     """Poll `dvc queue status` until nothing is queued or running."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -34,7 +34,7 @@ def wait_for_queue(project: Path, env: dict, timeout_s: float = 900) -> str:
         if not re.search(r"\b(Queued|Running)\b", status):
             return status
         assert time.monotonic() < deadline, status
-        time.sleep(3)
+        time.sleep(1)
 
 
 def test_queued_sweep_then_compare_gives_a_grid_and_the_report_links_it(tmp_path, synthetic_mirror):
@@ -47,7 +47,7 @@ def test_queued_sweep_then_compare_gives_a_grid_and_the_report_links_it(tmp_path
     queued = dvc("exp", "run", "--queue", "-S", "optimizer=sgd,adam", "-S", "train.weight_decay=0,0.0001",
                  cwd=project, env=env).stdout
     assert queued.count("Queued experiment") == 4, queued
-    dvc("queue", "start", cwd=project, env=env)
+    dvc("queue", "start", "-j", "2", cwd=project, env=env)  # two queue workers: one per core
     status = wait_for_queue(project, env)
     assert status.count("Success") == 4, status
 
