@@ -155,6 +155,24 @@ def project_env(mirror: Path, synthetic: bool) -> dict:
     return env
 
 
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory: pytest.TempPathFactory, synthetic_mirror: Path) -> tuple[Path, dict, str]:
+    """A temp project with SMALL_PARAMS, reproduced once on the synthetic mirror and committed:
+    (project, env, what that `dvc repro` printed). Tests never change it: they work on `copy_project`."""
+    project = make_project(tmp_path_factory.mktemp("reproduced"), SMALL_PARAMS)
+    env = project_env(synthetic_mirror, synthetic=True)
+    first = dvc("repro", cwd=project, env=env).stdout
+    run(["git", "add", "-A"], project, env)
+    run(["git", "commit", "-qm", "results"], project, env)
+    return project, env, first
+
+
+def copy_project(reproduced: tuple[Path, dict, str], dest: Path) -> Path:
+    """A copy of the reproduced project (git history, DVC cache and run cache included) at `dest`."""
+    shutil.copytree(reproduced[0], dest, symlinks=True)
+    return dest
+
+
 def load_storage_module():
     """scripts/storage.py as a module (scripts/ is not a package): start, stop, dvc_remote_commands."""
     import importlib.util

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, dvc, make_project, project_env, run
+from tests.conftest import REPO, copy_project, dvc, run
 from tests.imports import import_closure, imported_modules, module_file
 
 # Lower floors never import higher ones; a module may import its own floor's neighbours only if listed earlier.
@@ -122,15 +122,10 @@ def _probe(cwd: Path, env: dict, *argv: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def small_project(tmp_path_factory, synthetic_mirror):
-    """A temp copy of the project, reproduced on the synthetic mirror, with one committed experiment."""
-    dest = make_project(tmp_path_factory.mktemp("house"), {
-        "data": {"val_size": 200}, "variants": {"full": {"fraction": 1.0, "noise": 0.0}},
-        "train": {"epochs": 2, "batch_size": 64, "device": "cpu"}})
-    env = project_env(synthetic_mirror, synthetic=True)
-    dvc("repro", cwd=dest, env=env)
-    run(["git", "add", "-A"], dest, env=env)
-    run(["git", "commit", "-qm", "results"], dest, env=env)
+def small_project(tmp_path_factory, reproduced):
+    """A copy of the session's reproduced project, with one committed experiment."""
+    dest = copy_project(reproduced, tmp_path_factory.mktemp("house") / "p")
+    env = reproduced[1]
     dvc("exp", "run", "-n", "adam", "-S", "optimizer=adam", cwd=dest, env=env)
     return dest, env
 

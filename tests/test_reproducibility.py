@@ -15,7 +15,7 @@ import mnistlr
 from mnistlr import train
 from mnistlr.data import build_variant, split_indices, subset_indices
 from mnistlr.params import TrainParams
-from tests.conftest import REPO, SMALL_PARAMS, dvc, make_project, project_env, run
+from tests.conftest import REPO, copy_project, dvc, make_project, project_env, run
 
 LABELS = np.arange(1000, dtype=np.int64) % 10
 X = torch.randn(120, 784, generator=torch.Generator().manual_seed(5))
@@ -124,12 +124,11 @@ def _stage_outputs(project, env: dict, out) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def prepared_project(tmp_path_factory, synthetic_mirror):
+def prepared_project(tmp_path_factory, reproduced):
     if not mnistlr._has_avx2():
         pytest.skip("the CPU pins apply to x86-64 CPUs with AVX2 only")
-    project = make_project(tmp_path_factory.mktemp("cpu"), SMALL_PARAMS)
-    env = project_env(synthetic_mirror, synthetic=True)
-    dvc("repro", "prepare", cwd=project, env=env)
+    project = copy_project(reproduced, tmp_path_factory.mktemp("cpu") / "p")  # its data/prepared is what counts
+    env = reproduced[1]
     return project, {k: v for k, v in env.items() if k not in mnistlr.CPU_PINS and k != mnistlr.NATIVE_CPU_ENV}
 
 

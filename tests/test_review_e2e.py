@@ -20,13 +20,8 @@ import yaml
 from mnistlr.review import MARKER
 from mnistlr import review
 from tests import html_render
-from tests.conftest import dvc, make_project, project_env, run, skip_unless_ci
+from tests.conftest import SMALL_PARAMS, copy_project, dvc, run, skip_unless_ci
 
-PARAMS = {
-    "data": {"val_size": 200},
-    "variants": {"full": {"fraction": 1.0, "noise": 0.0}, "noise10": {"fraction": 1.0, "noise": 0.1}},
-    "train": {"epochs": 2, "batch_size": 32, "device": "cpu"},
-}
 BIN = Path(sys.executable).parent
 
 
@@ -98,13 +93,10 @@ def render_plots(project: Path, env: dict, args: list[str], out: str, cache: Pat
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, synthetic_mirror):
-    """A project whose main branch holds a full pipeline run (metrics and curves committed)."""
-    proj = make_project(tmp_path_factory.mktemp("review"), PARAMS)
-    env = project_env(synthetic_mirror, synthetic=True)
-    dvc("repro", cwd=proj, env=env)
-    commit_all(proj, env, "main results")
-    return proj, env
+def project(tmp_path_factory, reproduced):
+    """A project whose main branch holds a full pipeline run (metrics and curves committed): a copy of the
+    session's reproduced project."""
+    return copy_project(reproduced, tmp_path_factory.mktemp("review") / "p"), reproduced[1]
 
 
 def test_plots_show_renders_in_headless_chromium(project, tmp_path_factory):
@@ -125,7 +117,7 @@ def test_plots_show_renders_in_headless_chromium(project, tmp_path_factory):
 def test_make_review_on_an_adam_branch_writes_measured_diffs(project):
     proj, env = project
     git(proj, env, "checkout", "-q", "-b", "try-adam")
-    set_params(proj, optimizer="adam", variants={**PARAMS["variants"], "frac50": {"fraction": 0.5, "noise": 0.0}})
+    set_params(proj, optimizer="adam", variants={**SMALL_PARAMS["variants"], "frac50": {"fraction": 0.5, "noise": 0.0}})
     # --no-print-directory: under `make test` (CI), make would add Entering/Leaving directory lines
     proc = run(["make", "--no-print-directory", "review", "BASE=main", f"BIN={BIN}", "STAMP="], proj, env, check=False)
     md = (proj / "reports" / "review.md").read_text()
