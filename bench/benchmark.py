@@ -314,10 +314,11 @@ def startup_costs(workspace: Path, env: dict, cuda: bool) -> dict:
     CUDA context a stage training on the GPU creates on top."""
     py = sys.executable
     costs = {"interpreter_s": _median_seconds([py, "-c", "pass"], workspace, env)}
-    load = ("import importlib.util as u, sys; s = u.spec_from_file_location('stage', sys.argv[1]); "
-            "s.loader.exec_module(u.module_from_spec(s))")  # module top level only: no command runs
-    costs["imports_s"] = {stage: _median_seconds([py, "-c", load, f"stages/{stage}.py"], workspace, env)
-                          for stage in ("prepare", "train", "evaluate", "report")}
+    # what each stage imports before it works (train imports torch, evaluate matplotlib, inside main)
+    imports = {"prepare": "typer, mnistlr.prepare", "train": "typer, mnistlr.train",
+               "evaluate": "typer, mnistlr.evaluate, mnistlr.figures", "report": "typer, mnistlr.report"}
+    costs["imports_s"] = {stage: _median_seconds([py, "-c", f"import {modules}"], workspace, env)
+                          for stage, modules in imports.items()}
     if cuda:
         torch_only = _median_seconds([py, "-c", "import torch"], workspace, env)
         with_cuda = _median_seconds([py, "-c", "import torch; torch.ones(1, device='cuda').sum().item()"], workspace, env)

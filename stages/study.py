@@ -7,7 +7,6 @@ import typer
 
 from mnistlr.errors import user_errors
 from mnistlr.params import load_params
-from mnistlr.studies import run_study
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -23,7 +22,10 @@ def main(
     optimum: Optional[Path] = typer.Option(None, help="sweep: the optimum study's JSON"),
 ) -> None:
     """Run STUDY with the studies section of params.yaml."""
-    run_study(study, load_params(params), prepared, out, figure, optimum)
+    checked = load_params(params)  # a bad param fails before torch loads (seconds)
+    from mnistlr.studies import run_study
+
+    run_study(study, checked, prepared, out, figure, optimum)
     typer.echo(f"{study}: wrote {out}")
 
 

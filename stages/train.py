@@ -6,7 +6,6 @@ import typer
 
 from mnistlr.errors import user_errors
 from mnistlr.params import load_params
-from mnistlr.train import train
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -20,7 +19,10 @@ def main(
     curves: Path = typer.Option("plots/train", help="folder for <variant>.csv, the per-epoch learning curves"),
 ) -> None:
     """Train every variant of params.yaml with its optimizer and hyperparameters."""
-    for name, history in train(load_params(params), prepared, models, curves).items():
+    checked = load_params(params)  # a bad param fails before torch loads (seconds)
+    from mnistlr.train import train
+
+    for name, history in train(checked, prepared, models, curves).items():
         last = history[-1]
         typer.echo(f"{name}: epoch {last.epoch} val accuracy {last.val_accuracy:.4f} val loss {last.val_loss:.4f}")
 
