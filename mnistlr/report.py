@@ -13,13 +13,19 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+from tabulate import tabulate
 
 from mnistlr import atomic, metrics
 from mnistlr.data import load_preprocessing
 from mnistlr.evaluate import (EXAMPLES_PER_PAIR, EXPECTED_BY_FRACTION, EXPECTED_BY_NOISE, EXPECTED_BY_OPTIMIZER,
                               EXPECTED_NOISE_DROP, noise_rows)
 from mnistlr.params import Params
+
+def markdown_table(rows: list[dict], floatfmt: str = "g") -> str:
+    """Rows of one dict each as a markdown (pipe) table, columns in the first row's key order. tabulate
+    directly: pandas would cost this stage more to import than all of its work."""
+    return tabulate(rows, headers="keys", tablefmt="pipe", floatfmt=floatfmt)
+
 
 LOSS_NAMES = {"ce": "cross-entropy (logistic regression)", "mse": "least squares on one-hot targets (linear regression)"}
 # LeCun et al. (1998), "Gradient-based learning applied to document recognition", table of test error
@@ -54,7 +60,7 @@ def load_json_dir(folder: str | Path, names: list[str]) -> dict[str, dict]:
     return {n: json.loads((Path(folder) / f"{n}.json").read_text()) for n in names}
 
 
-def results_table(params: Params, scores: dict[str, dict], summaries: dict[str, dict]) -> pd.DataFrame:
+def results_table(params: Params, scores: dict[str, dict], summaries: dict[str, dict]) -> list[dict]:
     """One row per variant: its data, its measured accuracy and the tutorial's expectation."""
     rows = []
     for name, v in params.variants.items():
@@ -73,17 +79,17 @@ def results_table(params: Params, scores: dict[str, dict], summaries: dict[str, 
             "vs tutorial": verdict(test_acc, band),
             "weight sparsity": round(m["weights"]["sparsity"], 3),
         })
-    return pd.DataFrame(rows)
+    return rows
 
 
-def noise_table(params: Params, scores: dict[str, dict]) -> pd.DataFrame:
+def noise_table(params: Params, scores: dict[str, dict]) -> list[dict]:
     """Each noisy variant beside the clean variant of the same size: accuracies and the change."""
     rows = noise_rows(params, scores)
     for row in rows:
         clean = params.clean_twin(row["variant"]) or row["variant"]
         row["test acc vs clean (points)"] = round(100 * (scores[row["variant"]]["test"]["accuracy"]
                                                          - scores[clean]["test"]["accuracy"]), 2)
-    return pd.DataFrame(rows)
+    return rows
 
 
 def noise_lines(params: Params, scores: dict[str, dict]) -> list[str]:
@@ -102,14 +108,13 @@ def noise_lines(params: Params, scores: dict[str, dict]) -> list[str]:
 
 def confusion_from_predictions(path: str | Path) -> np.ndarray:
     """10x10 counts (rows true, columns predicted) from an actual,predicted CSV."""
-    df = pd.read_csv(path)
-    return metrics.confusion_matrix(df["actual"].to_numpy(), df["predicted"].to_numpy())
+    pairs = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)
+    return metrics.confusion_matrix(pairs[:, 0], pairs[:, 1])
 
 
-def per_class_table(cm: np.ndarray) -> pd.DataFrame:
+def per_class_table(cm: np.ndarray) -> list[dict]:
     """Precision, recall and F1 of each class (test set), from its confusion matrix."""
-    return pd.DataFrame([{"class": int(c), **{k: round(v, 4) for k, v in s.items()}}
-                         for c, s in metrics.per_class_metrics(cm).items()])
+    return [{"class": int(c), **{k: round(v, 4) for k, v in s.items()}} for c, s in metrics.per_class_metrics(cm).items()]
 
 
 def experiments_section(experiments_dir: Path, report_dir: Path) -> list[str]:
@@ -118,24 +123,27 @@ def experiments_section(experiments_dir: Path, report_dir: Path) -> list[str]:
     if not path.is_file():
         return []
     data = json.loads(path.read_text())
-    runs = pd.DataFrame(data["runs"])
+    runs = data["runs"]
     metric = data["metric"]
     link = Path(os.path.relpath(Path(experiments_dir) / "compare.md", report_dir)).as_posix()
     lines = ["## Experiments", "",
              f"From `mnistlr compare` (variant `{data['variant']}`); full table and curves: [{link}]({link}).", ""]
-    if "data.deskew" in runs.columns:  # deskewed runs are set beside their plain twins in the next section
-        runs = runs[runs["data.deskew"].astype(str) != "True"]
-    if "optimizer" in runs.columns and runs["optimizer"].nunique() > 1:
+    # deskewed runs are set beside their plain twins in the next section
+    runs = [r for r in runs if str(r.get("data.deskew")) != "True"]
+    optimizers = sorted({r["optimizer"] for r in runs if "optimizer" in r})
+    if len(optimizers) > 1:
         best = max if metrics.higher_is_better(metric) else min
-        by_opt = runs.groupby("optimizer")[metric].agg([best, "count"]).reset_index()
-        by_opt.columns = ["optimizer", f"best {metric}", "runs"]
-        if metric == "test.accuracy":  # the tutorial's ranges are test accuracies
-            by_opt["tutorial expects (%)"] = [
-                "{:g}-{:g}".format(*EXPECTED_BY_OPTIMIZER[o]) if o in EXPECTED_BY_OPTIMIZER else "-"
-                for o in by_opt["optimizer"]]
-        lines += ["Optimizer comparison:", "", by_opt.to_markdown(index=False, floatfmt=".4f"), ""]
+        rows = []
+        for o in optimizers:
+            values = [r[metric] for r in runs if r.get("optimizer") == o]
+            row = {"optimizer": o, f"best {metric}": best(values), "runs": len(values)}
+            if metric == "test.accuracy":  # the tutorial's ranges are test accuracies
+                row["tutorial expects (%)"] = ("{:g}-{:g}".format(*EXPECTED_BY_OPTIMIZER[o])
+                                               if o in EXPECTED_BY_OPTIMIZER else "-")
+            rows.append(row)
+        lines += ["Optimizer comparison:", "", markdown_table(rows, ".4f"), ""]
     else:
-        lines += [runs.to_markdown(index=False, floatfmt=".4f"), ""]
+        lines += [markdown_table(runs, ".4f"), ""]
     return lines
 
 
@@ -181,7 +189,7 @@ def deskew_section(params: Params, experiments_dir: Path, prepared: Path) -> lis
                  "error change (points)": round(LECUN_LINEAR_ERROR["deskewed"] - LECUN_LINEAR_ERROR["plain"], 2)})
     return lines + [f"From `mnistlr compare` (experiments/compare.json): runs `{plain['run']}` and `{desk['run']}` "
                     "differ only in `data.deskew`; every other param is the same.", "",
-                    pd.DataFrame(rows).to_markdown(index=False), ""]
+                    markdown_table(rows), ""]
 
 
 def build_report(
@@ -205,9 +213,8 @@ def build_report(
     train_size = round(summaries[ref]["size"] / summaries[ref]["fraction"])
     noisy = noise_table(params, scores)
     pairs = metrics.top_confusions(cm, params.report.top_confusions)
-    confusions = pd.DataFrame(
-        [{"true": t, "predicted": p, "count": n, "share of true class (%)": round(100 * n / cm[t].sum(), 2)}
-         for t, p, n in pairs])
+    confusions = [{"true": t, "predicted": p, "count": n, "share of true class (%)": round(100 * n / cm[t].sum(), 2)}
+                  for t, p, n in pairs]
     pre = load_preprocessing(prepared_dir)
 
     t = params.train
@@ -227,7 +234,7 @@ def build_report(
         "",
         "## Results",
         "",
-        results_table(params, scores, summaries).to_markdown(index=False),
+        markdown_table(results_table(params, scores, summaries)),
         "",
         optimizer_line + f" One standard error of a test accuracy near {100 * ref_acc:.1f} % on {n_test} images is "
         f"{standard_error_points(ref_acc, n_test):.2f} points.",
@@ -245,14 +252,14 @@ def build_report(
         *noise_lines(params, scores),
     ]
     if len(noisy):
-        lines += ["### Clean vs noisy labels", "", noisy.to_markdown(index=False), "",
+        lines += ["### Clean vs noisy labels", "", markdown_table(noisy), "",
                   "![clean vs noisy training labels](figures/noise.png)", ""]
     lines += [
         f"## Top confusions of `{ref}` (test set)",
         "",
         "The tutorial names 4 ↔ 9, 3 ↔ 5 or 8, and 7 ↔ 1 as MNIST's common confusions.",
         "",
-        confusions.to_markdown(index=False) if len(confusions) else "No errors.",
+        markdown_table(confusions) if confusions else "No errors.",
         "",
     ]
     if pairs:
@@ -264,7 +271,7 @@ def build_report(
         "",
         f"### Per-class scores of `{ref}` (test set)",
         "",
-        per_class_table(cm).to_markdown(index=False),
+        markdown_table(per_class_table(cm)),
         "",
         "## What the models learned",
         "",
