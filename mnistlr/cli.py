@@ -116,6 +116,8 @@ def sweep(
     out: Path = typer.Option("experiments", help="folder for compare.md, compare.json and compare.png"),
     variant: str = typer.Option("full", help="variant the comparison is of"),
     metric: str = typer.Option("test.accuracy", help="sorts the comparison (best first); " + METRIC_HELP),
+    connect_timeout: Optional[float] = typer.Option(None, min=0.1, help="seconds to reach --scheduler before giving up "
+                                                    "(default: 10)"),
 ) -> None:
     """Run a grid of DVC experiments on a Dask cluster (one task per point, each in a fresh clone of the pushed
     commit), pull the results and compare them. Points already on the remote are skipped. No credentials are
@@ -126,7 +128,8 @@ def sweep(
     from mnistlr.sweep import run_sweep
 
     outcome = run_sweep(set_param, scheduler, name_prefix, origin, workers, out, variant, metric,
-                        log=lambda line: typer.echo(line))
+                        log=lambda line: typer.echo(line),
+                        **({} if connect_timeout is None else {"connect_timeout_s": connect_timeout}))
     if outcome.summary:
         typer.echo(outcome.summary)
         typer.echo(f"compared {outcome.compared} runs on {variant}; wrote {out}/compare.md, compare.json, compare.png")

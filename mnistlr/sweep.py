@@ -354,16 +354,18 @@ def require_distributed() -> None:
                            f"(dask and distributed are the optional `cluster` extra): {CLUSTER_INSTALL}") from None
 
 
-def connect(scheduler: str | None, n_workers: int, config_local: Path | None = None) -> tuple[Any, Any]:
-    """(client, cluster): the scheduler at `scheduler`, else a local cluster of n_workers processes on this
-    machine, whose workers are pointed at `config_local` (a path: its text stays in the file)."""
+def connect(scheduler: str | None, n_workers: int, config_local: Path | None = None,
+            timeout_s: float = CONNECT_TIMEOUT_S) -> tuple[Any, Any]:
+    """(client, cluster): the scheduler at `scheduler` (reached within timeout_s), else a local cluster of
+    n_workers processes on this machine, whose workers are pointed at `config_local` (a path: its text
+    stays in the file)."""
     from distributed import Client, LocalCluster
 
     if scheduler:
         try:
-            return Client(scheduler, timeout=CONNECT_TIMEOUT_S), None
+            return Client(scheduler, timeout=timeout_s), None
         except (OSError, TimeoutError) as exc:
-            raise MnistlrError(f"cannot reach the Dask scheduler at {scheduler} within {CONNECT_TIMEOUT_S} s "
+            raise MnistlrError(f"cannot reach the Dask scheduler at {scheduler} within {timeout_s:g} s "
                                f"({type(exc).__name__}); start one with `dask scheduler` or leave out --scheduler "
                                "for a local cluster") from None
     env = {CONFIG_LOCAL_ENV: str(config_local)} if config_local is not None else {}
@@ -380,7 +382,8 @@ def _describe(point: list[str]) -> str:
 
 def run_sweep(sets: list[str], scheduler: str | None = None, name_prefix: str = "sweep", remote: str = "origin",
               n_workers: int = 2, out: str | Path = "experiments", variant: str = "full",
-              metric: str = "test.accuracy", cwd: str | Path = ".", log: Callable[[str], None] = print) -> SweepOutcome:
+              metric: str = "test.accuracy", cwd: str | Path = ".", log: Callable[[str], None] = print,
+              connect_timeout_s: float = CONNECT_TIMEOUT_S) -> SweepOutcome:
     """Check everything, run every point not yet on the remote, pull the results and compare them.
     No credentials leave this machine: a remote scheduler's workers use their own; a local cluster's
     workers read this repository's .dvc/config.local (unless MNISTLR_DVC_CONFIG_LOCAL names another)."""
@@ -412,7 +415,7 @@ def run_sweep(sets: list[str], scheduler: str | None = None, name_prefix: str = 
         f"{len(todo)} to run")
 
     if todo:
-        client, cluster = connect(scheduler, n_workers, local_cfg)
+        client, cluster = connect(scheduler, n_workers, local_cfg, connect_timeout_s)
         try:
             results.update(_run_tasks(client, url, commit, todo, log))
         finally:

@@ -15,7 +15,7 @@ import mnistlr
 from mnistlr import train
 from mnistlr.data import build_variant, split_indices, subset_indices
 from mnistlr.params import TrainParams
-from tests.conftest import REPO, copy_project, dvc, make_project, project_env, run
+from tests.conftest import REPO, SMALL_PARAMS, copy_project, dvc, make_project, run
 
 LABELS = np.arange(1000, dtype=np.int64) % 10
 X = torch.randn(120, 784, generator=torch.Generator().manual_seed(5))
@@ -59,14 +59,6 @@ def test_the_seed_drives(what, monkeypatch):
     assert not np.array_equal(first, draw(43, monkeypatch))
 
 
-# One variant with a subset and label noise, so every seeded step feeds the metrics.
-PARAMS = {
-    "data": {"val_size": 200},
-    "variants": {"half": {"fraction": 0.5, "noise": 0.1}},
-    "train": {"epochs": 2, "batch_size": 32, "device": "cpu"},
-}
-
-
 def _metrics(project) -> dict[str, bytes]:
     files = [*sorted((project / "metrics").glob("*.json")), *sorted((project / "plots").rglob("*.csv")),
              *sorted((project / "models").glob("*.npz"))]
@@ -74,18 +66,21 @@ def _metrics(project) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory, synthetic_mirror):
-    env = project_env(synthetic_mirror, synthetic=True)
-    projects = [make_project(tmp_path_factory.mktemp(f"run{i}"), PARAMS) for i in range(2)]
-    for project in projects:
-        dvc("repro", "evaluate", cwd=project, env=env)  # the metrics; the report adds none
-    return projects, env
+def two_runs(tmp_path_factory, reproduced):
+    """The session's reproduced project and a second, independent one with the same params (SMALL_PARAMS:
+    a clean and a label-noise variant), run up to evaluate."""
+    env = reproduced[1]
+    second = make_project(tmp_path_factory.mktemp("run2"), SMALL_PARAMS)
+    dvc("repro", "evaluate", cwd=second, env=env)  # the metrics; the report adds none
+    return (reproduced[0], second), env
 
 
 def test_two_runs_give_bit_identical_metrics(two_runs):
     (a, b), _ = two_runs
     first, second = _metrics(a), _metrics(b)
-    assert set(first) == {"metrics/half.json", "plots/train/half.csv", "plots/predictions/half.csv", "models/half.npz"}
+    assert set(first) == {f"{d}/{v}.{ext}" for v in ("full", "noise10")
+                          for d, ext in (("metrics", "json"), ("plots/train", "csv"), ("plots/predictions", "csv"),
+                                         ("models", "npz"))}
     assert first == second
 
 
@@ -95,8 +90,8 @@ def test_another_seed_gives_other_metrics(two_runs):
     params["seed"] = 7
     (b / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dvc("repro", "evaluate", cwd=b, env=env)
-    assert _metrics(a)["metrics/half.json"] != _metrics(b)["metrics/half.json"]
-    summary = [(p / "data/prepared/variants/half.json").read_text() for p in (a, b)]
+    assert _metrics(a)["metrics/full.json"] != _metrics(b)["metrics/full.json"]
+    summary = [(p / "data/prepared/variants/noise10.json").read_text() for p in (a, b)]
     assert summary[0] != summary[1]  # the subset and noise draw changed too, not only training
 
 
@@ -113,10 +108,15 @@ REQUESTS = {
 STAGE_OUTPUTS = ("models", "curves", "metrics", "predictions")
 
 
+def _train_outputs(project, env: dict, out) -> dict[str, bytes]:
+    """Run the train stage of `project` into `out` under `env`; every file it wrote, by path."""
+    run([sys.executable, "stages/train.py", "--models", str(out / "models"), "--curves", str(out / "curves")], project, env)
+    return {str(p.relative_to(out)): p.read_bytes() for d in ("models", "curves") for p in sorted((out / d).rglob("*"))}
+
+
 def _stage_outputs(project, env: dict, out) -> dict[str, bytes]:
     """Run the train and evaluate stages of `project` into `out` under `env`; every file they wrote, by path."""
-    args = {"models": out / "models", "curves": out / "curves"}
-    run([sys.executable, "stages/train.py", *[a for k, v in args.items() for a in (f"--{k}", str(v))]], project, env)
+    _train_outputs(project, env, out)
     run([sys.executable, "stages/evaluate.py", "--models", str(out / "models"), "--curves", str(out / "curves"),
          "--metrics", str(out / "metrics"), "--predictions", str(out / "predictions"), "--figures", str(out / "figures")],
         project, env)
@@ -145,9 +145,9 @@ def test_without_the_pins_those_requests_change_the_bits(prepared_project, tmp_p
     other trained weights."""
     project, env = prepared_project
     native = {**env, mnistlr.NATIVE_CPU_ENV: "1"}
-    pinned_by_hand = _stage_outputs(project, {**native, **mnistlr.CPU_PINS}, tmp_path / "by-hand")
-    generic = _stage_outputs(project, {**native, **REQUESTS["generic"]}, tmp_path / "generic")
-    assert pinned_by_hand["models/full.npz"] != generic["models/full.npz"]
+    by_hand = _train_outputs(project, {**native, **mnistlr.CPU_PINS}, tmp_path / "by-hand")
+    generic = _train_outputs(project, {**native, **REQUESTS["generic"]}, tmp_path / "generic")
+    assert by_hand["models/full.npz"] != generic["models/full.npz"]
 
 
 def test_a_stage_process_runs_with_the_pins():

@@ -7,12 +7,13 @@ import re
 
 import pytest
 import torch
+import yaml
 
 from mnistlr.errors import MnistlrError
 from mnistlr.params import parse_params
 from mnistlr.studies import (run_study, study_deskew, study_l1l2, study_mse, study_optimum, study_sweep,
                              write_studies_report)
-from tests.conftest import SMALL_PARAMS, dvc, make_project, project_env
+from tests.conftest import copy_project, dvc
 
 TINY = {
     "train": {"device": "cpu", "epochs": 2, "batch_size": 32},
@@ -97,13 +98,13 @@ def test_studies_params_are_strict():
 RUNNING = re.compile(r"Running stage '([^']+)'")
 
 
-def test_plain_repro_runs_only_the_root_pipeline_and_the_studies_run_on_its_data(tmp_path, synthetic_mirror):
-    small = {**SMALL_PARAMS, "variants": {"full": {"fraction": 1.0, "noise": 0.0}},
-             "train": {"epochs": 1, "device": "cpu"}, "studies": TINY["studies"]}
-    project = make_project(tmp_path, small)
-    env = project_env(synthetic_mirror, synthetic=True)
-    root = set(RUNNING.findall(dvc("repro", cwd=project, env=env).stdout))
+def test_plain_repro_runs_only_the_root_pipeline_and_the_studies_run_on_its_data(tmp_path, reproduced):
+    root = set(RUNNING.findall(reproduced[2]))
     assert root == {"prepare", "train", "evaluate", "report"}  # no studies stage
+    project, env = copy_project(reproduced, tmp_path / "p"), reproduced[1]
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["studies"] = TINY["studies"]  # no root stage reads studies: the root pipeline stays up to date
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     png = (project / "reports/figures/reliability.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     listed = dvc("stage", "list", "studies/dvc.yaml", cwd=project, env=env).stdout

@@ -464,8 +464,9 @@ def test_an_unknown_param_key_is_refused_with_the_closest_known_one(team):
 def test_an_unreachable_scheduler_is_one_line_after_the_connect_timeout(team):
     before = origin_refs(team)
     start = time.monotonic()
-    proc = sweep(team, "-S", "seed=7,8", "--scheduler", f"tcp://127.0.0.1:{free_port()}", timeout=120)
-    assert_one_line_error(proc, "cannot reach the Dask scheduler", "within 10 s")
+    proc = sweep(team, "-S", "seed=7,8", "--scheduler", f"tcp://127.0.0.1:{free_port()}", "--connect-timeout", "2",
+                 timeout=120)
+    assert_one_line_error(proc, "cannot reach the Dask scheduler", "within 2 s")
     assert time.monotonic() - start < 60
     assert origin_refs(team) == before
 
