@@ -61,6 +61,18 @@ def write_mirror(folder: Path, n_train: int = 1200, n_test: int = 300, seed: int
     return folder
 
 
+# The longest modules first: xdist hands each worker a whole module (--dist loadfile) in collection order,
+# and a long one started last would leave the other worker idle at the end.
+LONGEST_FIRST = ("test_sweep_dask.py", "test_sweep_e2e.py", "test_reproducibility.py", "test_team_e2e.py",
+                 "test_pipeline_e2e.py", "test_workflow.py", "test_review_e2e.py", "test_cli.py", "test_layout.py",
+                 "test_predict.py", "test_studies.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(scope="session")
 def synthetic_mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with a small synthetic MNIST (1200 train, 300 test) and its MD5SUMS."""

@@ -25,7 +25,7 @@ import yaml
 
 from mnistlr.errors import MnistlrError
 from mnistlr.sweep import CONFIG_LOCAL_ENV, exp_ref, expand_grid, point_name
-from tests.conftest import dvc, load_storage_module, make_project, project_env, run
+from tests.conftest import copy_project, dvc, load_storage_module, make_project, project_env, run
 
 BIN = Path(sys.executable).parent
 MNISTLR = str(BIN / "mnistlr")
@@ -138,24 +138,23 @@ def aws_env(storage) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def team(tmp_path_factory, synthetic_mirror, s3_storage):
-    """A reproduced project whose baseline is pushed to a bare git origin and to the S3 remote. The remote's URL
-    and endpoint are committed in .dvc/config; its credentials are in the driver's .dvc/config.local only."""
+def team(tmp_path_factory, reproduced, s3_storage):
+    """A copy of the session's reproduced project whose baseline is pushed to a bare git origin and to the S3
+    remote. The remote's URL and endpoint are committed in .dvc/config; its credentials are in the driver's
+    .dvc/config.local only."""
     root = tmp_path_factory.mktemp("team")
     origin = root / "origin.git"
     run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], root)
-    (root / "project").mkdir()
-    project = make_project(root / "project", PARAMS)
-    env = project_env(synthetic_mirror, synthetic=True)
+    project = copy_project(reproduced, root / "project")  # SMALL_PARAMS, reproduced and committed
+    env = dict(reproduced[1])
     for key in aws_env(s3_storage):
         env.pop(key, None)
     for cmd in load_storage_module().dvc_remote_commands(s3_storage):
         dvc(*cmd, cwd=project, env=env)
     assert s3_storage.secret_key in (project / ".dvc" / "config.local").read_text()
     assert s3_storage.secret_key not in (project / ".dvc" / "config").read_text()
-    dvc("repro", cwd=project, env=env)
     run(["git", "add", "-A"], project, env)
-    run(["git", "commit", "-qm", "baseline"], project, env)
+    run(["git", "commit", "-qm", "remote configured"], project, env)
     run(["git", "remote", "add", "origin", str(origin)], project, env)
     run(["git", "push", "-q", "origin", "main"], project, env)
     dvc("push", cwd=project, env=env)
