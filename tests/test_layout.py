@@ -16,8 +16,6 @@ from tests.imports import import_closure, imported_modules, module_file
 # Lower floors never import higher ones; a module may import its own floor's neighbours only if listed earlier.
 FLOORS = ["errors", "atomic", "params", "data", "prepare", "model", "metrics", "figures", "train", "evaluate",
           "report", "review", "sweep", "studies", "predict", "cli"]
-# Processes that compute no gradient: they must never load torch.
-NO_TORCH = ["prepare", "evaluate", "report"]
 
 
 def _pipelines() -> list[tuple[Path, dict]]:
