@@ -107,7 +107,7 @@ def test_plots_show_renders_in_headless_chromium(project, tmp_path_factory):
     assert charts >= 4, rendered.dom[:2000]
     source = (proj / "dvc_plots" / "index.html").read_text()  # charts draw on canvas: titles are in the specs
     for title in ("Loss of full (train vs val)", "Accuracy of full (train vs val)",
-                  "Confusion matrix of full (test set)"):
+                  "Confusion matrix (test set)"):
         assert title in source
     pngs = sorted((proj / "reports" / "figures").rglob("*.png"))
     assert len(pngs) >= 6 and rendered.dom.count("<img") >= len(pngs)
