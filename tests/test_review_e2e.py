@@ -169,7 +169,7 @@ def test_make_review_on_an_adam_branch_writes_measured_diffs(project):
     back_to_main(proj, env)
 
 
-def test_gate_fails_on_a_worse_branch_and_passes_on_main(project, tmp_path_factory):
+def test_gate_fails_on_a_worse_branch_and_passes_on_main(project):
     proj, env = project
     git(proj, env, "checkout", "-q", "-b", "worse")
     set_params(proj, train__epochs=1, train__lr__sgd=1e-6)  # barely moves from the random init
@@ -201,9 +201,6 @@ def test_gate_fails_on_a_worse_branch_and_passes_on_main(project, tmp_path_facto
     loss = shown["data"]["Loss of full (train vs val)"][0]
     assert set(loss["revisions"]) == {"main", "workspace"}
     assert {row["rev"] for row in loss["content"]["data"]["values"]} == {"main", "workspace"}
-    if html_render.find_chromium():
-        rendered, charts = render_plots(proj, env, ["diff", "main"], "dvc_plots_diff", tmp_path_factory.mktemp("vega"))
-        assert rendered.errors() == [] and charts >= 4, rendered.console
     commit_all(proj, env, "worse")
     back_to_main(proj, env)
     for metric in ("test.accuracy", "test.ece"):

@@ -332,45 +332,36 @@ def test_fit_logs_the_scheduled_rate_after_each_epoch():
     assert math.isclose(cos[-1].lr, 0.0, abs_tol=1e-12) and [h.lr for h in const] == [0.1, 0.1]
 
 
+# One process: the dynamo modules loaded after the trainer's fit (SGD and Adam with every feature), then
+# after one step of torch.optim.SGD, which imports torch._dynamo (seconds per process): why Optimizer exists,
+# and the proof that the probe sees an import when one happens.
 DYNAMO_PROBE = """
 import sys, torch
 from mnistlr.params import TrainParams
-{body}
-print(sorted(m for m in sys.modules if m.startswith("torch._dynamo")))
+from mnistlr.train import fit
+dynamo = lambda: sorted(m for m in sys.modules if m.startswith("torch._dynamo"))
+x, y = torch.randn(64, 784), torch.arange(64) % 10
+for opt, lr in (("sgd", 0.1), ("adam", 1e-3)):
+    cfg = TrainParams(epochs=2, batch_size=16, momentum=0.9, weight_decay=1e-4, grad_clip=1.0, patience=1, device="cpu")
+    fit(x, y, x, y, cfg, opt, lr, seed=0)
+print("after fit:", dynamo())
+m = torch.nn.Linear(2, 2)
+step = torch.optim.SGD(m.parameters(), lr=0.1)
+m(torch.ones(1, 2)).sum().backward()
+step.step()
+print("after torch.optim:", dynamo())
 """
 
 
-def _dynamo_modules_after(body: str) -> str:
+def test_training_never_imports_torch_dynamo_and_torch_optim_does():
     # the repo first, then whatever the caller had (where dependencies were installed with --target)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-c", DYNAMO_PROBE.format(body=body)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", DYNAMO_PROBE], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip().splitlines()[-1]
-
-
-def test_training_never_imports_torch_dynamo():
-    body = (
-        "from mnistlr.train import fit\n"
-        "x, y = torch.randn(64, 784), torch.arange(64) % 10\n"
-        "for opt, lr in (('sgd', 0.1), ('adam', 1e-3)):\n"
-        "    cfg = TrainParams(epochs=2, batch_size=16, momentum=0.9, weight_decay=1e-4, grad_clip=1.0,\n"
-        "                      patience=1, device='cpu')\n"
-        "    fit(x, y, x, y, cfg, opt, lr, seed=0)\n"
-    )
-    assert _dynamo_modules_after(body) == "[]"
-
-
-def test_the_dynamo_probe_sees_torch_optims_own_step():
-    # Why Optimizer exists: torch.optim.SGD.step imports torch._dynamo (seconds per process).
-    # This also shows the probe above can see an import when one happens.
-    body = (
-        "m = torch.nn.Linear(2, 2)\n"
-        "opt = torch.optim.SGD(m.parameters(), lr=0.1)\n"
-        "m(torch.ones(1, 2)).sum().backward()\n"
-        "opt.step()\n"
-    )
-    assert "'torch._dynamo'" in _dynamo_modules_after(body)
+    after_fit, after_optim = proc.stdout.strip().splitlines()[-2:]
+    assert after_fit == "after fit: []"
+    assert "'torch._dynamo'" in after_optim, after_optim
 
 
 def test_resolve_device():
