@@ -168,15 +168,26 @@ def project_env(mirror: Path, synthetic: bool) -> dict:
 
 
 @pytest.fixture(scope="session")
-def reproduced(tmp_path_factory: pytest.TempPathFactory, synthetic_mirror: Path) -> tuple[Path, dict, str]:
-    """A temp project with SMALL_PARAMS, reproduced once on the synthetic mirror and committed:
-    (project, env, what that `dvc repro` printed). Tests never change it: they work on `copy_project`."""
-    project = make_project(tmp_path_factory.mktemp("reproduced"), SMALL_PARAMS)
-    env = project_env(synthetic_mirror, synthetic=True)
-    first = dvc("repro", cwd=project, env=env).stdout
-    run(["git", "add", "-A"], project, env)
-    run(["git", "commit", "-qm", "results"], project, env)
-    return project, env, first
+def reproduced(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> tuple[Path, dict, str]:
+    """A temp project with SMALL_PARAMS, reproduced once on a synthetic mirror and committed:
+    (project, env, what that `dvc repro` printed). Tests never change it: they work on `copy_project`.
+    Built once per test run: under pytest-xdist the first worker to ask builds it in the run's shared temp
+    folder, under a file lock, and the others use it."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    project, mirror, log = root / "reproduced", root / "reproduced-mirror", root / "reproduced.log"
+    env = project_env(mirror, synthetic=True)
+    with FileLock(str(root / "reproduced.lock")):
+        if not log.is_file():
+            write_mirror(mirror)
+            project.mkdir()
+            make_project(project, SMALL_PARAMS)
+            first = dvc("repro", cwd=project, env=env).stdout
+            run(["git", "add", "-A"], project, env)
+            run(["git", "commit", "-qm", "results"], project, env)
+            log.write_text(first)
+    return project, env, log.read_text()
 
 
 def copy_project(reproduced: tuple[Path, dict, str], dest: Path) -> Path:
