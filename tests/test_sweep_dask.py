@@ -34,10 +34,11 @@ PARAMS = {
     "variants": {"full": {"fraction": 1.0, "noise": 0.0}},  # one variant: each point is one train + evaluate
     "train": {"epochs": 1, "batch_size": 32, "device": "cpu", "lr": {"sgd": 0.003, "adam": 0.0003}},
 }
-# Two points, one per worker. A point that fails is reported and pushes nothing:
-# test_a_local_cluster_reads_this_repositorys_config_local.
-GRID = ["-S", "optimizer=sgd,adam", "-S", "data.val_size=50"]
-EXPECTED = {("sgd", 50), ("adam", 50)}
+# Two points that run, one per worker, and one that fails: val_size 0 fails the params check of the first
+# stage that reads it (prepare), before any training.
+GRID = ["-S", "data.val_size=50,60,0"]
+GOOD = ["-S", "data.val_size=50,60"]  # the grid's points that pass
+EXPECTED = {("sgd", 50), ("sgd", 60)}
 
 # Loaded by the scheduler (`dask scheduler --preload`): appends every task it is given, pickled as the
 # scheduler holds it (function and arguments), to the file named by MNISTLR_TEST_TASK_LOG.
@@ -294,17 +295,21 @@ def grid_sweep(team, cluster):
             "compared": json.loads(compare.read_text()) if compare.is_file() else None}
 
 
-def test_sweep_runs_every_point_on_the_cluster(team, grid_sweep, tmp_path):
+def test_sweep_runs_every_point_on_the_cluster_and_reports_the_failing_one(team, grid_sweep, tmp_path):
     proc = grid_sweep["proc"]
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out  # the number of failed points
+    assert proc.returncode == 1, out  # the number of failed points
     done = sweep_names(proc.stdout)
-    assert sorted(done) == sorted(points_of(GRID, team)), out
-    assert re.search(r"^progress: \d/2 done, \d running, \d waiting, 0 failed$", proc.stdout, flags=re.M), out
-    assert "sweep: 2 of 2 points passed, 0 failed" in proc.stdout, out
+    assert sorted(done) == sorted(points_of(GOOD, team)), out
+    failed = re.findall(r"^FAILED (\S+) \((.*)\): (.+)$", proc.stdout, flags=re.M)
+    assert [p for _, p, _ in failed] == ["data.val_size=0"], out
+    # with the stage's own one-line reason: an experiment that fails, not git or storage (no retry)
+    assert "failed in stage prepare" in failed[0][2] and "val_size" in failed[0][2], failed
+    assert re.search(r"^progress: \d/3 done, \d running, \d waiting, 1 failed$", proc.stdout, flags=re.M), out
+    assert "sweep: 2 of 3 points passed, 1 failed" in proc.stderr, out
     # the driver's credentials stay with it, and it says so
     assert "note: .dvc/config.local stays on this machine" in proc.stdout, out
-    # both points reached the origin, each named as the driver named it
+    # only the two good points reached the origin, each named as the driver named it
     new = set(grid_sweep["after"]) - set(grid_sweep["before"])
     assert new == {exp_ref(team["commit"], n) for n in done}, (new, done)
     # the comparison, as `mnistlr compare` writes it: the baseline and the two experiments
@@ -339,7 +344,7 @@ def test_no_credential_travels_with_the_tasks(team, cluster, grid_sweep):
 def test_rerunning_the_sweep_skips_every_point_already_pushed(team, cluster, grid_sweep):
     before = origin_refs(team)
     logged = len(recorded_tasks(cluster["task_log"]))
-    proc = sweep(team, *GRID, "--scheduler", cluster["address"])
+    proc = sweep(team, *GOOD, "--scheduler", cluster["address"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 already on origin (skipped), 0 to run" in proc.stdout, proc.stdout
     assert sweep_names(proc.stdout) == [] and origin_refs(team) == before  # nothing ran, nothing pushed
