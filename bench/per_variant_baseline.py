@@ -93,7 +93,8 @@ def main(
             floor.append(json.loads(proc.stdout.strip().splitlines()[-1])["seconds"])
         med = statistics.median
         lines = [
-            f"Revision {subject}; {os.cpu_count()} CPU cores; median of {runs} runs, cache emptied before each cold run.",
+            f"Revision {subject}; {os.cpu_count()} CPU cores; median of {runs} runs, "
+            "cache emptied before each cold run.",
             "",
             "| figure | s (median) | runs |",
             "|:--|--:|:--|",

@@ -1,9 +1,9 @@
 """`mnistlr sweep` on a real Dask cluster: a scheduler and two workers on 127.0.0.1, a bare git origin and a
-real S3 server, all started here and stopped by PID. Every point is a `dvc exp run` of the session's small project
-(synthetic digits, two variants, three epochs) in its own clone. The driver's .dvc/config.local holds the S3 credentials; the workers
-get theirs from their own environment, and the scheduler records every task it is given, so the tests see
-that none of the driver's credentials travel. Results are checked from a fresh clone of the origin, as a
-teammate would see them."""
+real S3 server, all started here and stopped by PID. Every point is a `dvc exp run` of the session's small
+project (synthetic digits, two variants, three epochs) in its own clone. The driver's .dvc/config.local holds
+the S3 credentials; the workers get theirs from their own environment, and the scheduler records every task
+it is given, so the tests see that none of the driver's credentials travel. Results are checked from a fresh
+clone of the origin, as a teammate would see them."""
 
 from __future__ import annotations
 
