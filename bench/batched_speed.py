@@ -25,7 +25,9 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 @app.command()
 def main(
-    prepared: Path = typer.Option(Path("data/prepared_deskewed"), help="a prepared folder (its train/ and val/ splits)"),
+    prepared: Path = typer.Option(
+        Path("data/prepared_deskewed"), help="a prepared folder (its train/ and val/ splits)"
+    ),
     epochs: int = typer.Option(2, help="epochs per measurement"),
     threads: int = typer.Option(1, help="torch threads"),
     batch_sizes: list[int] = typer.Option([128, 256], "--batch-size"),

@@ -102,8 +102,9 @@ def torchvision_root(files: dict[str, Path]) -> Path:
     return root
 
 
-def tutorial_loop(root: Path, epochs: int, seed: int, device: torch.device, threads: int,
-                  split_seed: int | None = None) -> tuple[list[float], float]:
+def tutorial_loop(
+    root: Path, epochs: int, seed: int, device: torch.device, threads: int, split_seed: int | None = None
+) -> tuple[list[float], float]:
     """The seed's loop: torchvision MNIST + ToTensor/Normalize, DataLoader(64, shuffle), SGD 0.1, on `threads`
     CPU threads. Seconds of each epoch (its training and validation passes) and the final test accuracy.
 
@@ -148,8 +149,11 @@ def load_tensors(files: dict, seed: int, device: torch.device) -> dict[str, tupl
     train_idx, val_idx = (torch.from_numpy(i) for i in split_indices(60_000, 10_000, seed))
     tx = torch.from_numpy(normalize(read_images(files["t10k-images-idx3-ubyte.gz"]), 0.1307, 0.3081))
     ty = torch.from_numpy(read_labels(files["t10k-labels-idx1-ubyte.gz"]))
-    return {"train": (x[train_idx].to(device), y[train_idx].to(device)),
-            "val": (x[val_idx].to(device), y[val_idx].to(device)), "test": (tx.to(device), ty.to(device))}
+    return {
+        "train": (x[train_idx].to(device), y[train_idx].to(device)),
+        "val": (x[val_idx].to(device), y[val_idx].to(device)),
+        "test": (tx.to(device), ty.to(device)),
+    }
 
 
 def trainer_run(data: dict, epochs: int, seed: int, cuda_graph: bool = True) -> tuple[list[float], float]:
@@ -209,12 +213,15 @@ def loops(files: dict, epochs: int, seed: int, dev: torch.device, cuda_graph: bo
     """Every loop, timed alike: {name: {median, min, max, epochs, epoch_s, test_accuracy}}."""
     data = load_tensors(files, seed, dev)
     timed: dict[str, tuple[list[float], float]] = {}
-    trainer = "mnistlr trainer" + (" (CUDA graph)" if dev.type == "cuda" and cuda_graph else
-                                   ", steps on 1 thread" if dev.type == "cpu" else "")
+    trainer = "mnistlr trainer" + (
+        " (CUDA graph)" if dev.type == "cuda" and cuda_graph else ", steps on 1 thread" if dev.type == "cpu" else ""
+    )
     timed[trainer] = trainer_run(data, epochs, seed, cuda_graph)
     threads = torch.get_num_threads()
     for t in sorted({1, threads}):
-        timed[f"plain autograd + torch.optim loop, {t} thread{'s' if t > 1 else ''}"] = plain_loop(data, epochs, seed, t)
+        timed[f"plain autograd + torch.optim loop, {t} thread{'s' if t > 1 else ''}"] = plain_loop(
+            data, epochs, seed, t
+        )
     if tutorial:
         root = torchvision_root(files)
         timed[f"tutorial (DataLoader), {threads} threads"] = tutorial_loop(root, epochs, seed, dev, threads)
@@ -232,8 +239,11 @@ def loop_lines(results: dict, epochs: int, seed: int) -> list[str]:
         "",
         "| loop | s / epoch (median) | range | trainer's speed-up over it | test accuracy |",
         "|---|---:|---:|---:|---:|",
-        *[f"| {k} | {r['median']:.3f} | {r['min']:.3f}-{r['max']:.3f} | {r['median'] / base:.1f}x | "
-          f"{100 * r['test_accuracy']:.2f} % |" for k, r in results.items()],
+        *[
+            f"| {k} | {r['median']:.3f} | {r['min']:.3f}-{r['max']:.3f} | {r['median'] / base:.1f}x | "
+            f"{100 * r['test_accuracy']:.2f} % |"
+            for k, r in results.items()
+        ],
     ]
 
 
@@ -315,19 +325,28 @@ def startup_costs(workspace: Path, env: dict, cuda: bool) -> dict:
     py = sys.executable
     costs = {"interpreter_s": _median_seconds([py, "-c", "pass"], workspace, env)}
     # what each stage imports before it works (train imports torch, evaluate matplotlib, inside main)
-    imports = {"prepare": "typer, mnistlr.prepare", "train": "typer, mnistlr.train",
-               "evaluate": "typer, mnistlr.evaluate, mnistlr.figures", "report": "typer, mnistlr.report"}
-    costs["imports_s"] = {stage: _median_seconds([py, "-c", f"import {modules}"], workspace, env)
-                          for stage, modules in imports.items()}
+    imports = {
+        "prepare": "typer, mnistlr.prepare",
+        "train": "typer, mnistlr.train",
+        "evaluate": "typer, mnistlr.evaluate, mnistlr.figures",
+        "report": "typer, mnistlr.report",
+    }
+    costs["imports_s"] = {
+        stage: _median_seconds([py, "-c", f"import {modules}"], workspace, env) for stage, modules in imports.items()
+    }
     if cuda:
         torch_only = _median_seconds([py, "-c", "import torch"], workspace, env)
-        with_cuda = _median_seconds([py, "-c", "import torch; torch.ones(1, device='cuda').sum().item()"], workspace, env)
+        with_cuda = _median_seconds(
+            [py, "-c", "import torch; torch.ones(1, device='cuda').sum().item()"], workspace, env
+        )
         costs["cuda_init_s"] = with_cuda - torch_only
     return costs
 
 
 def _accuracies(workspace: Path) -> dict[str, float]:
-    return {m.stem: json.loads(m.read_text())["test"]["accuracy"] for m in sorted((workspace / "metrics").glob("*.json"))}
+    return {
+        m.stem: json.loads(m.read_text())["test"]["accuracy"] for m in sorted((workspace / "metrics").glob("*.json"))
+    }
 
 
 def project_copy(train_device: str) -> Path:
@@ -368,11 +387,15 @@ def pipeline_timings(mirror: Path, train_device: str, seed: int, epochs: int) ->
         f"rc = subprocess.call([{sys.executable!r}, *sys.argv[1:]])\n"
         "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
         f"open({str(log)!r}, 'a').write(json.dumps({{'cmd': sys.argv[1:2], 'wall_s': time.perf_counter() - t, 'max_rss_mb': rss / 1024}}) + '\\n')\n"
-        "sys.exit(rc)\n"
+        "sys.exit(rc)\n",
     )
     (shim_dir / "python").chmod(0o755)
-    env = dict(os.environ, PATH=f"{shim_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               MNISTLR_MNIST_DIR=str(mirror), DVC_NO_ANALYTICS="1")
+    env = dict(
+        os.environ,
+        PATH=f"{shim_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        MNISTLR_MNIST_DIR=str(mirror),
+        DVC_NO_ANALYTICS="1",
+    )
     env.pop("MNISTLR_MD5SUMS", None)
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
 
@@ -414,9 +437,11 @@ def pipeline_lines(p: dict) -> list[str]:
     """The pipeline part of the markdown report."""
     costs = p["startup"]
     new = next(r for r in p["exp_runs"] if r["label"] == "new config")
-    rows = [("cold `dvc repro` (fresh copy, empty cache)", p["cold_s"], p["stages"]),
-            ("no-op `dvc repro` (median of 3)", p["noop_s"], []),
-            *[(f"`dvc exp run -S {r['set']}`, {r['label']}", r["wall_s"], r["stages"]) for r in p["exp_runs"]]]
+    rows = [
+        ("cold `dvc repro` (fresh copy, empty cache)", p["cold_s"], p["stages"]),
+        ("no-op `dvc repro` (median of 3)", p["noop_s"], []),
+        *[(f"`dvc exp run -S {r['set']}`, {r['label']}", r["wall_s"], r["stages"]) for r in p["exp_runs"]],
+    ]
     pins = p["pins"]
     cuda = f"; CUDA context {costs['cuda_init_s']:.2f} s" if "cuda_init_s" in costs else ""
     accuracy = p["test_accuracy"]
@@ -426,8 +451,11 @@ def pipeline_lines(p: dict) -> list[str]:
         "",
         "| run | wall s | stage processes started | s inside them |",
         "|---|---:|---|---:|",
-        *[f"| {name} | {wall:.2f} | {', '.join(Path(s['cmd'][0]).stem for s in stages) or 'none'} | "
-          f"{sum(s['wall_s'] for s in stages):.1f} |" for name, wall, stages in rows],
+        *[
+            f"| {name} | {wall:.2f} | {', '.join(Path(s['cmd'][0]).stem for s in stages) or 'none'} | "
+            f"{sum(s['wall_s'] for s in stages):.1f} |"
+            for name, wall, stages in rows
+        ],
         f"| the same work as the new config in one process (train + evaluate of every variant, imports; median of 3) "
         f"| {p['floor_s']:.2f} | - | - |",
         "",
@@ -438,7 +466,9 @@ def pipeline_lines(p: dict) -> list[str]:
         "",
         "What starting a stage process costs (each the median of 3 fresh processes): interpreter "
         f"{costs['interpreter_s']:.2f} s; with each entry point's imports: "
-        + ", ".join(f"{k} {v:.2f} s" for k, v in costs["imports_s"].items()) + cuda + ".",
+        + ", ".join(f"{k} {v:.2f} s" for k, v in costs["imports_s"].items())
+        + cuda
+        + ".",
         "",
         "| CPU code paths | trainer s / epoch | one-process floor (adam), s |",
         "|---|---:|---:|",
@@ -450,20 +480,27 @@ def pipeline_lines(p: dict) -> list[str]:
         "",
         "| test accuracy | " + " | ".join(variants) + " |",
         "|---|" + "---:|" * len(variants),
-        *[f"| {run} | " + " | ".join(f"{100 * acc[v]:.2f} %" for v in variants) + " |" for run, acc in accuracy.items()],
+        *[
+            f"| {run} | " + " | ".join(f"{100 * acc[v]:.2f} %" for v in variants) + " |"
+            for run, acc in accuracy.items()
+        ],
     ]
 
 
 @app.command()
 def main(
-    epochs: int = typer.Option(4, min=4, help="epochs for every loop; the first is dropped, the rest give median and spread"),
+    epochs: int = typer.Option(
+        4, min=4, help="epochs for every loop; the first is dropped, the rest give median and spread"
+    ),
     seed: int = typer.Option(42),
     device: str = typer.Option("auto", help="device of the loops: auto | cpu | cuda"),
     pipeline: bool = typer.Option(True, help="also time the pipeline (cold and no-op repro, exp runs, pins)"),
     out: Path = typer.Option(None, help="also write the results as JSON here"),
     cuda_graph: bool = typer.Option(True, help="trainer: replay epochs as CUDA graphs (CUDA only)"),
     tutorial: bool = typer.Option(True, help="also time the tutorial's loop"),
-    pipeline_device: str = typer.Option("auto", help="train.device for the pipeline's training stage: auto | cpu | cuda"),
+    pipeline_device: str = typer.Option(
+        "auto", help="train.device for the pipeline's training stage: auto | cpu | cuda"
+    ),
 ) -> None:
     """Trainer vs plain loop vs tutorial loop (s/epoch, test accuracy), then the pipeline's timings."""
     if pipeline_device not in ("auto", "cpu", "cuda"):
@@ -471,13 +508,27 @@ def main(
     dev = resolve_device(device)
     files = locate(REPO / "data" / "raw")
     name = torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor() or platform.machine()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                                capture_output=True, text=True).stdout.strip())
-    results: dict = {"device": name, "cpu_count": os.cpu_count(), "torch": torch.__version__, "commit": commit,
-                     "uncommitted_changes": dirty, "epochs": epochs}
-    lines = [f"Device: {name}; {os.cpu_count()} CPU cores; torch {torch.__version__}; "
-             f"commit {commit}{' with uncommitted changes' if dirty else ''}.", ""]
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = bool(
+        subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+    )
+    results: dict = {
+        "device": name,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "commit": commit,
+        "uncommitted_changes": dirty,
+        "epochs": epochs,
+    }
+    lines = [
+        f"Device: {name}; {os.cpu_count()} CPU cores; torch {torch.__version__}; "
+        f"commit {commit}{' with uncommitted changes' if dirty else ''}.",
+        "",
+    ]
     results["loops"] = loops(files, epochs, seed, dev, cuda_graph, tutorial)
     lines += loop_lines(results["loops"], epochs, seed)
     if pipeline:

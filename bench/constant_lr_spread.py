@@ -30,8 +30,9 @@ from mnistlr.train import fit, score, to_device  # noqa: E402
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-def plain_loop(x: torch.Tensor, y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-               epochs: int, seed: int) -> float:
+def plain_loop(
+    x: torch.Tensor, y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, epochs: int, seed: int
+) -> float:
     """nn.Linear + CrossEntropyLoss + torch.optim.SGD(lr 0.1), batches of 64 from a seeded permutation
     per epoch: the test accuracy after `epochs`."""
     torch.manual_seed(seed)
@@ -49,8 +50,10 @@ def plain_loop(x: torch.Tensor, y: torch.Tensor, test_x: torch.Tensor, test_y: t
 
 
 def _summary(name: str, tests: list[float]) -> str:
-    return (f"{name}: test accuracy {min(tests):.2f}-{max(tests):.2f} %, median {statistics.median(tests):.2f} %, "
-            f"standard deviation {statistics.stdev(tests):.2f} points ({len(tests)} seeds)")
+    return (
+        f"{name}: test accuracy {min(tests):.2f}-{max(tests):.2f} %, median {statistics.median(tests):.2f} %, "
+        f"standard deviation {statistics.stdev(tests):.2f} points ({len(tests)} seeds)"
+    )
 
 
 @app.command()
@@ -58,7 +61,9 @@ def main(
     prepared: Path = typer.Option(Path("data/prepared"), help="a prepared folder (dvc repro makes data/prepared)"),
     epochs: int = typer.Option(4, min=1, help="epochs per run, as in make bench"),
     seeds: int = typer.Option(32, min=2, help="runs of the trainer and of the plain loop, seeds 0 .. seeds-1"),
-    tutorial_seeds: int = typer.Option(0, min=0, help="tutorial-loop runs, seeds 0 .. n-1 (0: none; 2 or more for a spread)"),
+    tutorial_seeds: int = typer.Option(
+        0, min=0, help="tutorial-loop runs, seeds 0 .. n-1 (0: none; 2 or more for a spread)"
+    ),
 ) -> None:
     """Per seed at a constant rate: val accuracy after each epoch and test accuracy at the end."""
     cpu = torch.device("cpu")
@@ -72,7 +77,9 @@ def main(
     for seed in range(seeds):
         model, history = fit(x, y, val_x, val_y, cfg, "sgd", 0.1, seed)
         trainer.append(100 * score(model, test_x, test_y)[1])
-        typer.echo(f"| mnistlr trainer | {seed} | {', '.join(f'{100 * h.val_accuracy:.2f}' for h in history)} | {trainer[-1]:.2f} |")
+        typer.echo(
+            f"| mnistlr trainer | {seed} | {', '.join(f'{100 * h.val_accuracy:.2f}' for h in history)} | {trainer[-1]:.2f} |"
+        )
     plain = []
     for seed in range(seeds):
         plain.append(100 * plain_loop(x, y, test_x, test_y, epochs, seed))

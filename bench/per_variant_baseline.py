@@ -68,14 +68,19 @@ def main(
     bin_dir = Path(sys.executable).parent
     work = Path(tempfile.mkdtemp(prefix="mnistlr-baseline-"))
     clone = work / "clone"
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(clone),
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "PYTHONPATH": str(clone),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    }
     dvc = str(bin_dir / "dvc")
     try:
         subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
         subprocess.run(["git", "checkout", "-q", rev], cwd=clone, check=True)
-        subject = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=clone, capture_output=True,
-                                 text=True, check=True).stdout.strip()
+        subject = subprocess.run(
+            ["git", "log", "-1", "--format=%h %s"], cwd=clone, capture_output=True, text=True, check=True
+        ).stdout.strip()
         cold, noop, exp, floor = [], [], [], []
         for _ in range(runs):
             shutil.rmtree(clone / ".dvc" / "cache", ignore_errors=True)
@@ -86,8 +91,9 @@ def main(
             subprocess.run(["git", "checkout", "-q", "-f", rev], cwd=clone, check=True)
             subprocess.run([dvc, "checkout", "-q"], cwd=clone, env=env, check=True)
             scratch = Path(tempfile.mkdtemp(dir=work))
-            proc = subprocess.run([sys.executable, "-c", FLOOR, str(scratch)], cwd=clone, env=env,
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [sys.executable, "-c", FLOOR, str(scratch)], cwd=clone, env=env, capture_output=True, text=True
+            )
             if proc.returncode != 0:
                 raise SystemExit(f"error: the floor failed:\n{proc.stderr[-2000:]}")
             floor.append(json.loads(proc.stdout.strip().splitlines()[-1])["seconds"])

@@ -39,8 +39,17 @@ import typer
 from PIL import Image, ImageFilter
 
 from mnistlr import atomic, predict
-from mnistlr.data import (MNIST_MEAN, MNIST_STD, Preprocessing, file_md5, locate, pixel_stats, read_images,
-                          read_labels, split_indices)
+from mnistlr.data import (
+    MNIST_MEAN,
+    MNIST_STD,
+    Preprocessing,
+    file_md5,
+    locate,
+    pixel_stats,
+    read_images,
+    read_labels,
+    split_indices,
+)
 from mnistlr.model import Model, load_model
 from mnistlr.predict import load_gray, preprocess_file, stroke_width, to_mnist
 
@@ -125,8 +134,13 @@ def _jpeg(img, rng):
 
 # name -> (digit uint8 [28, 28], rng) -> (PIL image, file suffix, save options)
 KINDS: dict[str, Callable[[np.ndarray, np.random.Generator], tuple[Image.Image, str, dict]]] = {
-    "mnist": _mnist, "paper": _paper, "large": _large, "offcentre": _offcentre,
-    "thick": _thick, "thin": _thin, "jpeg": _jpeg,
+    "mnist": _mnist,
+    "paper": _paper,
+    "large": _large,
+    "offcentre": _offcentre,
+    "thick": _thick,
+    "thin": _thin,
+    "jpeg": _jpeg,
 }
 
 
@@ -158,15 +172,27 @@ def measure(model: Model, images: np.ndarray, labels: np.ndarray, counts: dict[s
         x = np.stack([preprocess_file(path, model) for path in files_of_kind(images[:count], kind, seed)])
         seconds = time.perf_counter() - start
         through = float((model.logits(x).argmax(1) == labels[:count]).mean())
-        rows.append({"kind": kind, "digits": count, "predict_accuracy": round(100 * through, 2),
-                     "direct_accuracy": round(100 * direct, 2),
-                     "difference_points": round(100 * (through - direct), 2),
-                     "ms_per_image": round(1000 * seconds / count, 2)})
+        rows.append(
+            {
+                "kind": kind,
+                "digits": count,
+                "predict_accuracy": round(100 * through, 2),
+                "direct_accuracy": round(100 * direct, 2),
+                "difference_points": round(100 * (through - direct), 2),
+                "ms_per_image": round(1000 * seconds / count, 2),
+            }
+        )
     return rows
 
 
-def select(model: Model, images: np.ndarray, labels: np.ndarray, kinds: list[str],
-           candidates: tuple[float, ...] = CANDIDATES, seed: int = 0) -> tuple[float, list[dict]]:
+def select(
+    model: Model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    kinds: list[str],
+    candidates: tuple[float, ...] = CANDIDATES,
+    seed: int = 0,
+) -> tuple[float, list[dict]]:
     """The thin-pen threshold, of `candidates`, that gets the most of these digits right through predict
     over `kinds` (the smallest on a tie), and a row per candidate: its accuracy (%) per kind and overall.
     Each file is decoded once and preprocessed as predict does with each candidate in turn."""
@@ -178,16 +204,24 @@ def select(model: Model, images: np.ndarray, labels: np.ndarray, kinds: list[str
             right[kind] += model.logits(x).argmax(1) == label
     total = sum(right.values())
     chosen = min(m for m, t in zip(candidates, total) if t == total.max())
-    rows = [{"min_stroke": m, **{kind: round(100 * int(right[kind][c]) / len(images), 2) for kind in kinds},
-             "all": round(100 * int(total[c]) / (len(images) * len(kinds)), 2)} for c, m in enumerate(candidates)]
+    rows = [
+        {
+            "min_stroke": m,
+            **{kind: round(100 * int(right[kind][c]) / len(images), 2) for kind in kinds},
+            "all": round(100 * int(total[c]) / (len(images) * len(kinds)), 2),
+        }
+        for c, m in enumerate(candidates)
+    ]
     return chosen, rows
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| kind | digits | through predict (%) | direct (%) | difference (points) |",
-             "|:--|--:|--:|--:|--:|"]
-    lines += [f"| {r['kind']} | {r['digits']} | {r['predict_accuracy']:.2f} | {r['direct_accuracy']:.2f} | "
-              f"{r['difference_points']:+.2f} |" for r in rows]
+    lines = ["| kind | digits | through predict (%) | direct (%) | difference (points) |", "|:--|--:|--:|--:|--:|"]
+    lines += [
+        f"| {r['kind']} | {r['digits']} | {r['predict_accuracy']:.2f} | {r['direct_accuracy']:.2f} | "
+        f"{r['difference_points']:+.2f} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -196,19 +230,24 @@ def selection_markdown(rows: list[dict], chosen: float) -> str:
     lines = ["| min_stroke (px) | " + " | ".join(kinds) + " | all |", "|--:|" + "--:|" * (len(kinds) + 1)]
     for r in rows:
         mark = " (chosen)" if r["min_stroke"] == chosen else ""
-        lines.append(f"| {r['min_stroke']:.1f}{mark} | " + " | ".join(f"{r[k]:.2f}" for k in kinds) + f" | {r['all']:.2f} |")
+        lines.append(
+            f"| {r['min_stroke']:.1f}{mark} | " + " | ".join(f"{r[k]:.2f}" for k in kinds) + f" | {r['all']:.2f} |"
+        )
     return "\n".join(lines)
 
 
 @app.command()
 def main(
-    model_path: Path = typer.Option(None, "--model",
-                                    help="a model .npz trained on the 50k training split (e.g. models/full.npz); "
-                                         "default: train a quick one on it"),
+    model_path: Path = typer.Option(
+        None,
+        "--model",
+        help="a model .npz trained on the 50k training split (e.g. models/full.npz); default: train a quick one on it",
+    ),
     digits: int = typer.Option(1000, help="test digits per kind in the report (the first N of the 10k test set)"),
     mnist_digits: int = typer.Option(10000, help="test digits for the 'mnist' kind in the report"),
-    select_digits: int = typer.Option(5000, help="validation digits per kind that choose the thin-pen threshold "
-                                                 "(0: choose nothing, report only)"),
+    select_digits: int = typer.Option(
+        5000, help="validation digits per kind that choose the thin-pen threshold (0: choose nothing, report only)"
+    ),
     kinds: list[str] = typer.Option(list(KINDS), "--kind", help=f"kinds to measure: {', '.join(KINDS)}"),
     out: Path = typer.Option(RESULTS, help="folder for predict_fidelity.md and predict_fidelity.json"),
     seed: int = typer.Option(0, help="seed of the quick model and of the kinds' random placement"),
@@ -225,37 +264,58 @@ def main(
     train_idx, val_idx = split_indices(len(train_images), VAL_SIZE, SPLIT_SEED)
     if model_path is None:
         model = quick_model(train_images[train_idx], train_labels[train_idx], seed=seed, deskew=deskew)
-        source = (f"quick model: SGD lr 0.1, batch 128, 2 epochs on the 50k {'deskewed ' if deskew else ''}"
-                  f"training split, seed {seed}")
+        source = (
+            f"quick model: SGD lr 0.1, batch 128, 2 epochs on the 50k {'deskewed ' if deskew else ''}"
+            f"training split, seed {seed}"
+        )
     else:
         model, source = load_model(model_path), f"{model_path} (md5 {file_md5(model_path)})"
     report = [f"model: {source}; inputs: {model.preprocessing.describe()}", ""]
     result: dict = {"model": source}
 
     strokes = np.array([stroke_width(img >= 128) for img in train_images[train_idx]])
-    report.append(f"MNIST's pen (training split, ink >= 50 %): median stroke {np.median(strokes):.2f} px, "
-                  f"{100 * (strokes < predict.MIN_STROKE).mean():.1f} % of digits under {predict.MIN_STROKE} px")
+    report.append(
+        f"MNIST's pen (training split, ink >= 50 %): median stroke {np.median(strokes):.2f} px, "
+        f"{100 * (strokes < predict.MIN_STROKE).mean():.1f} % of digits under {predict.MIN_STROKE} px"
+    )
     resampled = [k for k in kinds if k != "mnist"]
     if select_digits > 0 and resampled:
         n = min(select_digits, len(val_idx))
         chosen, choice = select(model, train_images[val_idx[:n]], train_labels[val_idx[:n]], resampled, seed=seed)
         agrees = "matches it" if chosen == predict.MIN_STROKE else "DIFFERS: set predict.MIN_STROKE to the chosen value"
-        report += ["", f"## Thin-pen threshold, chosen on {n} validation digits per kind "
-                       f"(training images held out of training: seed {SPLIT_SEED}, val_size {VAL_SIZE})", "",
-                   f"accuracy (%) through predict, direct {100 * direct_accuracy(model, train_images[val_idx[:n]], train_labels[val_idx[:n]]):.2f}:",
-                   "", selection_markdown(choice, chosen), "",
-                   f"chosen: {chosen} px; predict.MIN_STROKE = {predict.MIN_STROKE} {agrees}"]
-        result["selection"] = {"digits": n, "split_seed": SPLIT_SEED, "val_size": VAL_SIZE, "chosen": chosen,
-                               "predict_min_stroke": predict.MIN_STROKE, "rows": choice}
+        report += [
+            "",
+            f"## Thin-pen threshold, chosen on {n} validation digits per kind "
+            f"(training images held out of training: seed {SPLIT_SEED}, val_size {VAL_SIZE})",
+            "",
+            f"accuracy (%) through predict, direct {100 * direct_accuracy(model, train_images[val_idx[:n]], train_labels[val_idx[:n]]):.2f}:",
+            "",
+            selection_markdown(choice, chosen),
+            "",
+            f"chosen: {chosen} px; predict.MIN_STROKE = {predict.MIN_STROKE} {agrees}",
+        ]
+        result["selection"] = {
+            "digits": n,
+            "split_seed": SPLIT_SEED,
+            "val_size": VAL_SIZE,
+            "chosen": chosen,
+            "predict_min_stroke": predict.MIN_STROKE,
+            "rows": choice,
+        }
     test_images = read_images(files["t10k-images-idx3-ubyte.gz"])
     test_labels = read_labels(files["t10k-labels-idx1-ubyte.gz"])
     counts = {k: min(mnist_digits if k == "mnist" else digits, len(test_images)) for k in kinds}
     rows = measure(model, test_images, test_labels, counts, seed)
     worst = min(rows, key=lambda r: r["difference_points"])
-    report += ["", f"## Fidelity on the MNIST test digits (predict.MIN_STROKE = {predict.MIN_STROKE})", "",
-               markdown(rows), "",
-               f"worst kind: {worst['kind']} ({worst['difference_points']:+.2f} points); ms per image: "
-               + ", ".join(f"{r['kind']} {r['ms_per_image']}" for r in rows)]
+    report += [
+        "",
+        f"## Fidelity on the MNIST test digits (predict.MIN_STROKE = {predict.MIN_STROKE})",
+        "",
+        markdown(rows),
+        "",
+        f"worst kind: {worst['kind']} ({worst['difference_points']:+.2f} points); ms per image: "
+        + ", ".join(f"{r['kind']} {r['ms_per_image']}" for r in rows),
+    ]
     result["test"] = {"min_stroke": predict.MIN_STROKE, "rows": rows}
     text = "\n".join(report) + "\n"
     typer.echo(text, nl=False)

@@ -29,15 +29,21 @@ sys.path.insert(0, str(REPO))
 
 from mnistlr import atomic  # noqa: E402
 from tests.conftest import (  # noqa: E402
-    dvc, load_storage_module, make_project, project_env, real_mirror_dir, run, write_mirror)
+    dvc,
+    load_storage_module,
+    make_project,
+    project_env,
+    real_mirror_dir,
+    run,
+    write_mirror,
+)
 
 GRID = ["optimizer=sgd,adam", "train.weight_decay=0,0.0001", "train.batch_size=64,128"]
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 def params(epochs: int) -> dict:
-    return {"variants": {"full": {"fraction": 1.0, "noise": 0.0}},
-            "train": {"epochs": epochs, "device": "cpu"}}
+    return {"variants": {"full": {"fraction": 1.0, "noise": 0.0}}, "train": {"epochs": epochs, "device": "cpu"}}
 
 
 def baseline(dest: Path, mirror: Path, synthetic: bool, epochs: int, storage=None, origin: Path | None = None):
@@ -77,9 +83,20 @@ def time_queue(project: Path, env: dict, jobs: int) -> dict:
 def time_sweep(project: Path, env: dict, workers: int) -> dict:
     """`mnistlr sweep` on a local cluster; seconds in all, until the last point finished, and per point."""
     start = time.monotonic()
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("mnistlr")), "sweep",
-                             *(a for s in GRID for a in ("-S", s)), "--workers", str(workers)],
-                            cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("mnistlr")),
+            "sweep",
+            *(a for s in GRID for a in ("-S", s)),
+            "--workers",
+            str(workers),
+        ],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     last_point, per_point, lines = start, [], []
     for line in proc.stdout:
         lines.append(line.rstrip())
@@ -89,9 +106,15 @@ def time_sweep(project: Path, env: dict, workers: int) -> dict:
             last_point = time.monotonic()
     proc.wait()
     seconds = time.monotonic() - start
-    return {"seconds": seconds, "succeeded": len(per_point), "exit": proc.returncode,
-            "points_done_at": last_point - start, "driver_tail_seconds": seconds - (last_point - start),
-            "per_point_seconds": per_point, "output_tail": lines[-6:]}
+    return {
+        "seconds": seconds,
+        "succeeded": len(per_point),
+        "exit": proc.returncode,
+        "points_done_at": last_point - start,
+        "driver_tail_seconds": seconds - (last_point - start),
+        "per_point_seconds": per_point,
+        "output_tail": lines[-6:],
+    }
 
 
 @app.command()
@@ -126,27 +149,35 @@ def main(
     per_point = sorted(sweep["per_point_seconds"])
     mean_point = sum(per_point) / len(per_point) if per_point else float("nan")
     result = {
-        "grid": GRID, "points": n, "epochs": epochs, "workers": jobs,
+        "grid": GRID,
+        "points": n,
+        "epochs": epochs,
+        "workers": jobs,
         "data": "synthetic (1200 train)" if synthetic else f"MNIST mirror {mirror}",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "queue": {**queue, "experiments_per_hour": 3600 * queue["succeeded"] / queue["seconds"]},
-        "sweep": {**sweep, "experiments_per_hour": 3600 * sweep["succeeded"] / sweep["seconds"],
-                  "mean_point_seconds": mean_point},
+        "sweep": {
+            **sweep,
+            "experiments_per_hour": 3600 * sweep["succeeded"] / sweep["seconds"],
+            "mean_point_seconds": mean_point,
+        },
         # T(N machines of w workers) ~ ceil(P / (N w)) * point + driver tail (dvc exp pull + compare, serial)
         "model": {"point_seconds": mean_point, "driver_tail_seconds": sweep["driver_tail_seconds"]},
         "command": "python bench/sweep_throughput.py " + " ".join(sys.argv[1:]),
     }
-    table = "\n".join([
-        f"| way ({n} points, {epochs} epoch(s), {jobs} workers, {result['data']}) | wall s | experiments/hour | ok |",
-        "|---|---:|---:|---:|",
-        f"| `dvc queue start -j {jobs}` (local, nothing pushed) | {queue['seconds']:.0f} | "
-        f"{result['queue']['experiments_per_hour']:.0f} | {queue['succeeded']}/{n} |",
-        f"| `mnistlr sweep --workers {jobs}` (clone, pull, run, push to S3 + git, pull, compare) | "
-        f"{sweep['seconds']:.0f} | {result['sweep']['experiments_per_hour']:.0f} | {sweep['succeeded']}/{n} |",
-        "",
-        f"Sweep: mean {mean_point:.0f} s per point in its task (clone + pull + exp run + push); the driver's serial "
-        f"tail (dvc exp pull of all {n} + compare) {sweep['driver_tail_seconds']:.0f} s.",
-    ])
+    table = "\n".join(
+        [
+            f"| way ({n} points, {epochs} epoch(s), {jobs} workers, {result['data']}) | wall s | experiments/hour | ok |",
+            "|---|---:|---:|---:|",
+            f"| `dvc queue start -j {jobs}` (local, nothing pushed) | {queue['seconds']:.0f} | "
+            f"{result['queue']['experiments_per_hour']:.0f} | {queue['succeeded']}/{n} |",
+            f"| `mnistlr sweep --workers {jobs}` (clone, pull, run, push to S3 + git, pull, compare) | "
+            f"{sweep['seconds']:.0f} | {result['sweep']['experiments_per_hour']:.0f} | {sweep['succeeded']}/{n} |",
+            "",
+            f"Sweep: mean {mean_point:.0f} s per point in its task (clone + pull + exp run + push); the driver's serial "
+            f"tail (dvc exp pull of all {n} + compare) {sweep['driver_tail_seconds']:.0f} s.",
+        ]
+    )
     print(table)
     atomic.write_json(out.with_suffix(".json"), result)
     atomic.write_text(out.with_suffix(".md"), table + "\n")

@@ -16,11 +16,17 @@ from mnistlr import __version__
 from mnistlr.errors import user_errors
 from mnistlr.metrics import LOWER_IS_BETTER
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
-                  help="Multinomial logistic regression on MNIST: tools around the DVC pipeline.")
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Multinomial logistic regression on MNIST: tools around the DVC pipeline.",
+)
 
-METRIC_HELP = (f"key in metrics/<variant>.json: test.accuracy, test.loss, test.ece, val.accuracy, val.loss, "
-               f"weights.sparsity; lower is better for names ending in {', '.join(LOWER_IS_BETTER)}")
+METRIC_HELP = (
+    f"key in metrics/<variant>.json: test.accuracy, test.loss, test.ece, val.accuracy, val.loss, "
+    f"weights.sparsity; lower is better for names ending in {', '.join(LOWER_IS_BETTER)}"
+)
 
 
 @app.command()
@@ -36,8 +42,10 @@ def gate(
     metric: str = typer.Option("test.accuracy", help=METRIC_HELP),
     max_drop: float = typer.Option(0.002, help="largest allowed worsening of the metric, in its own units"),
     significance: Optional[float] = typer.Option(
-        None, help="e.g. 0.05: fail only when test accuracy drops more than MAX_DROP AND the drop is significant "
-                   "(exact McNemar test on the per-image test predictions, p < SIGNIFICANCE)"),
+        None,
+        help="e.g. 0.05: fail only when test accuracy drops more than MAX_DROP AND the drop is significant "
+        "(exact McNemar test on the per-image test predictions, p < SIGNIFICANCE)",
+    ),
 ) -> None:
     """Exit 1 with a one-line reason when METRIC of any variant worsens more than MAX_DROP against BASE."""
     from mnistlr.review import run_gate
@@ -55,7 +63,9 @@ def review(
     out: Path = typer.Option("reports/review.md", help="markdown page to write"),
     metric: str = typer.Option("test.accuracy", help="metric the gate checks; " + METRIC_HELP),
     max_drop: float = typer.Option(0.002, help="the gate's allowed worsening"),
-    significance: Optional[float] = typer.Option(None, help="the gate's significance level (see `mnistlr gate --help`)"),
+    significance: Optional[float] = typer.Option(
+        None, help="the gate's significance level (see `mnistlr gate --help`)"
+    ),
 ) -> None:
     """Write the pull-request review page: verdict; every variant's test accuracy with the change's 95 % interval,
     McNemar p and images fixed and broken; params and metrics diffs."""
@@ -109,15 +119,17 @@ SET_HELP = "KEY=V1,V2,... of params.yaml, as `dvc exp run --queue -S`; repeat fo
 def sweep(
     set_param: list[str] = typer.Option(..., "--set-param", "-S", help=SET_HELP),
     scheduler: Optional[str] = typer.Option(
-        None, help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: a local cluster of --workers processes)"),
+        None, help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: a local cluster of --workers processes)"
+    ),
     workers: int = typer.Option(2, help="processes of the local cluster (without --scheduler)"),
     name_prefix: str = typer.Option("sweep", help="experiment names are PREFIX-<hash of the params and commit>"),
     origin: str = typer.Option("origin", help="git remote the workers clone from and push their experiments to"),
     out: Path = typer.Option("experiments", help="folder for compare.md, compare.json and compare.png"),
     variant: str = typer.Option("full", help="variant the comparison is of"),
     metric: str = typer.Option("test.accuracy", help="sorts the comparison (best first); " + METRIC_HELP),
-    connect_timeout: Optional[float] = typer.Option(None, min=0.1, help="seconds to reach --scheduler before giving up "
-                                                    "(default: 10)"),
+    connect_timeout: Optional[float] = typer.Option(
+        None, min=0.1, help="seconds to reach --scheduler before giving up (default: 10)"
+    ),
 ) -> None:
     """Run a grid of DVC experiments on a Dask cluster (one task per point, each in a fresh clone of the pushed
     commit), pull the results and compare them. Points already on the remote are skipped. No credentials are
@@ -127,17 +139,28 @@ def sweep(
     mnistlr. Exit status: the number of failed points (0 when all pass)."""
     from mnistlr.sweep import run_sweep
 
-    outcome = run_sweep(set_param, scheduler, name_prefix, origin, workers, out, variant, metric,
-                        log=lambda line: typer.echo(line),
-                        **({} if connect_timeout is None else {"connect_timeout_s": connect_timeout}))
+    outcome = run_sweep(
+        set_param,
+        scheduler,
+        name_prefix,
+        origin,
+        workers,
+        out,
+        variant,
+        metric,
+        log=lambda line: typer.echo(line),
+        **({} if connect_timeout is None else {"connect_timeout_s": connect_timeout}),
+    )
     if outcome.summary:
         typer.echo(outcome.summary)
         typer.echo(f"compared {outcome.compared} runs on {variant}; wrote {out}/compare.md, compare.json, compare.png")
     failed = outcome.failed
     for r in failed:
         typer.echo(f"failed: {r.name} ({' '.join(r.point)}): {r.error}", err=True)
-    typer.echo(f"sweep: {len(outcome.results) - len(failed)} of {len(outcome.results)} points passed, "
-               f"{len(failed)} failed", err=bool(failed))
+    typer.echo(
+        f"sweep: {len(outcome.results) - len(failed)} of {len(outcome.results)} points passed, {len(failed)} failed",
+        err=bool(failed),
+    )
     raise typer.Exit(min(len(failed), 100))
 
 
@@ -149,10 +172,13 @@ def sweep_point(
     name_prefix: str = typer.Option("sweep", help="prefix of the default name"),
     origin: str = typer.Option("origin", help="git remote name of this repository, or a URL"),
     config_local: Optional[Path] = typer.Option(
-        None, envvar="MNISTLR_DVC_CONFIG_LOCAL", show_envvar=True,
+        None,
+        envvar="MNISTLR_DVC_CONFIG_LOCAL",
+        show_envvar=True,
         help="a DVC config.local (credentials) on this machine, copied into the clone (default: this repository's "
-             ".dvc/config.local; without either, dvc takes AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from the "
-             "environment)"),
+        ".dvc/config.local; without either, dvc takes AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from the "
+        "environment)",
+    ),
     workdir: Optional[Path] = typer.Option(None, help="where the temporary clone goes (default: the temp folder)"),
 ) -> None:
     """Run one point of a sweep: clone the commit from the git remote, dvc pull, dvc exp run -n NAME -S ...,
@@ -162,8 +188,9 @@ def sweep_point(
     from mnistlr.sweep import TEMPFAIL, TransientError, point_from_here
 
     try:
-        point_from_here(set_param, commit, name, name_prefix, origin, config_local, workdir,
-                        log=lambda line: typer.echo(line))
+        point_from_here(
+            set_param, commit, name, name_prefix, origin, config_local, workdir, log=lambda line: typer.echo(line)
+        )
     except TransientError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(TEMPFAIL) from None

@@ -458,8 +458,9 @@ def load_split(prepared: str | Path, split: str) -> tuple[np.ndarray, np.ndarray
     try:
         return np.load(x_path, mmap_mode="c", allow_pickle=False), np.load(y_path, allow_pickle=False)
     except ValueError as exc:
-        raise MnistlrError(f"{x_path.parent}: not a prepared split ({str(exc).splitlines()[0]}); "
-                           "rerun the prepare stage") from None
+        raise MnistlrError(
+            f"{x_path.parent}: not a prepared split ({str(exc).splitlines()[0]}); rerun the prepare stage"
+        ) from None
 
 
 def load_variant_index(prepared: str | Path, name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -30,8 +30,9 @@ EXPECTED_BY_OPTIMIZER = {"sgd": (91.0, 92.0), "adam": (92.0, 93.0)}
 EXAMPLES_PER_PAIR = 6  # misclassified digits shown per top confusion
 
 
-def headline(model_logits: dict[str, np.ndarray], labels: dict[str, np.ndarray], weight: np.ndarray,
-             params: Params) -> dict:
+def headline(
+    model_logits: dict[str, np.ndarray], labels: dict[str, np.ndarray], weight: np.ndarray, params: Params
+) -> dict:
     """The six numbers a reviewer compares: test accuracy, loss and ECE, validation accuracy and loss,
     weight sparsity."""
     test_probs = metrics.softmax(model_logits["test"])
@@ -40,7 +41,8 @@ def headline(model_logits: dict[str, np.ndarray], labels: dict[str, np.ndarray],
         loss, acc = metrics.loss_and_accuracy(model_logits[split], labels[split])
         out[split] = {"accuracy": metrics.rounded(acc), "loss": metrics.rounded(loss)}
     out["test"]["ece"] = metrics.rounded(
-        metrics.expected_calibration_error(test_probs, labels["test"], params.evaluate.ece_bins))
+        metrics.expected_calibration_error(test_probs, labels["test"], params.evaluate.ece_bins)
+    )
     out["weights"] = {"sparsity": metrics.rounded(metrics.weight_sparsity(weight, params.evaluate.sparsity_threshold))}
     return out
 
@@ -54,13 +56,21 @@ class Scored:
     test_logits: np.ndarray
 
 
-def score_variant(params: Params, name: str, model_path: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]],
-                  prepared_with: Preprocessing, prepared: Path) -> Scored:
+def score_variant(
+    params: Params,
+    name: str,
+    model_path: Path,
+    splits: dict[str, tuple[np.ndarray, np.ndarray]],
+    prepared_with: Preprocessing,
+    prepared: Path,
+) -> Scored:
     """Load one variant's model, check it saw inputs prepared like these, and score it on val and test."""
     model = load_model(model_path)
     if model.preprocessing != prepared_with:
-        raise MnistlrError(f"{model_path} was trained on inputs with {model.preprocessing.describe()}, but {prepared} "
-                           f"holds inputs with {prepared_with.describe()}; rerun the pipeline (dvc repro)")
+        raise MnistlrError(
+            f"{model_path} was trained on inputs with {model.preprocessing.describe()}, but {prepared} "
+            f"holds inputs with {prepared_with.describe()}; rerun the pipeline (dvc repro)"
+        )
     logits = {split: model.logits(x) for split, (x, _) in splits.items()}
     labels = {split: y for split, (_, y) in splits.items()}
     return Scored(model, headline(logits, labels, model.weight, params), logits["test"])
@@ -71,8 +81,15 @@ def predictions_csv(actual: np.ndarray, predicted: np.ndarray) -> str:
     return "actual,predicted\n" + "".join(f"{a},{p}\n" for a, p in zip(actual.tolist(), predicted.tolist()))
 
 
-def evaluate(params: Params, prepared: str | Path, models_dir: str | Path, curves_dir: str | Path,
-             metrics_dir: str | Path, predictions_dir: str | Path, figures_dir: str | Path) -> dict[str, dict]:
+def evaluate(
+    params: Params,
+    prepared: str | Path,
+    models_dir: str | Path,
+    curves_dir: str | Path,
+    metrics_dir: str | Path,
+    predictions_dir: str | Path,
+    figures_dir: str | Path,
+) -> dict[str, dict]:
     """Score every variant; write metrics/<variant>.json, its test predictions, then the figures.
 
     Every variant is scored before anything is written, so a bad model file leaves no partial set.
@@ -81,8 +98,10 @@ def evaluate(params: Params, prepared: str | Path, models_dir: str | Path, curve
     prepared_with = load_preprocessing(prepared)
     splits = {split: load_split(prepared, split) for split in ("test", "val")}
     test_y = splits["test"][1]
-    scored = {name: score_variant(params, name, Path(models_dir) / f"{name}.npz", splits, prepared_with, prepared)
-              for name in params.variants}
+    scored = {
+        name: score_variant(params, name, Path(models_dir) / f"{name}.npz", splits, prepared_with, prepared)
+        for name in params.variants
+    }
     for name, s in scored.items():
         atomic.write_json(Path(metrics_dir) / f"{name}.json", s.scores)
         atomic.write_text(Path(predictions_dir) / f"{name}.csv", predictions_csv(test_y, s.test_logits.argmax(axis=1)))
@@ -112,14 +131,20 @@ def noise_rows(params: Params, scores: dict[str, dict]) -> list[dict]:
             if variant in seen:
                 continue
             seen.add(variant)
-            rows.append({"variant": variant, "label noise": params.variants[variant].noise,
-                         "val acc (%)": round(100 * scores[variant]["val"]["accuracy"], 2),
-                         "test acc (%)": round(100 * scores[variant]["test"]["accuracy"], 2)})
+            rows.append(
+                {
+                    "variant": variant,
+                    "label noise": params.variants[variant].noise,
+                    "val acc (%)": round(100 * scores[variant]["val"]["accuracy"], 2),
+                    "test acc (%)": round(100 * scores[variant]["test"]["accuracy"], 2),
+                }
+            )
     return rows
 
 
-def misclassified_images(x: np.ndarray, y: np.ndarray, predicted: np.ndarray, pairs: list[tuple[int, int, int]],
-                         pre: Preprocessing) -> list[tuple[int, int, np.ndarray]]:
+def misclassified_images(
+    x: np.ndarray, y: np.ndarray, predicted: np.ndarray, pairs: list[tuple[int, int, int]], pre: Preprocessing
+) -> list[tuple[int, int, np.ndarray]]:
     """For each (true, predicted, count): the first EXAMPLES_PER_PAIR such test digits as [k, 28, 28] in [0, 1]."""
     out = []
     for true, pred, _ in pairs:
@@ -130,35 +155,58 @@ def misclassified_images(x: np.ndarray, y: np.ndarray, predicted: np.ndarray, pa
     return out
 
 
-def draw_figures(params: Params, scored: dict[str, Scored], test: tuple[np.ndarray, np.ndarray], prepared: Path,
-                 pre: Preprocessing, curves_dir: Path, figures_dir: Path) -> None:
+def draw_figures(
+    params: Params,
+    scored: dict[str, Scored],
+    test: tuple[np.ndarray, np.ndarray],
+    prepared: Path,
+    pre: Preprocessing,
+    curves_dir: Path,
+    figures_dir: Path,
+) -> None:
     """Every figure of the run, into figures_dir."""
     from mnistlr import figures  # matplotlib costs about a second to import: only here
 
     ref = params.reference_variant()
     scores = {name: s.scores for name, s in scored.items()}
     out = figures_dir
-    figures.save(figures.learning_curves_figure({n: read_curve(curves_dir / f"{n}.csv") for n in params.variants}),
-                 out / "learning_curves.png")
+    figures.save(
+        figures.learning_curves_figure({n: read_curve(curves_dir / f"{n}.csv") for n in params.variants}),
+        out / "learning_curves.png",
+    )
     sizes = variant_sizes(prepared, params)
     points = [(v.fraction, 100 * scores[n]["test"]["accuracy"]) for n, v in params.variants.items() if v.noise == 0]
     train_size = round(sizes[ref] / params.variants[ref].fraction)
     figures.save(figures.data_size_figure(points, EXPECTED_BY_FRACTION, train_size), out / "data_size.png")
     noisy = noise_rows(params, scores)
-    figures.save(figures.noise_figure(noisy) if noisy else
-                 figures.message_figure("no noisy variant (with a clean one of the same size) in params.yaml"),
-                 out / "noise.png")
+    figures.save(
+        figures.noise_figure(noisy)
+        if noisy
+        else figures.message_figure("no noisy variant (with a clean one of the same size) in params.yaml"),
+        out / "noise.png",
+    )
     x, y = test
     predicted = scored[ref].test_logits.argmax(axis=1)
     cm = metrics.confusion_matrix(y, predicted)
     figures.save(figures.confusion_figure(cm, title=f"Confusion matrix, test set ({ref})"), out / "confusion.png")
     examples = misclassified_images(x, y, predicted, metrics.top_confusions(cm, params.report.top_confusions), pre)
-    figures.save(figures.confusion_examples_figure(examples, EXAMPLES_PER_PAIR) if examples else
-                 figures.message_figure("no misclassified test digits"), out / "confusion_examples.png")
+    figures.save(
+        figures.confusion_examples_figure(examples, EXAMPLES_PER_PAIR)
+        if examples
+        else figures.message_figure("no misclassified test digits"),
+        out / "confusion_examples.png",
+    )
     bins = metrics.reliability_bins(metrics.softmax(scored[ref].test_logits), y, params.evaluate.ece_bins)
-    figures.save(figures.reliability_figure(bins, scores[ref]["test"]["ece"], f"Reliability diagram, test set ({ref})"),
-                 out / "reliability.png")
-    figures.save(figures.weight_rows_figure({n: s.model.weight for n, s in scored.items()},
-                                            "Per-class weights of every variant, each image on its own scale: red +, blue -"), out / "weights.png")
+    figures.save(
+        figures.reliability_figure(bins, scores[ref]["test"]["ece"], f"Reliability diagram, test set ({ref})"),
+        out / "reliability.png",
+    )
+    figures.save(
+        figures.weight_rows_figure(
+            {n: s.model.weight for n, s in scored.items()},
+            "Per-class weights of every variant, each image on its own scale: red +, blue -",
+        ),
+        out / "weights.png",
+    )
     with np.load(prepared / "samples.npz", allow_pickle=False) as samples:
         figures.save(figures.deskew_figure(samples["plain"], samples["deskewed"]), out / "deskew.png")

@@ -24,13 +24,21 @@ if TYPE_CHECKING:  # pandas only for annotations: evaluate draws without importi
     import pandas as pd
 
 
-def _margins(fig: Figure, left: float = 0.7, right: float = 0.2, bottom: float = 0.6, top: float = 0.45,
-             wspace: float = 0.25, hspace: float = 0.2) -> None:
+def _margins(
+    fig: Figure,
+    left: float = 0.7,
+    right: float = 0.2,
+    bottom: float = 0.6,
+    top: float = 0.45,
+    wspace: float = 0.25,
+    hspace: float = 0.2,
+) -> None:
     """Fixed margins in inches (wspace/hspace: fractions of an axes). tight_layout would find them by
     drawing the figure once more: a third of a figure's cost here, paid on every run."""
     w, h = fig.get_size_inches()
-    fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h,
-                        wspace=wspace, hspace=hspace)
+    fig.subplots_adjust(
+        left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h, wspace=wspace, hspace=hspace
+    )
 
 
 def save(fig: Figure, path: str | Path) -> None:
@@ -49,9 +57,16 @@ def confusion_figure(cm: np.ndarray, title: str = "Confusion matrix (test set)")
     im = ax.imshow(off, cmap="Blues")
     fig.colorbar(im, ax=ax, label="errors (off-diagonal)")
     for (i, j), n in np.ndenumerate(cm):
-        ax.text(j, i, str(n), ha="center", va="center", fontsize=7,
-                color="white" if off[i, j] > off.max() * 0.6 else "black",
-                fontweight="bold" if i == j else "normal")
+        ax.text(
+            j,
+            i,
+            str(n),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if off[i, j] > off.max() * 0.6 else "black",
+            fontweight="bold" if i == j else "normal",
+        )
     ax.set(xticks=range(cm.shape[1]), yticks=range(cm.shape[0]), xlabel="Predicted", ylabel="True", title=title)
     _margins(fig, left=0.7, right=0.2, bottom=0.6, top=0.45)
     return fig
@@ -80,12 +95,23 @@ def data_size_figure(
     """Test accuracy (%) against training fraction, with the seed's expected band per fraction."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for i, (frac, (lo, hi)) in enumerate(sorted(expected.items())):
-        ax.plot([frac * 100] * 2, [lo, hi], color="tab:gray", lw=8, alpha=0.35, solid_capstyle="butt",
-                label="tutorial's expected range" if i == 0 else None)
+        ax.plot(
+            [frac * 100] * 2,
+            [lo, hi],
+            color="tab:gray",
+            lw=8,
+            alpha=0.35,
+            solid_capstyle="butt",
+            label="tutorial's expected range" if i == 0 else None,
+        )
     xs, ys = zip(*sorted(points)) if points else ((), ())
     ax.plot([x * 100 for x in xs], ys, "o-", color="tab:blue", label="measured")
-    ax.set(xscale="log", xlabel=f"training data used (% of {train_size})", ylabel="test accuracy (%)",
-           title="Effect of training-set size")
+    ax.set(
+        xscale="log",
+        xlabel=f"training data used (% of {train_size})",
+        ylabel="test accuracy (%)",
+        title="Effect of training-set size",
+    )
     ax.set_xticks([10, 25, 50, 100], ["10", "25", "50", "100"])
     ax.grid(alpha=0.3)
     ax.legend()
@@ -93,8 +119,9 @@ def data_size_figure(
     return fig
 
 
-def comparison_figure(labels: Sequence[str], values: Sequence[float], metric: str,
-                      curves: Mapping[str, pd.DataFrame]) -> Figure:
+def comparison_figure(
+    labels: Sequence[str], values: Sequence[float], metric: str, curves: Mapping[str, pd.DataFrame]
+) -> Figure:
     """Bars of `metric` per run, then validation loss and accuracy of every run overlaid against epoch."""
     fig, (ax_bar, ax_loss, ax_acc) = plt.subplots(1, 3, figsize=(15, max(3.5, 0.45 * len(labels) + 1.5)), dpi=100)
     y = np.arange(len(labels))
@@ -150,8 +177,18 @@ def _mosaic(rows: Sequence[Sequence[np.ndarray]], cols: int, side: int = 28, pad
     return out
 
 
-def _image_grid(mosaic: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str] | None, cmap: str,
-                vmin: float, vmax: float, width: float, title: str, side: int = 28, pad: int = 2) -> Figure:
+def _image_grid(
+    mosaic: np.ndarray,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str] | None,
+    cmap: str,
+    vmin: float,
+    vmax: float,
+    width: float,
+    title: str,
+    side: int = 28,
+    pad: int = 2,
+) -> Figure:
     """A mosaic from _mosaic in one axes: row labels on the left, column labels (if any) on top."""
     n_rows = len(row_labels)
     fig, ax = plt.subplots(figsize=(width, 1.3 * n_rows + 0.8), dpi=100)
@@ -175,15 +212,31 @@ def _image_grid(mosaic: np.ndarray, row_labels: Sequence[str], col_labels: Seque
 def confusion_examples_figure(examples: Sequence[tuple[int, int, np.ndarray]], per_pair: int) -> Figure:
     """One row per (true, predicted) pair: up to `per_pair` misclassified digits as 28x28 grey images."""
     mosaic = _mosaic([images for _, _, images in examples], per_pair)
-    return _image_grid(mosaic, [f"{t} → {p}" for t, p, _ in examples], None, "gray_r", 0, 1, 1.2 * per_pair + 1.2,
-                       "Misclassified test digits (true → predicted)")
+    return _image_grid(
+        mosaic,
+        [f"{t} → {p}" for t, p, _ in examples],
+        None,
+        "gray_r",
+        0,
+        1,
+        1.2 * per_pair + 1.2,
+        "Misclassified test digits (true → predicted)",
+    )
 
 
 def deskew_figure(plain: np.ndarray, deskewed: np.ndarray) -> Figure:
     """Digits [k, 28, 28] as scanned (top row) and deskewed (bottom row), any intensity scale."""
     vmax = max(float(np.max(plain)), float(np.max(deskewed)), 1e-9)
-    return _image_grid(_mosaic([plain, deskewed], len(plain)), ["as scanned", "deskewed"], None, "gray_r", 0, vmax,
-                       0.9 * len(plain) + 1.6, "The first test digits before and after deskewing")
+    return _image_grid(
+        _mosaic([plain, deskewed], len(plain)),
+        ["as scanned", "deskewed"],
+        None,
+        "gray_r",
+        0,
+        vmax,
+        0.9 * len(plain) + 1.6,
+        "The first test digits before and after deskewing",
+    )
 
 
 def message_figure(text: str) -> Figure:
@@ -201,9 +254,25 @@ def reliability_figure(bins: Mapping[str, list], ece: float, title: str) -> Figu
     centers, width = (lo + hi) / 2, hi - lo
     fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(5, 6), dpi=100, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     filled = count > 0
-    ax.bar(centers[filled], acc[filled], width=width[filled], edgecolor="black", color="tab:blue", alpha=0.8, label="accuracy")
-    ax.bar(centers[filled], (conf - acc)[filled], bottom=acc[filled], width=width[filled], edgecolor="tab:red",
-           color="tab:red", alpha=0.25, label="gap to confidence")
+    ax.bar(
+        centers[filled],
+        acc[filled],
+        width=width[filled],
+        edgecolor="black",
+        color="tab:blue",
+        alpha=0.8,
+        label="accuracy",
+    )
+    ax.bar(
+        centers[filled],
+        (conf - acc)[filled],
+        bottom=acc[filled],
+        width=width[filled],
+        edgecolor="tab:red",
+        color="tab:red",
+        alpha=0.25,
+        label="gap to confidence",
+    )
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"{title}\nECE = {ece:.4f}")
     ax.legend(loc="upper left", fontsize=8)

@@ -70,8 +70,10 @@ def per_class_metrics(cm: np.ndarray) -> dict[str, dict[str, float]]:
     recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    return {str(c): {"precision": rounded(precision[c]), "recall": rounded(recall[c]), "f1": rounded(f1[c])}
-            for c in range(cm.shape[0])}
+    return {
+        str(c): {"precision": rounded(precision[c]), "recall": rounded(recall[c]), "f1": rounded(f1[c])}
+        for c in range(cm.shape[0])
+    }
 
 
 def top_confusions(cm: np.ndarray, k: int) -> list[tuple[int, int, int]]:

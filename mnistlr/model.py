@@ -44,9 +44,15 @@ class Model:
 
     def save(self, path: str | Path) -> None:
         """Write the model atomically as an .npz of plain arrays."""
-        atomic.write_arrays(path, weight=self.weight, bias=self.bias, mean=np.float64(self.mean),
-                            std=np.float64(self.std), deskew=np.bool_(self.deskew),
-                            image_side=np.int64(self.image_side))
+        atomic.write_arrays(
+            path,
+            weight=self.weight,
+            bias=self.bias,
+            mean=np.float64(self.mean),
+            std=np.float64(self.std),
+            deskew=np.bool_(self.deskew),
+            image_side=np.int64(self.image_side),
+        )
 
 
 def load_model(path: str | Path) -> Model:
@@ -64,19 +70,26 @@ def load_model(path: str | Path) -> Model:
     missing = [k for k in FIELDS if k not in arrays]
     if missing:
         raise MnistlrError(f"{path}: model file lacks {', '.join(missing)}; retrain it with the train stage")
-    scalars = [k for k in ("mean", "std", "deskew", "image_side")
-               if arrays[k].shape != () or arrays[k].dtype.kind not in ("b" if k == "deskew" else "fiu")]
+    scalars = [
+        k
+        for k in ("mean", "std", "deskew", "image_side")
+        if arrays[k].shape != () or arrays[k].dtype.kind not in ("b" if k == "deskew" else "fiu")
+    ]
     if scalars:
         raise MnistlrError(f"{path}: {', '.join(scalars)} must be a single number; retrain it with the train stage")
     numeric = [k for k in ("weight", "bias") if arrays[k].dtype.kind not in "fiu"]
     if numeric:
-        raise MnistlrError(f"{path}: {', '.join(numeric)} must be numbers, not {arrays[numeric[0]].dtype}; "
-                           "retrain it with the train stage")
+        raise MnistlrError(
+            f"{path}: {', '.join(numeric)} must be numbers, not {arrays[numeric[0]].dtype}; "
+            "retrain it with the train stage"
+        )
     with np.errstate(over="ignore", invalid="ignore"):  # a value beyond float32 becomes inf, refused below
         weight, bias = arrays["weight"].astype(np.float32), arrays["bias"].astype(np.float32)
     if weight.shape != (NUM_CLASSES, IN_FEATURES) or bias.shape != (NUM_CLASSES,):
-        raise MnistlrError(f"{path}: weight {weight.shape} and bias {bias.shape}; expected "
-                           f"({NUM_CLASSES}, {IN_FEATURES}) and ({NUM_CLASSES},)")
+        raise MnistlrError(
+            f"{path}: weight {weight.shape} and bias {bias.shape}; expected "
+            f"({NUM_CLASSES}, {IN_FEATURES}) and ({NUM_CLASSES},)"
+        )
     mean, std = float(arrays["mean"]), float(arrays["std"])
     problems = non_finite(weight=weight, bias=bias)
     problems += [f"{k} is {v}" for k, v in (("mean", mean), ("std", std)) if not math.isfinite(v)]
@@ -84,13 +97,14 @@ def load_model(path: str | Path) -> Model:
         problems.append(f"std is {std}, not > 0")
     if problems:
         # a diverged or damaged fit: its scores would be nan, or its inputs divided by zero
-        raise MnistlrError(f"{path}: {', '.join(problems)}; a model needs finite weights, bias and mean "
-                           "and a std > 0; retrain it with the train stage")
+        raise MnistlrError(
+            f"{path}: {', '.join(problems)}; a model needs finite weights, bias and mean "
+            "and a std > 0; retrain it with the train stage"
+        )
     return Model(weight, bias, mean, std, int(arrays["image_side"]), bool(arrays["deskew"]))
 
 
 def non_finite(**arrays: np.ndarray) -> list[str]:
     """'NAME has N non-finite values (nan or inf)' for each array holding any (as float32, as used)."""
     counts = {name: int(np.count_nonzero(~np.isfinite(a))) for name, a in arrays.items()}
-    return [f"{name} has {n} non-finite value{'s' if n != 1 else ''} (nan or inf)"
-            for name, n in counts.items() if n]
+    return [f"{name} has {n} non-finite value{'s' if n != 1 else ''} (nan or inf)" for name, n in counts.items() if n]

@@ -54,6 +54,7 @@ class DataParams(_Strict):
         if info.field_name == "std" and value <= 0:
             raise ValueError("input should be greater than 0 (or 'auto')")
         return value
+
     val_size: Annotated[int, Field(gt=0, lt=MNIST_TRAIN_SIZE)] = 10_000
 
 
@@ -143,9 +144,7 @@ class Params(_Strict):
     seed: Annotated[int, Field(ge=0)] = 42
     optimizer: Literal["sgd", "adam", "lbfgs"] = "sgd"
     data: DataParams = DataParams()
-    variants: dict[VariantName, VariantParams] = Field(
-        default_factory=lambda: {"full": VariantParams()}, min_length=1
-    )
+    variants: dict[VariantName, VariantParams] = Field(default_factory=lambda: {"full": VariantParams()}, min_length=1)
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
@@ -173,9 +172,7 @@ class Params(_Strict):
     def variant(self, name: str) -> VariantParams:
         """The params of one training-set variant, or a clear error naming the known ones."""
         if name not in self.variants:
-            raise MnistlrError(
-                f"unknown variant {name!r}; params.yaml defines: {', '.join(self.variants)}"
-            )
+            raise MnistlrError(f"unknown variant {name!r}; params.yaml defines: {', '.join(self.variants)}")
         return self.variants[name]
 
 

@@ -76,8 +76,10 @@ def load_gray(path: str | Path) -> np.ndarray:
         if size == 0:
             raise MnistlrError(f"{path}: empty file, not an image")
         if size > MAX_FILE_BYTES:
-            raise MnistlrError(f"{path}: {size >> 20} MB file, more than {MAX_FILE_BYTES >> 20} MB; "
-                               f"scale the image down (a digit needs no more than {WORK_SIDE} pixels a side)")
+            raise MnistlrError(
+                f"{path}: {size >> 20} MB file, more than {MAX_FILE_BYTES >> 20} MB; "
+                f"scale the image down (a digit needs no more than {WORK_SIDE} pixels a side)"
+            )
         with warnings.catch_warnings():
             # PIL warns between MAX_IMAGE_PIXELS and twice that; predict decodes such an image only within
             # its own byte limits (above), and beyond twice the limit PIL still refuses (DecompressionBombError).
@@ -90,8 +92,18 @@ def load_gray(path: str | Path) -> np.ndarray:
         raise MnistlrError(f"{path}: is a folder, not an image") from None
     except Image.DecompressionBombError as exc:
         raise MnistlrError(f"{path}: image too large to decode safely ({_first_line(exc)})") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error,
-            IndexError, TypeError, KeyError) as exc:  # what PIL's decoders raise on broken files
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+        struct.error,
+        zlib.error,
+        IndexError,
+        TypeError,
+        KeyError,
+    ) as exc:  # what PIL's decoders raise on broken files
         raise MnistlrError(f"{path}: not a readable image (PNG or JPEG expected): {_first_line(exc)}") from None
 
 
@@ -133,8 +145,9 @@ def image_to_gray(img: Image.Image, name: str = "image") -> np.ndarray:
     # transparency must be composited (and a palette resolved) before averaging: a band of rows at a time
     width, height = img.size
     rows = max(factor, STRIP_PIXELS // width // factor * factor)  # a whole number of reduction blocks
-    strips = [_strip_to_gray(img.crop((0, top, width, min(height, top + rows))), factor)
-              for top in range(0, height, rows)]
+    strips = [
+        _strip_to_gray(img.crop((0, top, width, min(height, top + rows))), factor) for top in range(0, height, rows)
+    ]
     return np.concatenate(strips, axis=0)
 
 
@@ -151,8 +164,9 @@ def jpeg_coefficient_bytes(img: Image.Image) -> int:
     layers = getattr(img, "layer", None) or [("", 1, 1, 0)] * len(img.getbands())
     hmax, vmax = max(layer[1] for layer in layers), max(layer[2] for layer in layers)
     width, height = img.size
-    return sum(2 * 64 * math.ceil(width * layer[1] / hmax / 8) * math.ceil(height * layer[2] / vmax / 8)
-               for layer in layers)
+    return sum(
+        2 * 64 * math.ceil(width * layer[1] / hmax / 8) * math.ceil(height * layer[2] / vmax / 8) for layer in layers
+    )
 
 
 def _strip_to_gray(strip: Image.Image, factor: int) -> np.ndarray:
@@ -219,8 +233,9 @@ def ink_map(gray: np.ndarray, name: str = "image") -> np.ndarray:
     return np.clip(ink / level, 0.0, 1.0)
 
 
-def fit_box(ink: np.ndarray, r0: int, r1: int, c0: int, c1: int,
-            min_stroke: float = MIN_STROKE) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def fit_box(
+    ink: np.ndarray, r0: int, r1: int, c0: int, c1: int, min_stroke: float = MIN_STROKE
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """Scale the digit's box [r0:r1, c0:c1] so its longer side is BOX pixels (aspect kept, area
     anti-aliased), with MARGIN output pixels of context around it. A pen thinner than min_stroke
     (at the 28x28 scale) is thickened to it by a grey dilation at SUPERSAMPLE times the resolution.
@@ -232,8 +247,13 @@ def fit_box(ink: np.ndarray, r0: int, r1: int, c0: int, c1: int,
     thicken = round((min_stroke - stroke_width(ink[r0:r1, c0:c1] >= 0.5) * scale) * SUPERSAMPLE / 2)
     if thicken <= 0:
         return resample(ink, (r0 + r1) / 2, (c0 + c1) / 2, scale, (nh + 2 * MARGIN, nw + 2 * MARGIN)), box
-    fine = resample(ink, (r0 + r1) / 2, (c0 + c1) / 2, scale * SUPERSAMPLE,
-                    ((nh + 2 * MARGIN) * SUPERSAMPLE, (nw + 2 * MARGIN) * SUPERSAMPLE))
+    fine = resample(
+        ink,
+        (r0 + r1) / 2,
+        (c0 + c1) / 2,
+        scale * SUPERSAMPLE,
+        ((nh + 2 * MARGIN) * SUPERSAMPLE, (nw + 2 * MARGIN) * SUPERSAMPLE),
+    )
     fine /= max(float(fine.max()), 1e-12)  # a hairline averages out faint: make it full ink, then widen it
     img = Image.fromarray(fine.astype(np.float32), mode="F").filter(ImageFilter.MaxFilter(2 * thicken + 1))
     return np.asarray(img.reduce(SUPERSAMPLE), dtype=np.float64), box

@@ -35,8 +35,9 @@ def resolve_preprocessing(params: Params, deskewed_train: np.ndarray | None) -> 
     return data.Preprocessing(d.deskew, mean if d.mean == "auto" else d.mean, std if d.std == "auto" else d.std), source
 
 
-def prepare(params: Params, out_dir: str | Path, download_root: str | Path = "data/raw",
-            deskew: bool | None = None) -> dict[str, dict]:
+def prepare(
+    params: Params, out_dir: str | Path, download_root: str | Path = "data/raw", deskew: bool | None = None
+) -> dict[str, dict]:
     """Write {train,val,test}/{x,y}.npy, preprocessing.json, samples.npz and variants/<name>.{npz,json} into
     `out_dir`, atomically, as one folder. `deskew` overrides params' data.deskew (the studies' deskewed copy)."""
     if deskew is not None:
@@ -50,8 +51,11 @@ def prepare(params: Params, out_dir: str | Path, download_root: str | Path = "da
     train_idx, val_idx = data.split_indices(n_train, params.data.val_size, params.seed)
     d = params.data
     # auto statistics of deskewed pixels are measured on the deskewed training split: deskew it once, use it twice
-    deskewed_train = (data.Preprocessing(True, 0.0, 1.0).pixels(raw["train_images"][train_idx])
-                      if d.deskew and "auto" in (d.mean, d.std) else None)
+    deskewed_train = (
+        data.Preprocessing(True, 0.0, 1.0).pixels(raw["train_images"][train_idx])
+        if d.deskew and "auto" in (d.mean, d.std)
+        else None
+    )
     pre, source = resolve_preprocessing(params, deskewed_train)
     splits = {
         "train": (raw["train_images"], raw["train_labels"], train_idx),
@@ -74,12 +78,15 @@ def prepare(params: Params, out_dir: str | Path, download_root: str | Path = "da
             del x
         atomic.write_json(tmp / "preprocessing.json", {**asdict(pre), "mean_std_from": source})
         sample = raw["test_images"][:SAMPLES]
-        atomic.write_arrays(tmp / "samples.npz", plain=sample, deskewed=data.deskew(sample), y=raw["test_labels"][:SAMPLES])
+        atomic.write_arrays(
+            tmp / "samples.npz", plain=sample, deskewed=data.deskew(sample), y=raw["test_labels"][:SAMPLES]
+        )
         train_y = raw["train_labels"][train_idx]
         for name, v in params.variants.items():
             variant = data.build_variant(train_y, name, v.fraction, v.noise, params.seed)
-            atomic.write_arrays(tmp / "variants" / f"{name}.npz", index=variant.index, y=variant.labels,
-                                changed=variant.changed)
+            atomic.write_arrays(
+                tmp / "variants" / f"{name}.npz", index=variant.index, y=variant.labels, changed=variant.changed
+            )
             summaries[name] = variant.summary(name, v.fraction, v.noise)
             atomic.write_json(tmp / "variants" / f"{name}.json", summaries[name])
     return summaries

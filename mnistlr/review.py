@@ -142,9 +142,11 @@ class PairedChange:
 
     def describe(self) -> str:
         lo, hi = self.interval
-        return (f"{self.variant} test accuracy {self.base_accuracy:.4f} -> {self.new_accuracy:.4f} "
-                f"({100 * self.change:+.2f} points, {CONFIDENCE:.0%} CI [{100 * lo:+.2f}, {100 * hi:+.2f}], "
-                f"McNemar p = {self.p_value:.3g}; {self.fixed} fixed, {self.broken} broken)")
+        return (
+            f"{self.variant} test accuracy {self.base_accuracy:.4f} -> {self.new_accuracy:.4f} "
+            f"({100 * self.change:+.2f} points, {CONFIDENCE:.0%} CI [{100 * lo:+.2f}, {100 * hi:+.2f}], "
+            f"McNemar p = {self.p_value:.3g}; {self.fixed} fixed, {self.broken} broken)"
+        )
 
 
 def read_predictions(text: str, source: str) -> tuple[np.ndarray, np.ndarray]:
@@ -157,15 +159,25 @@ def read_predictions(text: str, source: str) -> tuple[np.ndarray, np.ndarray]:
     return table[:, 0], table[:, 1]
 
 
-def paired_change(variant: str, base: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray]) -> PairedChange:
+def paired_change(
+    variant: str, base: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray]
+) -> PairedChange:
     """Compare two prediction files of one variant; they must list the same test images in the same order."""
     (actual, old_pred), (actual_new, new_pred) = base, new
     if actual.shape != actual_new.shape or not np.array_equal(actual, actual_new):
-        raise MnistlrError(f"{variant}: the base and workspace predictions are not of the same test images "
-                           f"({actual.size} vs {actual_new.size} labels, or in another order)")
+        raise MnistlrError(
+            f"{variant}: the base and workspace predictions are not of the same test images "
+            f"({actual.size} vs {actual_new.size} labels, or in another order)"
+        )
     old_ok, new_ok = old_pred == actual, new_pred == actual
-    return PairedChange(variant, int(actual.size), float(old_ok.mean()), float(new_ok.mean()),
-                        int((~old_ok & new_ok).sum()), int((old_ok & ~new_ok).sum()))
+    return PairedChange(
+        variant,
+        int(actual.size),
+        float(old_ok.mean()),
+        float(new_ok.mean()),
+        int((~old_ok & new_ok).sum()),
+        int((old_ok & ~new_ok).sum()),
+    )
 
 
 def predictions_at(rev: str | None, variant: str, cwd: str | Path = ".") -> tuple[np.ndarray, np.ndarray] | None:
@@ -246,26 +258,44 @@ def comparison_table(runs: list[Run], variant: str, metric: str) -> pd.DataFrame
     best `metric` first."""
     runs = [r for r in runs if variant in r.metrics]
     if not runs:
-        raise MnistlrError(f"no committed run or experiment has metrics/{variant}.json; check --variant "
-                           "(a name under `variants` in params.yaml) or run experiments first, e.g. "
-                           "dvc exp run --queue -S 'optimizer=sgd,adam' && dvc queue start")
+        raise MnistlrError(
+            f"no committed run or experiment has metrics/{variant}.json; check --variant "
+            "(a name under `variants` in params.yaml) or run experiments first, e.g. "
+            "dvc exp run --queue -S 'optimizer=sgd,adam' && dvc queue start"
+        )
     if not any(metric in r.metrics[variant] for r in runs):
         known = sorted({k for r in runs for k in r.metrics[variant]})
         raise MnistlrError(f"metric {metric!r} not in the experiments' metrics; accepted: {', '.join(known)}")
     diff = differing_params(runs)
     cols = list(dict.fromkeys([metric, *HEADLINE]))
-    rows = [{"run": r.name, "rev": r.rev[:7], **{k: param_text(r.params.get(k)) for k in diff},
-             **{m: r.metrics[variant].get(m) for m in cols}} for r in runs]
-    return (pd.DataFrame(rows).sort_values(metric, ascending=not higher_is_better(metric), kind="stable",
-                                           na_position="last").reset_index(drop=True))
+    rows = [
+        {
+            "run": r.name,
+            "rev": r.rev[:7],
+            **{k: param_text(r.params.get(k)) for k in diff},
+            **{m: r.metrics[variant].get(m) for m in cols},
+        }
+        for r in runs
+    ]
+    return (
+        pd.DataFrame(rows)
+        .sort_values(metric, ascending=not higher_is_better(metric), kind="stable", na_position="last")
+        .reset_index(drop=True)
+    )
 
 
 def terminal_table(runs: list[Run], metric: str = "test.accuracy") -> str:
     """Plain text for the terminal: each run, the params that differ, and `metric` of every variant."""
     diff = differing_params(runs)
     variants = sorted(dict.fromkeys(v for r in runs for v in r.metrics), key=lambda v: v != "full")  # full first
-    rows = [{"run": r.name, **{k: param_text(r.params.get(k)) for k in diff},
-             **{v: fmt(r.metrics.get(v, {}).get(metric)) for v in variants}} for r in runs]
+    rows = [
+        {
+            "run": r.name,
+            **{k: param_text(r.params.get(k)) for k in diff},
+            **{v: fmt(r.metrics.get(v, {}).get(metric)) for v in variants},
+        }
+        for r in runs
+    ]
     return f"{metric} of every variant:\n" + pd.DataFrame(rows).to_string(index=False)
 
 
@@ -291,34 +321,39 @@ def grid_markdown(table: pd.DataFrame, diff: list[str], metric: str) -> str | No
     """For a two-param sweep: `metric` in a grid (rows: first param, columns: second); best run per cell."""
     if len(diff) != 2:
         return None
-    grid = table.pivot_table(index=diff[0], columns=diff[1], values=metric,
-                             aggfunc="max" if higher_is_better(metric) else "min")
+    grid = table.pivot_table(
+        index=diff[0], columns=diff[1], values=metric, aggfunc="max" if higher_is_better(metric) else "min"
+    )
     grid.columns = [f"{diff[1]}={c}" for c in grid.columns]
     return _md(grid.reset_index())
 
 
-def comparison_markdown(table: pd.DataFrame, diff: list[str], variant: str, metric: str, figure_name: str,
-                        n_test: int | str = "") -> str:
+def comparison_markdown(
+    table: pd.DataFrame, diff: list[str], variant: str, metric: str, figure_name: str, n_test: int | str = ""
+) -> str:
     """The comparison page."""
     grid = grid_markdown(table, diff, metric)
-    return "\n".join([
-        "# Experiment comparison",
-        "",
-        f"Variant `{variant}`, sorted by `{metric}` (best first). Params columns: those that differ between runs"
-        f" ({', '.join(f'`{k}`' for k in diff) or 'none'}). `p vs best`: exact McNemar p of each run's test "
-        f"predictions against the run with the best test accuracy; `same as best`: the {n_test} test images cannot "
-        f"tell the two apart (p >= {1 - CONFIDENCE:.2g}). Written by `mnistlr compare`.",
-        "",
-        _md(table),
-        "",
-        *([f"`{metric}` over the sweep grid:", "", grid, ""] if grid else []),
-        f"![{metric} per run and validation curves overlaid]({figure_name})",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Experiment comparison",
+            "",
+            f"Variant `{variant}`, sorted by `{metric}` (best first). Params columns: those that differ between runs"
+            f" ({', '.join(f'`{k}`' for k in diff) or 'none'}). `p vs best`: exact McNemar p of each run's test "
+            f"predictions against the run with the best test accuracy; `same as best`: the {n_test} test images cannot "
+            f"tell the two apart (p >= {1 - CONFIDENCE:.2g}). Written by `mnistlr compare`.",
+            "",
+            _md(table),
+            "",
+            *([f"`{metric}` over the sweep grid:", "", grid, ""] if grid else []),
+            f"![{metric} per run and validation curves overlaid]({figure_name})",
+            "",
+        ]
+    )
 
 
-def mark_indistinguishable(table: pd.DataFrame, runs: list[Run], variant: str, cwd: str | Path = ".",
-                           alpha: float = 1 - CONFIDENCE) -> pd.DataFrame:
+def mark_indistinguishable(
+    table: pd.DataFrame, runs: list[Run], variant: str, cwd: str | Path = ".", alpha: float = 1 - CONFIDENCE
+) -> pd.DataFrame:
     """Add each run's exact McNemar p against the run with the best test accuracy (same test images,
     image by image) and whether the test set can tell them apart at `alpha`."""
     by_name = {r.name: r for r in runs}
@@ -337,9 +372,14 @@ def mark_indistinguishable(table: pd.DataFrame, runs: list[Run], variant: str, c
     return table
 
 
-def compare_experiments(out_dir: str | Path, variant: str = "full", metric: str = "test.accuracy",
-                        revs: list[str] | None = None, all_commits: bool = False,
-                        cwd: str | Path = ".") -> tuple[pd.DataFrame, str]:
+def compare_experiments(
+    out_dir: str | Path,
+    variant: str = "full",
+    metric: str = "test.accuracy",
+    revs: list[str] | None = None,
+    all_commits: bool = False,
+    cwd: str | Path = ".",
+) -> tuple[pd.DataFrame, str]:
     """Read the experiments through dvc, write out_dir/compare.{md,json,png}; return the table and the
     terminal summary (every variant's `metric` per run, and which runs the test set cannot tell from the best)."""
     from mnistlr import figures
@@ -354,18 +394,24 @@ def compare_experiments(out_dir: str | Path, variant: str = "full", metric: str 
     out_dir = Path(out_dir)
     labels = [run_label(row, diff) for _, row in table.iterrows()]
     by_name = {r.name: r for r in with_variant}
-    curves = {lab: c for lab, name in zip(labels, table["run"])
-              if (c := curves_at(by_name[name].rev, variant, cwd)) is not None}
+    curves = {
+        lab: c
+        for lab, name in zip(labels, table["run"])
+        if (c := curves_at(by_name[name].rev, variant, cwd)) is not None
+    }
     figures.save(figures.comparison_figure(labels, table[metric].tolist(), metric, curves), out_dir / "compare.png")
     records = table.to_dict("records")
     for rec in records:  # every variant's `metric` too: the report sets plain and deskewed runs side by side
         rec["by_variant"] = {v: m.get(metric) for v, m in by_name[rec["run"]].metrics.items()}
-    atomic.write_json(out_dir / "compare.json", {"variant": variant, "metric": metric, "differing_params": diff,
-                                                 "runs": records})
+    atomic.write_json(
+        out_dir / "compare.json", {"variant": variant, "metric": metric, "differing_params": diff, "runs": records}
+    )
     atomic.write_text(out_dir / "compare.md", comparison_markdown(table, diff, variant, metric, "compare.png", n_test))
     same = [str(n) for n, flag in zip(table["run"], table["same as best"]) if flag == "yes"]
-    note = (f"Runs the {n_test} test images of {variant} cannot tell from the best test accuracy "
-            f"(exact McNemar p >= {1 - CONFIDENCE:.2g}): {', '.join(same) or 'none'}")
+    note = (
+        f"Runs the {n_test} test images of {variant} cannot tell from the best test accuracy "
+        f"(exact McNemar p >= {1 - CONFIDENCE:.2g}): {', '.join(same) or 'none'}"
+    )
     width = shutil.get_terminal_size((100, 24)).columns
     return table, terminal_table(runs, metric) + "\n\n" + textwrap.fill(note, width=min(width, 100))
 
@@ -397,8 +443,11 @@ class Change:
 def changes(diff: dict, metric: str) -> list[Change]:
     """One Change per metrics file that has `metric`, from `dvc metrics diff --all --json` output."""
     entries_by_path = diff.get("diff", diff)
-    out = [Change(variant_of(path), e[metric].get("old"), e[metric].get("new"), higher_is_better(metric))
-           for path, e in sorted(entries_by_path.items()) if metric in e]
+    out = [
+        Change(variant_of(path), e[metric].get("old"), e[metric].get("new"), higher_is_better(metric))
+        for path, e in sorted(entries_by_path.items())
+        if metric in e
+    ]
     if not out:
         known = sorted({k for entries in entries_by_path.values() for k in entries})
         raise MnistlrError(f"metric {metric!r} is in no metrics file; accepted: {', '.join(known) or 'none found'}")
@@ -411,10 +460,13 @@ def gate_verdict(found: list[Change], metric: str, max_drop: float, base: str) -
     new = [c.variant for c in found if c.old is None and c.new is not None]
     gone = [c.variant for c in found if c.old is not None and c.new is None]
     new_note = (f"; new on this branch (no {base} value): {', '.join(new)}" if new else "") + (
-        f"; missing on this branch (only {base} has it): {', '.join(gone)}" if gone else "")
+        f"; missing on this branch (only {base} has it): {', '.join(gone)}" if gone else ""
+    )
     if failed:
-        parts = [f"{c.variant} {metric} worsened from {c.old:.4f} ({base}) to {c.new:.4f} (workspace), "
-                 f"drop {c.drop:.4f}" for c in failed]
+        parts = [
+            f"{c.variant} {metric} worsened from {c.old:.4f} ({base}) to {c.new:.4f} (workspace), drop {c.drop:.4f}"
+            for c in failed
+        ]
         return False, f"gate FAILED (max drop {max_drop:g}): " + "; ".join(parts) + new_note
     compared = [c for c in found if c.compared]
     if compared:
@@ -422,8 +474,9 @@ def gate_verdict(found: list[Change], metric: str, max_drop: float, base: str) -
         detail = f"largest drop {worst.variant} {worst.old:.4f} -> {worst.new:.4f}"
     else:
         detail = f"no variant has a {base} value to compare"
-    return True, (f"gate passed: {metric} of {len(compared)} variant(s) within {max_drop:g} of {base} "
-                  f"({detail}){new_note}")
+    return True, (
+        f"gate passed: {metric} of {len(compared)} variant(s) within {max_drop:g} of {base} ({detail}){new_note}"
+    )
 
 
 def significance_verdict(paired: dict[str, PairedChange], max_drop: float, alpha: float, base: str) -> tuple[bool, str]:
@@ -439,8 +492,11 @@ def significance_verdict(paired: dict[str, PairedChange], max_drop: float, alpha
     if dropped:
         return True, (f"gate passed ({rule}): drops not significant: " + "; ".join(c.describe() for c in dropped))
     worst = min(paired.values(), key=lambda c: c.change)
-    return True, f"gate passed ({rule}): test.accuracy of {len(paired)} variant(s) within {max_drop:g} of {base} " \
-                 f"(largest drop: {worst.describe()})"
+    return (
+        True,
+        f"gate passed ({rule}): test.accuracy of {len(paired)} variant(s) within {max_drop:g} of {base} "
+        f"(largest drop: {worst.describe()})",
+    )
 
 
 def check_gate_args(metric: str, max_drop: float, significance: float | None) -> None:
@@ -449,25 +505,32 @@ def check_gate_args(metric: str, max_drop: float, significance: float | None) ->
         raise MnistlrError(f"--max-drop {max_drop} is negative; accepted: a number >= 0")
     if significance is not None:
         if not 0 < significance < 1:
-            raise MnistlrError(f"--significance {significance} is not accepted; accepted: a number between 0 and 1, e.g. 0.05")
+            raise MnistlrError(
+                f"--significance {significance} is not accepted; accepted: a number between 0 and 1, e.g. 0.05"
+            )
         if metric != "test.accuracy":
-            raise MnistlrError(f"--significance needs per-image predictions, which exist for test accuracy only; "
-                               f"--metric {metric!r} is not accepted with it; accepted: test.accuracy")
+            raise MnistlrError(
+                f"--significance needs per-image predictions, which exist for test accuracy only; "
+                f"--metric {metric!r} is not accepted with it; accepted: test.accuracy"
+            )
 
 
-def judge(diff: dict, base: str, metric: str, max_drop: float, significance: float | None,
-          paired: dict[str, PairedChange]) -> tuple[bool, str]:
+def judge(
+    diff: dict, base: str, metric: str, max_drop: float, significance: float | None, paired: dict[str, PairedChange]
+) -> tuple[bool, str]:
     """The gate's verdict from `dvc metrics diff --all --json` output and, with `significance`, the
     variants' paired test predictions."""
     found = changes(diff, metric)
     if significance is None:
         return gate_verdict(found, metric, max_drop, base)
-    return significance_verdict({c.variant: paired[c.variant] for c in found if c.variant in paired},
-                                max_drop, significance, base)
+    return significance_verdict(
+        {c.variant: paired[c.variant] for c in found if c.variant in paired}, max_drop, significance, base
+    )
 
 
-def run_gate(base: str, metric: str, max_drop: float, significance: float | None = None,
-             cwd: str | Path = ".") -> tuple[bool, str]:
+def run_gate(
+    base: str, metric: str, max_drop: float, significance: float | None = None, cwd: str | Path = "."
+) -> tuple[bool, str]:
     """Compare the workspace's metrics with `base`'s through `dvc metrics diff`; with `significance`,
     compare test predictions image by image and fail only on significant drops of test accuracy."""
     check_gate_args(metric, max_drop, significance)
@@ -483,9 +546,11 @@ def accuracy_table(diff: dict, base: str, paired: dict[str, PairedChange] | None
     """Markdown: every variant's test accuracy, base -> workspace, the change in points and, where both
     sides' test predictions exist, its 95 % interval, the exact McNemar p and the images fixed and broken."""
     paired = paired or {}
-    rows = [f"| variant | test accuracy ({base}) | test accuracy (workspace) | change (points) | "
-            f"{CONFIDENCE:.0%} CI (points) | McNemar p | fixed | broken |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        f"| variant | test accuracy ({base}) | test accuracy (workspace) | change (points) | "
+        f"{CONFIDENCE:.0%} CI (points) | McNemar p | fixed | broken |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for path, entries in sorted(diff.items(), key=lambda kv: (variant_of(kv[0]) != "full", kv[0])):
         e = entries.get("test.accuracy")
         if e is None:
@@ -493,8 +558,11 @@ def accuracy_table(diff: dict, base: str, paired: dict[str, PairedChange] | None
         old, new = e.get("old"), e.get("new")
         change = "-" if old is None or new is None else f"{100 * (new - old):+.2f}"
         p = paired.get(variant_of(path))
-        stats = (f"[{100 * p.interval[0]:+.2f}, {100 * p.interval[1]:+.2f}] | {p.p_value:.3g} | {p.fixed} | {p.broken}"
-                 if p else "- | - | - | -")
+        stats = (
+            f"[{100 * p.interval[0]:+.2f}, {100 * p.interval[1]:+.2f}] | {p.p_value:.3g} | {p.fixed} | {p.broken}"
+            if p
+            else "- | - | - | -"
+        )
         rows.append(f"| {variant_of(path)} | {fmt(old)} | {fmt(new)} | {change} | {stats} |")
     return "\n".join(rows)
 
@@ -514,16 +582,23 @@ def figure_links(out_dir: Path, figures_dir: Path) -> list[str]:
     """Image lines for the pipeline's figures that exist, relative to the review page (CML uploads them).
     The evaluate stage draws each as one image: curves and weights of every variant, the confusion
     matrix of the reference variant (its title names it)."""
-    wanted = [("learning curves (all variants)", figures_dir / "learning_curves.png"),
-              ("confusion matrix of the reference variant", figures_dir / "confusion.png"),
-              ("per-class weights (all variants)", figures_dir / "weights.png")]
-    return [f"![{alt}]({Path(os.path.relpath(p, out_dir)).as_posix()})"
-            for alt, p in wanted if Path(p).is_file()]
+    wanted = [
+        ("learning curves (all variants)", figures_dir / "learning_curves.png"),
+        ("confusion matrix of the reference variant", figures_dir / "confusion.png"),
+        ("per-class weights (all variants)", figures_dir / "weights.png"),
+    ]
+    return [f"![{alt}]({Path(os.path.relpath(p, out_dir)).as_posix()})" for alt, p in wanted if Path(p).is_file()]
 
 
-def build_review(base: str, out: str | Path, metric: str = "test.accuracy", max_drop: float = 0.002,
-                 significance: float | None = None, figures_dir: str | Path = "reports/figures",
-                 cwd: str | Path = ".") -> str:
+def build_review(
+    base: str,
+    out: str | Path,
+    metric: str = "test.accuracy",
+    max_drop: float = 0.002,
+    significance: float | None = None,
+    figures_dir: str | Path = "reports/figures",
+    cwd: str | Path = ".",
+) -> str:
     """Write the review markdown to `out` and return it (the gate's verdict is reported, not raised)."""
     out = Path(out)
     check_gate_args(metric, max_drop, significance)

@@ -45,7 +45,9 @@ CONNECT_TIMEOUT_S = 10
 CONFIG_LOCAL_ENV = "MNISTLR_DVC_CONFIG_LOCAL"  # a worker's own DVC config.local (credentials) for its clones
 CLUSTER_INSTALL = "pip install 'mnistlr[cluster]'"
 TEMPFAIL = 75  # sweep-point's exit status for a failure worth retrying elsewhere (git or storage, not the experiment)
-WATCHDOG_ENV = "MNISTLR_SWEEP_WATCHDOG"  # set by the Dask task: the point kills its own process group if the worker dies
+WATCHDOG_ENV = (
+    "MNISTLR_SWEEP_WATCHDOG"  # set by the Dask task: the point kills its own process group if the worker dies
+)
 ORPHANED = threading.Event()  # set by the watchdog: the worker that ran this point is gone
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
 
@@ -115,15 +117,19 @@ def check_keys(points: list[list[str]], params_path: str | Path = "params.yaml")
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise MnistlrError(f"unknown param key {key!r} (not in {Path(params_path).name}){hint} "
-                                   f"accepted: {', '.join(k for k in known if '.' not in k)} and their dotted sub-keys")
+                raise MnistlrError(
+                    f"unknown param key {key!r} (not in {Path(params_path).name}){hint} "
+                    f"accepted: {', '.join(k for k in known if '.' not in k)} and their dotted sub-keys"
+                )
 
 
 def point_name(point: list[str], commit: str, prefix: str = "sweep") -> str:
     """A short, deterministic experiment name (a valid git ref): prefix + hash of the sorted params and the commit."""
     if not NAME_RE.match(prefix) or len(prefix) > 28:
-        raise MnistlrError(f"--name-prefix {prefix!r} is not accepted; accepted: up to 28 letters, digits, - or _, "
-                           "starting with a letter or digit")
+        raise MnistlrError(
+            f"--name-prefix {prefix!r} is not accepted; accepted: up to 28 letters, digits, - or _, "
+            "starting with a letter or digit"
+        )
     text = commit + "\n" + "\n".join(sorted(point, key=override_key))
     return f"{prefix}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
@@ -151,8 +157,10 @@ def remote_url(remote: str, cwd: str | Path = ".") -> str:
     """The URL of git remote `remote`; an error naming how to add it when there is none."""
     proc = subprocess.run(["git", "remote", "get-url", remote], cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0 or not proc.stdout.strip():
-        raise MnistlrError(f"no git remote {remote!r} in this repository; the sweep's workers clone the commit from "
-                           f"it and push their results to it: git remote add {remote} URL && git push {remote} HEAD")
+        raise MnistlrError(
+            f"no git remote {remote!r} in this repository; the sweep's workers clone the commit from "
+            f"it and push their results to it: git remote add {remote} URL && git push {remote} HEAD"
+        )
     return proc.stdout.strip()
 
 
@@ -170,8 +178,10 @@ def check_pushed(commit: str, remote: str, cwd: str | Path = ".") -> None:
     git("fetch", "-q", remote, cwd=cwd)
     if git("for-each-ref", "--contains", commit, f"refs/remotes/{remote}", cwd=cwd).strip():
         return
-    raise MnistlrError(f"commit {commit[:7]} is not on the git remote {remote!r}; the workers clone it from there: "
-                       f"git push {remote} HEAD")
+    raise MnistlrError(
+        f"commit {commit[:7]} is not on the git remote {remote!r}; the workers clone it from there: "
+        f"git push {remote} HEAD"
+    )
 
 
 # --- one point -------------------------------------------------------------------------------------
@@ -213,8 +223,10 @@ def _env() -> dict[str, str]:
     return env
 
 
-STORAGE_REFUSED = re.compile(r"Unable to locate credentials|Forbidden|AccessDenied|InvalidAccessKeyId|"
-                             r"SignatureDoesNotMatch|\(403\)")
+STORAGE_REFUSED = re.compile(
+    r"Unable to locate credentials|Forbidden|AccessDenied|InvalidAccessKeyId|"
+    r"SignatureDoesNotMatch|\(403\)"
+)
 
 
 def _dvc(*args: str, cwd: Path, env: dict[str, str], error: type[MnistlrError]) -> str:
@@ -226,16 +238,20 @@ def _dvc(*args: str, cwd: Path, env: dict[str, str], error: type[MnistlrError]) 
     proc = subprocess.run([dvc_exe(), *args], cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = [ln.strip() for ln in (proc.stdout + "\n" + proc.stderr).splitlines() if ln.strip()]
-        stage = [ln[len("error: "):] for ln in lines if ln.startswith("error: ")]
+        stage = [ln[len("error: ") :] for ln in lines if ln.startswith("error: ")]
         failed = [ln for ln in lines if ln.startswith("ERROR:")]
         what = re.search(r"failed to reproduce '([^']+)'", failed[-1]) if failed else None
         if stage:
-            raise error(f"`dvc {args[0]} {args[1] if len(args) > 1 else ''}`".replace(" `", "`")
-                        + f" failed{' in stage ' + what.group(1) if what else ''}: {stage[-1]}")
+            raise error(
+                f"`dvc {args[0]} {args[1] if len(args) > 1 else ''}`".replace(" `", "`")
+                + f" failed{' in stage ' + what.group(1) if what else ''}: {stage[-1]}"
+            )
         cause = failed[0] if failed else (lines or [f"exit {proc.returncode}"])[-1]
         if STORAGE_REFUSED.search(cause):
-            cause += (f"; this machine's storage credentials: {CONFIG_LOCAL_ENV} naming a DVC config.local, or "
-                      "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment")
+            cause += (
+                f"; this machine's storage credentials: {CONFIG_LOCAL_ENV} naming a DVC config.local, or "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment"
+            )
         raise error(f"`dvc {' '.join(args)}` failed: {cause}")
     return proc.stdout
 
@@ -250,8 +266,15 @@ def default_remote(repo: Path) -> str | None:
         raise MnistlrError(f"the DVC config of the clone (with its config.local) is not valid: {exc}") from None
 
 
-def run_point(url: str, commit: str, name: str, point: list[str], config_local: Path | None = None,
-              workdir: str | Path | None = None, log: Callable[[str], None] = print) -> str:
+def run_point(
+    url: str,
+    commit: str,
+    name: str,
+    point: list[str],
+    config_local: Path | None = None,
+    workdir: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> str:
     """Run one point in a fresh clone: 'skipped' when its ref is already on the remote, else 'done'.
     MnistlrError: the experiment failed (retrying will not help); TransientError: git or storage did."""
     ref = exp_ref(commit, name)
@@ -314,12 +337,26 @@ def point_task(url: str, commit: str, name: str, point: list[str]) -> PointResul
     is a result; a git or storage failure raises, so Dask retries the task (a fresh clone)."""
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mnistlr-sweep-task-") as tmp:
-        cmd = [*mnistlr_command(), "sweep-point", "--origin", url, "--commit", commit, "--name", name,
-               *(a for o in point for a in ("-S", o))]
-        proc = subprocess.run(cmd, cwd=tmp, env={**_env(), WATCHDOG_ENV: "1"}, capture_output=True, text=True,
-                              start_new_session=True)
+        cmd = [
+            *mnistlr_command(),
+            "sweep-point",
+            "--origin",
+            url,
+            "--commit",
+            commit,
+            "--name",
+            name,
+            *(a for o in point for a in ("-S", o)),
+        ]
+        proc = subprocess.run(
+            cmd, cwd=tmp, env={**_env(), WATCHDOG_ENV: "1"}, capture_output=True, text=True, start_new_session=True
+        )
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
-    last = errors[-1][len("error: "):] if errors else (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+    last = (
+        errors[-1][len("error: ") :]
+        if errors
+        else (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+    )
     if proc.returncode == TEMPFAIL:
         raise RuntimeError(f"{name}: {last}")
     if proc.returncode != 0:
@@ -350,12 +387,15 @@ def require_distributed() -> None:
         import distributed  # noqa: F401
     except ModuleNotFoundError as exc:
         missing = (exc.name or "distributed").split(".")[0]
-        raise MnistlrError(f"`mnistlr sweep` needs the package {missing!r}, which is not installed "
-                           f"(dask and distributed are the optional `cluster` extra): {CLUSTER_INSTALL}") from None
+        raise MnistlrError(
+            f"`mnistlr sweep` needs the package {missing!r}, which is not installed "
+            f"(dask and distributed are the optional `cluster` extra): {CLUSTER_INSTALL}"
+        ) from None
 
 
-def connect(scheduler: str | None, n_workers: int, config_local: Path | None = None,
-            timeout_s: float = CONNECT_TIMEOUT_S) -> tuple[Any, Any]:
+def connect(
+    scheduler: str | None, n_workers: int, config_local: Path | None = None, timeout_s: float = CONNECT_TIMEOUT_S
+) -> tuple[Any, Any]:
     """(client, cluster): the scheduler at `scheduler` (reached within timeout_s), else a local cluster of
     n_workers processes on this machine, whose workers are pointed at `config_local` (a path: its text
     stays in the file)."""
@@ -365,14 +405,23 @@ def connect(scheduler: str | None, n_workers: int, config_local: Path | None = N
         try:
             return Client(scheduler, timeout=timeout_s), None
         except (OSError, TimeoutError) as exc:
-            raise MnistlrError(f"cannot reach the Dask scheduler at {scheduler} within {timeout_s:g} s "
-                               f"({type(exc).__name__}); start one with `dask scheduler` or leave out --scheduler "
-                               "for a local cluster") from None
+            raise MnistlrError(
+                f"cannot reach the Dask scheduler at {scheduler} within {timeout_s:g} s "
+                f"({type(exc).__name__}); start one with `dask scheduler` or leave out --scheduler "
+                "for a local cluster"
+            ) from None
     env = {CONFIG_LOCAL_ENV: str(config_local)} if config_local is not None else {}
     # no dashboard; the scheduler's HTTP server (health, metrics) on a free port of 127.0.0.1, not 8787
-    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, host="127.0.0.1",
-                           silence_logs=50, env=env)
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        host="127.0.0.1",
+        silence_logs=50,
+        env=env,
+    )
     return Client(cluster), cluster
 
 
@@ -380,10 +429,19 @@ def _describe(point: list[str]) -> str:
     return " ".join(point) or "(no overrides)"
 
 
-def run_sweep(sets: list[str], scheduler: str | None = None, name_prefix: str = "sweep", remote: str = "origin",
-              n_workers: int = 2, out: str | Path = "experiments", variant: str = "full",
-              metric: str = "test.accuracy", cwd: str | Path = ".", log: Callable[[str], None] = print,
-              connect_timeout_s: float = CONNECT_TIMEOUT_S) -> SweepOutcome:
+def run_sweep(
+    sets: list[str],
+    scheduler: str | None = None,
+    name_prefix: str = "sweep",
+    remote: str = "origin",
+    n_workers: int = 2,
+    out: str | Path = "experiments",
+    variant: str = "full",
+    metric: str = "test.accuracy",
+    cwd: str | Path = ".",
+    log: Callable[[str], None] = print,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
+) -> SweepOutcome:
     """Check everything, run every point not yet on the remote, pull the results and compare them.
     No credentials leave this machine: a remote scheduler's workers use their own; a local cluster's
     workers read this repository's .dvc/config.local (unless MNISTLR_DVC_CONFIG_LOCAL names another)."""
@@ -400,8 +458,10 @@ def run_sweep(sets: list[str], scheduler: str | None = None, name_prefix: str = 
     cfg = root / ".dvc" / "config.local"
     local_cfg = cfg if cfg.is_file() and not scheduler and CONFIG_LOCAL_ENV not in os.environ else None
     if scheduler and cfg.is_file():
-        log(f"note: {cfg.relative_to(root)} stays on this machine; the workers use their own storage credentials "
-            f"({CONFIG_LOCAL_ENV} or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in their environment)")
+        log(
+            f"note: {cfg.relative_to(root)} stays on this machine; the workers use their own storage credentials "
+            f"({CONFIG_LOCAL_ENV} or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in their environment)"
+        )
 
     pushed = remote_exp_refs(url, root)
     results: dict[str, PointResult] = {}
@@ -411,8 +471,10 @@ def run_sweep(sets: list[str], scheduler: str | None = None, name_prefix: str = 
             results[name] = PointResult(name, point, "skipped")
         else:
             todo.append((name, point))
-    log(f"sweep of {len(points)} points on {commit[:7]}: {len(results)} already on {remote} (skipped), "
-        f"{len(todo)} to run")
+    log(
+        f"sweep of {len(points)} points on {commit[:7]}: {len(results)} already on {remote} (skipped), "
+        f"{len(todo)} to run"
+    )
 
     if todo:
         client, cluster = connect(scheduler, n_workers, local_cfg, connect_timeout_s)
@@ -441,13 +503,19 @@ def _executing_keys(dask_worker: Any) -> list[str]:
     return [str(ts.key) for ts in dask_worker.state.executing]
 
 
-def _run_tasks(client: Any, url: str, commit: str, todo: list[tuple[str, list[str]]],
-               log: Callable[[str], None]) -> dict[str, PointResult]:
+def _run_tasks(
+    client: Any, url: str, commit: str, todo: list[tuple[str, list[str]]], log: Callable[[str], None]
+) -> dict[str, PointResult]:
     """Submit one task per point (retries=2) and report progress until every one has an outcome."""
     from distributed import wait
 
-    futures = {client.submit(point_task, url, commit, name, point, key=f"mnistlr-sweep-{name}", pure=False,
-                             retries=2): (name, point) for name, point in todo}
+    futures = {
+        client.submit(point_task, url, commit, name, point, key=f"mnistlr-sweep-{name}", pure=False, retries=2): (
+            name,
+            point,
+        )
+        for name, point in todo
+    }
     results: dict[str, PointResult] = {}
     pending = set(futures)
     last_line = ""
@@ -476,24 +544,35 @@ def _run_tasks(client: Any, url: str, commit: str, todo: list[tuple[str, list[st
             executing = set()
         running = sum(1 for f in pending if str(f.key) in executing)
         failed = sum(1 for r in results.values() if r.status == "failed")
-        line = (f"progress: {len(results) - failed}/{len(futures)} done, {running} running, "
-                f"{len(pending) - running} waiting, {failed} failed")
+        line = (
+            f"progress: {len(results) - failed}/{len(futures)} done, {running} running, "
+            f"{len(pending) - running} waiting, {failed} failed"
+        )
         if line != last_line:
             log(line)
             last_line = line
     return results
 
 
-def point_from_here(sets: list[str], commit: str | None = None, name: str | None = None, name_prefix: str = "sweep",
-                    origin: str = "origin", config_local: Path | None = None, workdir: str | Path | None = None,
-                    log: Callable[[str], None] = print) -> str:
+def point_from_here(
+    sets: list[str],
+    commit: str | None = None,
+    name: str | None = None,
+    name_prefix: str = "sweep",
+    origin: str = "origin",
+    config_local: Path | None = None,
+    workdir: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> str:
     """`mnistlr sweep-point`: one point, from a checkout (a CI job, a SLURM task) or from a Dask task (origin a URL).
     config_local: a DVC config.local on this machine for the clone (default: this checkout's, if any); without
     one the clone's dvc takes the AWS variables of this environment."""
     points = expand_grid(sets) if sets else [[]]
     if len(points) != 1:
-        raise MnistlrError(f"sweep-point runs one point but -S {' -S '.join(sets)} makes {len(points)}; "
-                           "give single values (a CI matrix or an array job sets one point per task)")
+        raise MnistlrError(
+            f"sweep-point runs one point but -S {' -S '.join(sets)} makes {len(points)}; "
+            "give single values (a CI matrix or an array job sets one point per task)"
+        )
     point = points[0]
     in_repo = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True)
     root = Path(in_repo.stdout.strip()) if in_repo.returncode == 0 else None
@@ -508,14 +587,18 @@ def point_from_here(sets: list[str], commit: str | None = None, name: str | None
             raise MnistlrError("no --commit and no git repository here to take HEAD from")
         commit = git("rev-parse", "HEAD", cwd=root).strip()
     if not re.fullmatch(r"[0-9a-f]{40}", commit):
-        raise MnistlrError(f"--commit {commit!r} is not accepted; accepted: a full 40-hex commit id (git rev-parse HEAD)")
+        raise MnistlrError(
+            f"--commit {commit!r} is not accepted; accepted: a full 40-hex commit id (git rev-parse HEAD)"
+        )
     name = name or point_name(point, commit, name_prefix)
     if not NAME_RE.match(name):
         raise MnistlrError(f"--name {name!r} is not accepted; accepted: up to 40 letters, digits, - or _")
     if config_local is not None and not Path(config_local).is_file():
-        raise MnistlrError(f"--config-local {str(config_local)!r} (or {CONFIG_LOCAL_ENV}) is not a file; accepted: "
-                           "a DVC config.local on this machine, or neither (then the AWS_* variables of the "
-                           "environment hold the credentials)")
+        raise MnistlrError(
+            f"--config-local {str(config_local)!r} (or {CONFIG_LOCAL_ENV}) is not a file; accepted: "
+            "a DVC config.local on this machine, or neither (then the AWS_* variables of the "
+            "environment hold the credentials)"
+        )
     if config_local is None and root is not None and (root / ".dvc" / "config.local").is_file():
         config_local = root / ".dvc" / "config.local"
     return run_point(url, commit, name, point, config_local, workdir, log)

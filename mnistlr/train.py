@@ -33,8 +33,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from mnistlr import atomic, metrics
-from mnistlr.data import (IN_FEATURES, NUM_CLASSES, Preprocessing, derive_seed, load_preprocessing, load_split,
-                          load_variant_index)
+from mnistlr.data import (
+    IN_FEATURES,
+    NUM_CLASSES,
+    Preprocessing,
+    derive_seed,
+    load_preprocessing,
+    load_split,
+    load_variant_index,
+)
 from mnistlr.errors import MnistlrError
 from mnistlr.model import Model
 from mnistlr.params import Params, TrainParams
@@ -88,8 +95,12 @@ def make_criterion(loss: str) -> nn.Module:
 
 
 def regularized_objective(
-    model: LogisticRegression, criterion: nn.Module, x: torch.Tensor, y: torch.Tensor,
-    l1: float = 0.0, weight_decay: float = 0.0,
+    model: LogisticRegression,
+    criterion: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    l1: float = 0.0,
+    weight_decay: float = 0.0,
 ) -> torch.Tensor:
     """criterion + l1 * sum|W| + weight_decay / 2 * ||W||^2 (the bias is not penalized).
 
@@ -106,8 +117,14 @@ def regularized_objective(
 
 
 @torch.no_grad()
-def objective_value(model: LogisticRegression, x: torch.Tensor, y: torch.Tensor, loss: str = "ce",
-                    l1: float = 0.0, weight_decay: float = 0.0) -> float:
+def objective_value(
+    model: LogisticRegression,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss: str = "ce",
+    l1: float = 0.0,
+    weight_decay: float = 0.0,
+) -> float:
     """The regularized training objective of a fitted model, as a float."""
     return float(regularized_objective(model, make_criterion(loss), x, y, l1, weight_decay))
 
@@ -149,8 +166,17 @@ def lr_schedule(schedule: str, lr: float, total_steps: int) -> list[float]:
 # --- 2. the gradient, written out -----------------------------------------------------------------
 
 
-def gradient(theta: torch.Tensor, xb: torch.Tensor, targets: torch.Tensor, yb: torch.Tensor, loss: str,
-             out: torch.Tensor, nll: torch.Tensor, top: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+def gradient(
+    theta: torch.Tensor,
+    xb: torch.Tensor,
+    targets: torch.Tensor,
+    yb: torch.Tensor,
+    loss: str,
+    out: torch.Tensor,
+    nll: torch.Tensor,
+    top: torch.Tensor,
+    predicted: torch.Tensor,
+) -> torch.Tensor:
     """The gradient of the mean loss over the batch, for K models at once, into `out` [K * 10, 785]; and
     the batch's running scores: each example's log-probability of its label into `nll` [K, 1, B], its
     predicted class into `predicted` [K, B] (its top logit into `top`), read once at the epoch's end.
@@ -170,7 +196,9 @@ def gradient(theta: torch.Tensor, xb: torch.Tensor, targets: torch.Tensor, yb: t
     return out.addmm_(residual.view(k * NUM_CLASSES, b), xb, beta=0, alpha=1.0 / b)
 
 
-def add_penalties(grad: torch.Tensor, theta: torch.Tensor, l1: float | torch.Tensor | None, clip: float, k: int) -> None:
+def add_penalties(
+    grad: torch.Tensor, theta: torch.Tensor, l1: float | torch.Tensor | None, clip: float, k: int
+) -> None:
     """L1's subgradient l1 * sign(W) (0 at 0, as autograd's abs; l1 None: off), then each model's gradient
     clipped to a global norm of `clip` (torch.nn.utils.clip_grad_norm_'s rule), in place. The bias is not
     penalized."""
@@ -206,8 +234,14 @@ class Optimizer:
 
     BETAS, EPS = (0.9, 0.999), 1e-8  # Adam's defaults in torch.optim.Adam
 
-    def __init__(self, theta: torch.Tensor, name: str, lr: float | torch.Tensor, momentum: float = 0.0,
-                 weight_decay: float | torch.Tensor = 0.0) -> None:
+    def __init__(
+        self,
+        theta: torch.Tensor,
+        name: str,
+        lr: float | torch.Tensor,
+        momentum: float = 0.0,
+        weight_decay: float | torch.Tensor = 0.0,
+    ) -> None:
         if name not in ("sgd", "adam"):
             raise MnistlrError(f"optimizer {name!r} is not accepted here; accepted: sgd, adam (lbfgs has its own loop)")
         self.theta, self.name, self.lr, self.momentum = theta, name, lr, momentum
@@ -226,8 +260,13 @@ class Optimizer:
         return factor, 1 - b1**step, math.sqrt(1 - b2**step)
 
     @torch.no_grad()
-    def step(self, grad: torch.Tensor, factor: float | torch.Tensor, bc1: float | torch.Tensor = 1.0,
-             bc2_sqrt: float | torch.Tensor = 1.0) -> None:
+    def step(
+        self,
+        grad: torch.Tensor,
+        factor: float | torch.Tensor,
+        bc1: float | torch.Tensor = 1.0,
+        bc2_sqrt: float | torch.Tensor = 1.0,
+    ) -> None:
         theta, eager = self.theta, not isinstance(factor, torch.Tensor)
         if self.weight_decay is not None:
             _add_scaled(grad[:, :IN_FEATURES], theta[:, :IN_FEATURES], self.weight_decay)
@@ -250,9 +289,21 @@ class Optimizer:
             # the bias from its own step counter, which the caller advances (as torch.optim does)
             torch._foreach_add_(self.steps, 1)
             params, exp_avgs, exp_avg_sqs = self.blocks
-            torch._fused_adam_(params, grad.split(NUM_CLASSES), exp_avgs, exp_avg_sqs, [], self.steps,
-                               lr=self.lr * factor, beta1=b1, beta2=b2, weight_decay=0.0, eps=self.EPS,
-                               amsgrad=False, maximize=False)
+            torch._fused_adam_(
+                params,
+                grad.split(NUM_CLASSES),
+                exp_avgs,
+                exp_avg_sqs,
+                [],
+                self.steps,
+                lr=self.lr * factor,
+                beta1=b1,
+                beta2=b2,
+                weight_decay=0.0,
+                eps=self.EPS,
+                amsgrad=False,
+                maximize=False,
+            )
             return
         self.exp_avg.lerp_(grad, 1 - b1)
         self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
@@ -297,8 +348,10 @@ def to_module(block: torch.Tensor) -> LogisticRegression:
 
 
 def _diverged(epoch: int, loss: float, optimizer: str, lr: float) -> MnistlrError:
-    return MnistlrError(f"training diverged: the training loss became {loss} at epoch {epoch} with "
-                        f"train.lr.{optimizer} = {lr}; lower the learning rate or set train.grad_clip (e.g. 1.0)")
+    return MnistlrError(
+        f"training diverged: the training loss became {loss} at epoch {epoch} with "
+        f"train.lr.{optimizer} = {lr}; lower the learning rate or set train.grad_clip (e.g. 1.0)"
+    )
 
 
 @dataclass
@@ -310,9 +363,17 @@ class Fitted:
 
 
 def fit_models(
-    x: torch.Tensor, labels: torch.Tensor, val_x: torch.Tensor | None, val_y: torch.Tensor | None,
-    cfg: TrainParams, optimizer: str, rates: Sequence[float], weight_decays: Sequence[float] | None = None,
-    l1s: Sequence[float] | None = None, seed: int = 0, rows: torch.Tensor | None = None,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    val_x: torch.Tensor | None,
+    val_y: torch.Tensor | None,
+    cfg: TrainParams,
+    optimizer: str,
+    rates: Sequence[float],
+    weight_decays: Sequence[float] | None = None,
+    l1s: Sequence[float] | None = None,
+    seed: int = 0,
+    rows: torch.Tensor | None = None,
 ) -> list[Fitted]:
     """K models trained at once on the same inputs in the same batch order, each with its own labels
     (labels [K, N]), learning rate, weight decay and L1: what K calls of `fit` compute, with one product per
@@ -330,8 +391,10 @@ def fit_models(
     weight_decays = [cfg.weight_decay] * k if weight_decays is None else list(weight_decays)
     l1s = [cfg.l1] * k if l1s is None else list(l1s)
     if not k == len(rates) == len(weight_decays) == len(l1s):
-        raise MnistlrError(f"fit_models needs one label row, learning rate, weight decay and L1 per model; got "
-                           f"{k}, {len(rates)}, {len(weight_decays)} and {len(l1s)}")
+        raise MnistlrError(
+            f"fit_models needs one label row, learning rate, weight decay and L1 per model; got "
+            f"{k}, {len(rates)}, {len(weight_decays)} and {len(l1s)}"
+        )
     if cfg.patience > 0 and val_x is None:
         raise MnistlrError("train.patience needs validation data to stop on; none was given")
     device, x = x.device, x.flatten(1)
@@ -352,8 +415,10 @@ def fit_models(
     top = torch.empty(k, n, dtype=x.dtype, device=device)
     predicted = torch.empty(k, n, dtype=torch.int64, device=device)
     # every step's slices of the epoch buffers, made once: the buffers are refilled, never reallocated
-    batches = [(xs[lo:hi], targets[:, :, lo:hi], ys[:, lo:hi], nll[:, :, lo:hi], top[:, lo:hi], predicted[:, lo:hi])
-               for lo, hi in ((s * bs, min((s + 1) * bs, n)) for s in range(steps))]
+    batches = [
+        (xs[lo:hi], targets[:, :, lo:hi], ys[:, lo:hi], nll[:, :, lo:hi], top[:, lo:hi], predicted[:, lo:hi])
+        for lo, hi in ((s * bs, min((s + 1) * bs, n)) for s in range(steps))
+    ]
     grad = torch.empty_like(theta)
     graph = _EpochGraph(steps, device) if device.type == "cuda" and cfg.cuda_graph else None
     val_y_np = None if val_y is None else val_y.cpu().numpy()
@@ -387,12 +452,16 @@ def fit_models(
         val = _val_scores(theta, val_x, val_y_np) if val_x is not None else None
         seconds = time.perf_counter() - started
         for i in list(active):
-            if not (math.isfinite(train_loss[i]) and bool(torch.isfinite(theta[i * NUM_CLASSES : (i + 1) * NUM_CLASSES]).all())):
+            if not (
+                math.isfinite(train_loss[i])
+                and bool(torch.isfinite(theta[i * NUM_CLASSES : (i + 1) * NUM_CLASSES]).all())
+            ):
                 raise _diverged(epoch, train_loss[i], optimizer, rates[i])
             if val is None:
                 continue
-            record = EpochRecord(epoch, train_loss[i], train_accuracy[i], *val[i], factors[epoch * steps] * rates[i],
-                                 seconds)
+            record = EpochRecord(
+                epoch, train_loss[i], train_accuracy[i], *val[i], factors[epoch * steps] * rates[i], seconds
+            )
             histories[i].append(record)
             if stoppers[i].update(epoch, record.val_accuracy, theta[i * NUM_CLASSES : (i + 1) * NUM_CLASSES]):
                 active.remove(i)
@@ -445,8 +514,14 @@ class _EpochGraph:
 
 
 def fit(
-    x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-    cfg: TrainParams, optimizer: str, lr: float, seed: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    cfg: TrainParams,
+    optimizer: str,
+    lr: float,
+    seed: int,
 ) -> tuple[LogisticRegression, list[EpochRecord]]:
     """Train a fresh model on (x, y), which live on the device to train on; log each epoch.
 
@@ -466,18 +541,28 @@ def batchable(cfg: TrainParams, optimizer: str) -> bool:
 
 
 def fit_batched(
-    x: torch.Tensor, y: torch.Tensor, cfg: TrainParams, optimizer: str, rates: Sequence[float],
-    weight_decays: Sequence[float], seed: int, l1s: Sequence[float] | None = None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainParams,
+    optimizer: str,
+    rates: Sequence[float],
+    weight_decays: Sequence[float],
+    seed: int,
+    l1s: Sequence[float] | None = None,
 ) -> list[LogisticRegression]:
     """K models on the same data, each its own lr, weight decay and L1, trained at once: the studies'
     grids. No learning curves: the studies score the results once."""
     if not batchable(cfg, optimizer):
-        raise MnistlrError(f"batched training takes sgd or adam without patience; got optimizer {optimizer!r} "
-                           f"with patience {cfg.patience}")
+        raise MnistlrError(
+            f"batched training takes sgd or adam without patience; got optimizer {optimizer!r} "
+            f"with patience {cfg.patience}"
+        )
     k = len(rates)
     l1s = [0.0] * k if l1s is None else list(l1s)
-    return [f.model for f in fit_models(x, y[None].expand(k, -1), None, None, cfg, optimizer, rates,
-                                        weight_decays, l1s, seed)]
+    return [
+        f.model
+        for f in fit_models(x, y[None].expand(k, -1), None, None, cfg, optimizer, rates, weight_decays, l1s, seed)
+    ]
 
 
 # --- 5. L-BFGS -------------------------------------------------------------------------------------
@@ -494,13 +579,20 @@ def fit_lbfgs(
     cfg.patience works as for SGD/Adam; gradient clipping does not apply.
     """
     if cfg.grad_clip > 0:
-        raise MnistlrError(f"train.grad_clip = {cfg.grad_clip} does not apply to optimizer lbfgs "
-                           "(its line search sets each step's length); accepted with lbfgs: 0")
+        raise MnistlrError(
+            f"train.grad_clip = {cfg.grad_clip} does not apply to optimizer lbfgs "
+            "(its line search sets each step's length); accepted with lbfgs: 0"
+        )
     model = to_module(initial_parameters(seed).to(x.device)).train()  # the initial weights of SGD/Adam
     criterion = make_criterion(cfg.loss)
     opt = torch.optim.LBFGS(
-        model.parameters(), lr=lr, max_iter=cfg.lbfgs_iters, history_size=20,
-        tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe",
+        model.parameters(),
+        lr=lr,
+        max_iter=cfg.lbfgs_iters,
+        history_size=20,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        line_search_fn="strong_wolfe",
     )
 
     def closure() -> torch.Tensor:
@@ -519,8 +611,9 @@ def fit_lbfgs(
                 f"training diverged: objective became {value} at epoch {epoch} with train.lr.lbfgs = {lr}; "
                 "lower the learning rate"
             )
-        history.append(EpochRecord(epoch, *score(model, x, y), *score(model, val_x, val_y), lr,
-                                   time.perf_counter() - started))
+        history.append(
+            EpochRecord(epoch, *score(model, x, y), *score(model, val_x, val_y), lr, time.perf_counter() - started)
+        )
         if stopper.update(epoch, history[-1].val_accuracy, model.fc.weight, model.fc.bias):
             break
     best = stopper.best(model.fc.weight.detach(), model.fc.bias.detach())
@@ -645,18 +738,30 @@ def train_variants(params: Params, prepared: str | Path) -> dict[str, tuple[Logi
         rows = torch.from_numpy(index).to(device)
         if params.optimizer == "lbfgs":  # full batch: the subset itself
             for name, labels in members:
-                fitted[name] = fit_lbfgs(x[rows], torch.from_numpy(labels).to(device), val_x, val_y, params.train,
-                                         params.lr, params.seed)
+                fitted[name] = fit_lbfgs(
+                    x[rows], torch.from_numpy(labels).to(device), val_x, val_y, params.train, params.lr, params.seed
+                )
             continue
         labels = torch.from_numpy(np.stack([labels for _, labels in members])).to(device)
-        programs = fit_models(x, labels, val_x, val_y, params.train, params.optimizer, [params.lr] * len(members),
-                              seed=params.seed, rows=rows)
+        programs = fit_models(
+            x,
+            labels,
+            val_x,
+            val_y,
+            params.train,
+            params.optimizer,
+            [params.lr] * len(members),
+            seed=params.seed,
+            rows=rows,
+        )
         for (name, _), one in zip(members, programs):
             fitted[name] = (one.model, one.history)
     return {name: fitted[name] for name in params.variants}
 
 
-def train(params: Params, prepared: str | Path, models_dir: str | Path, curves_dir: str | Path) -> dict[str, list[EpochRecord]]:
+def train(
+    params: Params, prepared: str | Path, models_dir: str | Path, curves_dir: str | Path
+) -> dict[str, list[EpochRecord]]:
     """Train every variant; then write models/<variant>.npz and its learning curve <variant>.csv.
 
     Nothing is written until every variant has trained, so a failure leaves no partial set.
@@ -666,5 +771,7 @@ def train(params: Params, prepared: str | Path, models_dir: str | Path, curves_d
     for name, (model, history) in fitted.items():
         model.to_model(pre).save(Path(models_dir) / f"{name}.npz")
         # Only with early stopping are the saved weights the best epoch's rather than the last's.
-        write_history(Path(curves_dir) / f"{name}.csv", history, best_epoch(history) if params.train.patience > 0 else None)
+        write_history(
+            Path(curves_dir) / f"{name}.csv", history, best_epoch(history) if params.train.patience > 0 else None
+        )
     return {name: history for name, (_, history) in fitted.items()}

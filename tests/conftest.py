@@ -63,10 +63,24 @@ def write_mirror(folder: Path, n_train: int = 1200, n_test: int = 300, seed: int
 
 # The longest modules first: xdist hands each worker a whole module (--dist loadfile) in collection order,
 # and a long one started last would leave the other worker idle at the end.
-LONGEST_FIRST = ("test_sweep_dask.py", "test_review_e2e.py", "test_sweep_e2e.py", "test_workflow.py",
-                 "test_reproducibility.py", "test_layout.py", "test_pipeline_e2e.py", "test_predict.py",
-                 "test_studies.py", "test_team_e2e.py", "test_cli.py", "test_faults.py", "test_run_cache.py",
-                 "test_real_mnist.py", "test_data.py", "test_train.py")
+LONGEST_FIRST = (
+    "test_sweep_dask.py",
+    "test_review_e2e.py",
+    "test_sweep_e2e.py",
+    "test_workflow.py",
+    "test_reproducibility.py",
+    "test_layout.py",
+    "test_pipeline_e2e.py",
+    "test_predict.py",
+    "test_studies.py",
+    "test_team_e2e.py",
+    "test_cli.py",
+    "test_faults.py",
+    "test_run_cache.py",
+    "test_real_mnist.py",
+    "test_data.py",
+    "test_train.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -18,9 +18,18 @@ from mnistlr import atomic
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
 # The flags keep Chromium from making (failing) network calls of its own.
-QUIET_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--enable-logging=stderr", "--v=0")
+QUIET_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--enable-logging=stderr",
+    "--v=0",
+)
 CDN_SCRIPT = re.compile(r'src="https://cdn\.jsdelivr\.net/npm/(vega(?:-lite|-embed)?)@[^"]*"')
 CONSOLE = re.compile(r"CONSOLE\(\d+\)\] \"(.*)\", source: (\S*)")
 
@@ -50,8 +59,13 @@ class Rendered:
         return [c for c in self.console if bad.search(c)]
 
 
-def render(html_path: Path, screenshot: Path, chromium: str | None = None, budget_ms: int = 8000,
-           size: tuple[int, int] = (1400, 4000)) -> Rendered:
+def render(
+    html_path: Path,
+    screenshot: Path,
+    chromium: str | None = None,
+    budget_ms: int = 8000,
+    size: tuple[int, int] = (1400, 4000),
+) -> Rendered:
     """Load the page twice (DOM dump, then screenshot), letting scripts run for `budget_ms` virtual time."""
     exe = chromium or find_chromium()
     if exe is None:
@@ -59,9 +73,17 @@ def render(html_path: Path, screenshot: Path, chromium: str | None = None, budge
     url = html_path.resolve().as_uri()
     common = [*QUIET_FLAGS, f"--virtual-time-budget={budget_ms}", f"--window-size={size[0]},{size[1]}"]
     with tempfile.TemporaryDirectory() as profile:
-        dump = subprocess.run([exe, *common, f"--user-data-dir={profile}/a", "--dump-dom", url],
-                              capture_output=True, text=True, timeout=120)
-        shot = subprocess.run([exe, *common, f"--user-data-dir={profile}/b", f"--screenshot={screenshot}", url],
-                              capture_output=True, text=True, timeout=120)
+        dump = subprocess.run(
+            [exe, *common, f"--user-data-dir={profile}/a", "--dump-dom", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        shot = subprocess.run(
+            [exe, *common, f"--user-data-dir={profile}/b", f"--screenshot={screenshot}", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     console = [f"{m.group(1)} ({m.group(2)})" for m in CONSOLE.finditer(dump.stderr + shot.stderr)]
     return Rendered(dom=dump.stdout, console=console, screenshot=screenshot)

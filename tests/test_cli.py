@@ -28,8 +28,13 @@ def _env(**extra: str) -> dict:
 
 
 def stage(name: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "stages" / name), *args], cwd=REPO,
-                          env=env or _env(), capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / name), *args],
+        cwd=REPO,
+        env=env or _env(),
+        capture_output=True,
+        text=True,
+    )
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *parts: str) -> str:
@@ -70,7 +75,9 @@ def test_mnistlr_command_has_help_and_version():
 def test_bad_params_file_is_one_line_and_debug_shows_the_traceback(tmp_path):
     params = write_params(tmp_path / "params.yaml", train={"epochs": "ten"})
     args = ("--params", str(params), "--out", str(tmp_path / "prepared"))
-    assert_one_line_error(stage("prepare.py", *args), f"{params}: train.epochs = 'ten': input should be a valid integer")
+    assert_one_line_error(
+        stage("prepare.py", *args), f"{params}: train.epochs = 'ten': input should be a valid integer"
+    )
     debug = stage("prepare.py", *args, env=_env(MNISTLR_DEBUG="1"))
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "MnistlrError" in debug.stderr
 
@@ -88,8 +95,12 @@ def test_mirror_missing_a_file_is_one_line_naming_file_and_env(tmp_path):
 def prepared(tmp_path_factory, synthetic_mirror):
     """The prepare stage run on the synthetic mirror: exit 0 and its output folder."""
     tmp = tmp_path_factory.mktemp("cli")
-    params = write_params(tmp / "params.yaml", data={"val_size": 200}, variants={"full": {"fraction": 1.0, "noise": 0.0}},
-                          train={"epochs": 30, "batch_size": 50, "device": "cpu", "patience": 2})
+    params = write_params(
+        tmp / "params.yaml",
+        data={"val_size": 200},
+        variants={"full": {"fraction": 1.0, "noise": 0.0}},
+        train={"epochs": 30, "batch_size": 50, "device": "cpu", "patience": 2},
+    )
     env = _env(**{MIRROR_ENV: str(synthetic_mirror), MD5SUMS_ENV: str(synthetic_mirror / "MD5SUMS")})
     proc = stage("prepare.py", "--params", str(params), "--out", str(tmp / "prepared"), env=env)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
@@ -101,8 +112,17 @@ def trained(prepared):
     """The train stage run on the prepared folder with patience 2: its exit and output folders."""
     tmp, params = prepared
     out = {"models": tmp / "models", "curves": tmp / "curves"}
-    proc = stage("train.py", "--params", str(params), "--prepared", str(tmp / "prepared"),
-                 "--models", str(out["models"]), "--curves", str(out["curves"]))
+    proc = stage(
+        "train.py",
+        "--params",
+        str(params),
+        "--prepared",
+        str(tmp / "prepared"),
+        "--models",
+        str(out["models"]),
+        "--curves",
+        str(out["curves"]),
+    )
     return proc, out
 
 
@@ -120,24 +140,46 @@ def test_train_with_patience_exits_0_and_logs_the_best_epoch(trained):
 
 
 EVALUATE_OUTS = {"metrics": "m", "predictions": "p", "figures": "f"}
-FIGURES = ["confusion.png", "confusion_examples.png", "data_size.png", "deskew.png", "learning_curves.png",
-           "noise.png", "reliability.png", "weights.png"]
+FIGURES = [
+    "confusion.png",
+    "confusion_examples.png",
+    "data_size.png",
+    "deskew.png",
+    "learning_curves.png",
+    "noise.png",
+    "reliability.png",
+    "weights.png",
+]
 
 
 def evaluate_args(tmp: Path, models: Path, curves: Path) -> list[str]:
-    return ["--models", str(models), "--curves", str(curves),
-            *[a for k, v in EVALUATE_OUTS.items() for a in (f"--{k}", str(tmp / "eval" / v))]]
+    return [
+        "--models",
+        str(models),
+        "--curves",
+        str(curves),
+        *[a for k, v in EVALUATE_OUTS.items() for a in (f"--{k}", str(tmp / "eval" / v))],
+    ]
 
 
 def test_evaluate_writes_headline_metrics_predictions_and_figures(trained, prepared):
     tmp, params = prepared
     assert trained[0].returncode == 0, trained[0].stderr
-    proc = stage("evaluate.py", "--params", str(params), "--prepared", str(tmp / "prepared"),
-                 *evaluate_args(tmp, trained[1]["models"], trained[1]["curves"]))
+    proc = stage(
+        "evaluate.py",
+        "--params",
+        str(params),
+        "--prepared",
+        str(tmp / "prepared"),
+        *evaluate_args(tmp, trained[1]["models"], trained[1]["curves"]),
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("full: test accuracy "), proc.stderr
     metrics = json.loads((tmp / "eval" / "m" / "full.json").read_text())
     assert {k: sorted(v) for k, v in metrics.items()} == {
-        "test": ["accuracy", "ece", "loss"], "val": ["accuracy", "loss"], "weights": ["sparsity"]}
+        "test": ["accuracy", "ece", "loss"],
+        "val": ["accuracy", "loss"],
+        "weights": ["sparsity"],
+    }
     assert metrics["test"]["accuracy"] > 0.9  # the synthetic digits are easy
     assert len((tmp / "eval" / "p" / "full.csv").read_text().splitlines()) == 1 + 300
     assert sorted(p.name for p in (tmp / "eval" / "f").iterdir()) == FIGURES
@@ -145,10 +187,23 @@ def test_evaluate_writes_headline_metrics_predictions_and_figures(trained, prepa
 
 def test_a_variant_prepare_never_built_is_one_line_and_trains_nothing(prepared, tmp_path):
     tmp, _ = prepared
-    params = write_params(tmp_path / "params.yaml", data={"val_size": 200}, train={"epochs": 1, "device": "cpu"},
-                          variants={"full": {"fraction": 1.0, "noise": 0.0}, "half": {"fraction": 0.5, "noise": 0.0}})
-    proc = stage("train.py", "--params", str(params), "--prepared", str(tmp / "prepared"),
-                 "--models", str(tmp_path / "models"), "--curves", str(tmp_path / "curves"))
+    params = write_params(
+        tmp_path / "params.yaml",
+        data={"val_size": 200},
+        train={"epochs": 1, "device": "cpu"},
+        variants={"full": {"fraction": 1.0, "noise": 0.0}, "half": {"fraction": 0.5, "noise": 0.0}},
+    )
+    proc = stage(
+        "train.py",
+        "--params",
+        str(params),
+        "--prepared",
+        str(tmp / "prepared"),
+        "--models",
+        str(tmp_path / "models"),
+        "--curves",
+        str(tmp_path / "curves"),
+    )
     assert_one_line_error(proc, "no prepared variant 'half' at", "run the prepare stage first")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
@@ -160,15 +215,30 @@ def test_diverging_training_is_one_line_and_writes_no_model(prepared):
     raw["train"].update(lr={"sgd": 1e38, "adam": 1e-3, "lbfgs": 1.0}, schedule="constant")
     bad = tmp / "huge_lr.yaml"
     bad.write_text(yaml.safe_dump(raw, sort_keys=False))
-    proc = stage("train.py", "--params", str(bad), "--prepared", str(tmp / "prepared"),
-                 "--models", str(tmp / "diverged"), "--curves", str(tmp / "diverged_curves"))
+    proc = stage(
+        "train.py",
+        "--params",
+        str(bad),
+        "--prepared",
+        str(tmp / "prepared"),
+        "--models",
+        str(tmp / "diverged"),
+        "--curves",
+        str(tmp / "diverged_curves"),
+    )
     assert_one_line_error(proc, "training diverged: the training loss became", "at epoch 1", "set train.grad_clip")
     assert not (tmp / "diverged").exists() and not (tmp / "diverged_curves").exists()
 
 
 def test_evaluate_without_a_model_says_to_train(prepared, tmp_path):
     tmp, params = prepared
-    proc = stage("evaluate.py", "--params", str(params), "--prepared", str(tmp / "prepared"),
-                 *evaluate_args(tmp_path, tmp_path / "none", tmp_path / "curves"))
+    proc = stage(
+        "evaluate.py",
+        "--params",
+        str(params),
+        "--prepared",
+        str(tmp / "prepared"),
+        *evaluate_args(tmp_path, tmp_path / "none", tmp_path / "curves"),
+    )
     assert_one_line_error(proc, f"no model at {tmp_path / 'none' / 'full.npz'}; run the train stage first")
     assert not (tmp_path / "eval").exists()

@@ -99,7 +99,9 @@ def test_md5sums_override_accepts_synthetic_mirror(tmp_path, monkeypatch):
 def test_md5sums_file_lacking_a_file_is_named(tmp_path):
     sums = tmp_path / "MD5SUMS"
     sums.write_text(f"{'0' * 32}  train-images-idx3-ubyte.gz\n{'1' * 32}  *train-labels-idx1-ubyte.gz\n")
-    with pytest.raises(MnistlrError, match=r"MD5SUMS: no md5 for t10k-images-idx3-ubyte\.gz, t10k-labels-idx1-ubyte\.gz$"):
+    with pytest.raises(
+        MnistlrError, match=r"MD5SUMS: no md5 for t10k-images-idx3-ubyte\.gz, t10k-labels-idx1-ubyte\.gz$"
+    ):
         data.read_md5sums(sums)
 
 
@@ -121,7 +123,9 @@ def test_missing_file_names_file_and_env(tmp_path, monkeypatch):
 
 
 def test_mirror_that_is_not_a_folder_is_named(tmp_path):
-    with pytest.raises(MnistlrError, match=r"^MNISTLR_MNIST_DIR=.*nowhere is not a folder holding the four MNIST \.gz files$"):
+    with pytest.raises(
+        MnistlrError, match=r"^MNISTLR_MNIST_DIR=.*nowhere is not a folder holding the four MNIST \.gz files$"
+    ):
         data.from_mirror(tmp_path / "nowhere")
 
 
@@ -312,7 +316,9 @@ def test_deskewed_real_training_set_has_no_slant(real_mirror):
     images = data.read_images(real_mirror / "train-images-idx3-ubyte.gz")
     _, _, before = data.moments(images)
     mr, mc, after = data.moments(data.deskew(images))
-    print(f"mean |slant| of the 60k training digits: {np.abs(before).mean():.4f} plain, {np.abs(after).mean():.4f} deskewed")
+    print(
+        f"mean |slant| of the 60k training digits: {np.abs(before).mean():.4f} plain, {np.abs(after).mean():.4f} deskewed"
+    )
     assert np.abs(before).mean() > 0.15  # MNIST digits do lean
     assert np.abs(after).mean() < 0.01 and abs(after.mean()) < 0.005
     assert abs(mr.mean() - 13.5) < 0.01 and abs(mc.mean() - 13.5) < 0.01
@@ -320,8 +326,14 @@ def test_deskewed_real_training_set_has_no_slant(real_mirror):
 
 def test_derived_seeds_depend_on_seed_and_every_salt():
     assert data.derive_seed(42, "split") == data.derive_seed(42, "split")
-    seeds = {data.derive_seed(42, "split"), data.derive_seed(43, "split"), data.derive_seed(42, "subset"),
-             data.derive_seed(42, "noise", "a"), data.derive_seed(42, "noise", "b"), data.derive_seed(42)}
+    seeds = {
+        data.derive_seed(42, "split"),
+        data.derive_seed(43, "split"),
+        data.derive_seed(42, "subset"),
+        data.derive_seed(42, "noise", "a"),
+        data.derive_seed(42, "noise", "b"),
+        data.derive_seed(42),
+    }
     assert len(seeds) == 6
     assert all(0 <= s < 2**63 for s in seeds)
     a, b = data.rng(42, "noise", "a").integers(0, 2**32, 8), data.rng(42, "noise", "b").integers(0, 2**32, 8)
@@ -388,7 +400,9 @@ def test_prepared_splits_and_variants_load_as_written(tmp_path, use_synthetic_mi
     from mnistlr.params import parse_params
     from mnistlr.prepare import prepare
 
-    params = parse_params({"data": {"val_size": 200}, "variants": {"full": {}, "half": {"fraction": 0.5, "noise": 0.2}}})
+    params = parse_params(
+        {"data": {"val_size": 200}, "variants": {"full": {}, "half": {"fraction": 0.5, "noise": 0.2}}}
+    )
     summaries = prepare(params, tmp_path / "prepared", tmp_path / "raw")
     assert summaries["half"]["size"] == 500 and summaries["half"]["labels_changed"] == 100
     x, y = data.load_split(tmp_path / "prepared", "train")
@@ -400,13 +414,17 @@ def test_prepared_splits_and_variants_load_as_written(tmp_path, use_synthetic_mi
         assert int(v["changed"].sum()) == 100 and np.array_equal(hy[~v["changed"]], y[v["index"]][~v["changed"]])
 
 
-@pytest.mark.parametrize("deskew,mean,std,expected_from", [
-    (False, "auto", "auto", "MNIST's published training-set statistics"),
-    (True, "auto", "auto", "measured on the 1000 deskewed training images"),
-    (True, 0.2, 0.5, "params.yaml"),
-])
-def test_prepare_records_the_preprocessing_of_its_arrays(tmp_path, use_synthetic_mirror, deskew, mean, std,
-                                                         expected_from):
+@pytest.mark.parametrize(
+    "deskew,mean,std,expected_from",
+    [
+        (False, "auto", "auto", "MNIST's published training-set statistics"),
+        (True, "auto", "auto", "measured on the 1000 deskewed training images"),
+        (True, 0.2, 0.5, "params.yaml"),
+    ],
+)
+def test_prepare_records_the_preprocessing_of_its_arrays(
+    tmp_path, use_synthetic_mirror, deskew, mean, std, expected_from
+):
     import json
 
     from mnistlr.params import parse_params

@@ -89,22 +89,42 @@ def _regzip(edit):
 @pytest.mark.parametrize(
     "name,change,expected",
     [
-        ("train-images-idx3-ubyte.gz", lambda b: b[: len(b) // 2],
-         r"train-images-idx3-ubyte\.gz: not a readable gzip file \(.*\); delete it and fetch it again"),
-        ("t10k-images-idx3-ubyte.gz", lambda b: b"\x00garbage" * 10,
-         r"t10k-images-idx3-ubyte\.gz: not a readable gzip file"),
-        ("train-images-idx3-ubyte.gz", _regzip(lambda d: encode_idx(np.zeros(40, dtype=np.uint8))),
-         r"train-images-idx3-ubyte\.gz: magic number 0x00000801, expected 0x00000803"),
-        ("train-labels-idx1-ubyte.gz", _regzip(lambda d: encode_idx(np.zeros(39, dtype=np.uint8))),
-         r"^train: 40 images but 39 labels; the files do not belong together$"),
-        ("t10k-labels-idx1-ubyte.gz", _regzip(lambda d: d[:-1] + b"\x0b"),
-         r"t10k-labels-idx1-ubyte\.gz: label 11 at index 19 is outside 0-9"),
-        ("t10k-images-idx3-ubyte.gz", _regzip(lambda d: d[:-100]),
-         r"t10k-images-idx3-ubyte\.gz: header declares shape \(20, 28, 28\) = 15680 bytes of data, file holds 15580"),
+        (
+            "train-images-idx3-ubyte.gz",
+            lambda b: b[: len(b) // 2],
+            r"train-images-idx3-ubyte\.gz: not a readable gzip file \(.*\); delete it and fetch it again",
+        ),
+        (
+            "t10k-images-idx3-ubyte.gz",
+            lambda b: b"\x00garbage" * 10,
+            r"t10k-images-idx3-ubyte\.gz: not a readable gzip file",
+        ),
+        (
+            "train-images-idx3-ubyte.gz",
+            _regzip(lambda d: encode_idx(np.zeros(40, dtype=np.uint8))),
+            r"train-images-idx3-ubyte\.gz: magic number 0x00000801, expected 0x00000803",
+        ),
+        (
+            "train-labels-idx1-ubyte.gz",
+            _regzip(lambda d: encode_idx(np.zeros(39, dtype=np.uint8))),
+            r"^train: 40 images but 39 labels; the files do not belong together$",
+        ),
+        (
+            "t10k-labels-idx1-ubyte.gz",
+            _regzip(lambda d: d[:-1] + b"\x0b"),
+            r"t10k-labels-idx1-ubyte\.gz: label 11 at index 19 is outside 0-9",
+        ),
+        (
+            "t10k-images-idx3-ubyte.gz",
+            _regzip(lambda d: d[:-100]),
+            r"t10k-images-idx3-ubyte\.gz: header declares shape \(20, 28, 28\) = 15680 bytes of data, file holds 15580",
+        ),
     ],
     ids=["truncated-gz", "not-gzip", "wrong-magic", "count-mismatch", "label-out-of-range", "short-payload"],
 )
-def test_broken_mirror_file_fails_prepare_with_one_line_and_writes_nothing(tmp_path, monkeypatch, name, change, expected):
+def test_broken_mirror_file_fails_prepare_with_one_line_and_writes_nothing(
+    tmp_path, monkeypatch, name, change, expected
+):
     _tampered_mirror(tmp_path, monkeypatch, name, change)
     with pytest.raises(MnistlrError, match=expected) as info:
         prepare(parse_params({"data": {"val_size": 10}}), tmp_path / "prepared", tmp_path / "raw")
@@ -119,7 +139,9 @@ def test_md5_mismatch_fails_prepare_naming_file_and_both_sums(tmp_path, monkeypa
     expected = data.file_md5(mirror / "train-labels-idx1-ubyte.gz")
     path = mirror / "train-labels-idx1-ubyte.gz"
     path.write_bytes(path.read_bytes() + b"\0")
-    with pytest.raises(MnistlrError, match=rf"train-labels-idx1-ubyte\.gz: md5 [0-9a-f]{{32}} does not match the expected {expected}"):
+    with pytest.raises(
+        MnistlrError, match=rf"train-labels-idx1-ubyte\.gz: md5 [0-9a-f]{{32}} does not match the expected {expected}"
+    ):
         prepare(parse_params({"data": {"val_size": 10}}), tmp_path / "prepared", tmp_path / "raw")
     assert not (tmp_path / "prepared").exists()
 

@@ -142,12 +142,23 @@ SCRATCH_MAKERS = {"atomic_path", "atomic_dir", "mkdtemp", "TemporaryDirectory"}
 # (module, function): index of the argument that names the file written
 MODULE_WRITERS = {
     **{(np_, fn): 0 for np_ in ("np", "numpy") for fn in ("save", "savez", "savez_compressed", "savetxt")},
-    ("torch", "save"): 1, ("json", "dump"): 1, ("pickle", "dump"): 1, ("plt", "savefig"): 0,
+    ("torch", "save"): 1,
+    ("json", "dump"): 1,
+    ("pickle", "dump"): 1,
+    ("plt", "savefig"): 0,
     **{("shutil", fn): 1 for fn in ("copy", "copy2", "copyfile", "copytree", "move")},
 }
 # method: which part names the file written ("self": the object the method is called on)
-WRITE_METHODS = {"write_text": "self", "write_bytes": "self", "touch": "self", "savefig": 0, "to_csv": 0,
-                 "to_json": 0, "tofile": 0, "save": "any"}
+WRITE_METHODS = {
+    "write_text": "self",
+    "write_bytes": "self",
+    "touch": "self",
+    "savefig": 0,
+    "to_csv": 0,
+    "to_json": 0,
+    "tofile": 0,
+    "save": "any",
+}
 RETURNS_TEXT_WITHOUT_PATH = {"to_csv", "to_json"}
 PATH_KEYWORDS = {"path", "path_or_buf", "fname", "file", "fid"}
 OPEN_MODULES = {"gzip", "io", "bz2", "lzma", "codecs"}
@@ -162,7 +173,9 @@ def _project_api() -> tuple[dict[str, str], dict[str, set[str]]]:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns is not None:
                 returns[node.name] = ast.unparse(node.returns)
             elif isinstance(node, ast.ClassDef):
-                methods[node.name] = {n.name for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+                methods[node.name] = {
+                    n.name for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                }
     return returns, methods
 
 
@@ -192,7 +205,9 @@ def _scratch_names(nodes: list[ast.AST]) -> set[str]:
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
             bindings.append((node.target.id, node.value))
         elif isinstance(node, (ast.With, ast.AsyncWith)):
-            bindings += [(i.optional_vars.id, i.context_expr) for i in node.items if isinstance(i.optional_vars, ast.Name)]
+            bindings += [
+                (i.optional_vars.id, i.context_expr) for i in node.items if isinstance(i.optional_vars, ast.Name)
+            ]
     scratch: set[str] = set()
     while True:
         more = {name for name, value in bindings if name not in scratch and _is_scratch(value, scratch)}
@@ -204,8 +219,10 @@ def _scratch_names(nodes: list[ast.AST]) -> set[str]:
 def _is_scratch(expr: ast.AST | None, scratch: set[str]) -> bool:
     if expr is None:
         return False
-    return any((isinstance(n, ast.Name) and n.id in scratch)
-               or (isinstance(n, ast.Call) and _name(n.func) in SCRATCH_MAKERS) for n in ast.walk(expr))
+    return any(
+        (isinstance(n, ast.Name) and n.id in scratch) or (isinstance(n, ast.Call) and _name(n.func) in SCRATCH_MAKERS)
+        for n in ast.walk(expr)
+    )
 
 
 def _open_writes(call: ast.Call) -> bool:
@@ -215,8 +232,16 @@ def _open_writes(call: ast.Call) -> bool:
     if mode is None:
         if isinstance(func, ast.Attribute) and getattr(func.value, "id", "") not in OPEN_MODULES:
             # Path.open(mode) or Image.open(fp, mode): the first literal that looks like a mode
-            mode = next((a for a in call.args if isinstance(a, ast.Constant) and isinstance(a.value, str)
-                         and re.fullmatch(r"[rwaxbtU+]+", a.value)), None)
+            mode = next(
+                (
+                    a
+                    for a in call.args
+                    if isinstance(a, ast.Constant)
+                    and isinstance(a.value, str)
+                    and re.fullmatch(r"[rwaxbtU+]+", a.value)
+                ),
+                None,
+            )
         elif len(call.args) > 1:
             mode = call.args[1]
     if mode is None:
@@ -396,9 +421,14 @@ def _wait_for_file(path: Path, proc: subprocess.Popen, log: Path, timeout: float
 
 
 def test_sigkill_while_writing_the_model_shows_no_partial_file_and_repro_recovers(tmp_path, synthetic_mirror):
-    project = make_project(tmp_path / "proj", {
-        "data": {"val_size": 200}, "variants": {"full": {"fraction": 1.0, "noise": 0.0}},
-        "train": {"epochs": 2, "batch_size": 32, "device": "cpu"}})
+    project = make_project(
+        tmp_path / "proj",
+        {
+            "data": {"val_size": 200},
+            "variants": {"full": {"fraction": 1.0, "noise": 0.0}},
+            "train": {"epochs": 2, "batch_size": 32, "device": "cpu"},
+        },
+    )
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(SLOW_WRITER)
@@ -408,8 +438,14 @@ def test_sigkill_while_writing_the_model_shows_no_partial_file_and_repro_recover
     log = tmp_path / "dvc.log"
     with open(log, "w") as out:
         # its own session: the kill reaches dvc and the stage's python, nothing else
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("dvc")), "repro"], cwd=project, env=slow_env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("dvc")), "repro"],
+            cwd=project,
+            env=slow_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             partial = Path(_wait_for_file(marker, proc, log, timeout=240))
             # mid-write: half the bytes are on disk, under a hidden temp name, and the output is not there

@@ -14,13 +14,31 @@ from tests.conftest import REPO, copy_project, dvc, run
 from tests.imports import import_closure, imported_modules, module_file
 
 # Lower floors never import higher ones; a module may import its own floor's neighbours only if listed earlier.
-FLOORS = ["errors", "atomic", "params", "data", "prepare", "model", "metrics", "figures", "train", "evaluate",
-          "report", "review", "sweep", "studies", "predict", "cli"]
+FLOORS = [
+    "errors",
+    "atomic",
+    "params",
+    "data",
+    "prepare",
+    "model",
+    "metrics",
+    "figures",
+    "train",
+    "evaluate",
+    "report",
+    "review",
+    "sweep",
+    "studies",
+    "predict",
+    "cli",
+]
 
 
 def _pipelines() -> list[tuple[Path, dict]]:
-    return [(REPO / "dvc.yaml", yaml.safe_load((REPO / "dvc.yaml").read_text())),
-            (REPO / "studies" / "dvc.yaml", yaml.safe_load((REPO / "studies" / "dvc.yaml").read_text()))]
+    return [
+        (REPO / "dvc.yaml", yaml.safe_load((REPO / "dvc.yaml").read_text())),
+        (REPO / "studies" / "dvc.yaml", yaml.safe_load((REPO / "studies" / "dvc.yaml").read_text())),
+    ]
 
 
 def _stages() -> list[tuple[str, str, list[str]]]:
@@ -32,7 +50,9 @@ def _stages() -> list[tuple[str, str, list[str]]]:
             wdir = (path.parent / body.get("wdir", ".")).resolve()
             entry = next(tok for tok in body["cmd"].split() if tok.endswith(".py"))
             deps = [(wdir / d).resolve().relative_to(REPO).as_posix() for d in body["deps"] if "${" not in d]
-            out.append((f"{path.relative_to(REPO)}:{name}", (wdir / entry).resolve().relative_to(REPO).as_posix(), deps))
+            out.append(
+                (f"{path.relative_to(REPO)}:{name}", (wdir / entry).resolve().relative_to(REPO).as_posix(), deps)
+            )
     return out
 
 
@@ -54,7 +74,12 @@ def test_the_closure_follows_imports_inside_functions_and_packages(tmp_path):
     (pkg / "unused.py").write_text("")
     (tmp_path / "entry.py").write_text("from mnistlr.a import f\n")
     assert import_closure(tmp_path / "entry.py", tmp_path) == {
-        "entry.py", "mnistlr/__init__.py", "mnistlr/a.py", "mnistlr/b.py", "mnistlr/c.py"}
+        "entry.py",
+        "mnistlr/__init__.py",
+        "mnistlr/a.py",
+        "mnistlr/b.py",
+        "mnistlr/c.py",
+    }
 
 
 def test_every_module_has_a_floor_and_imports_only_below_it():
@@ -64,12 +89,17 @@ def test_every_module_has_a_floor_and_imports_only_below_it():
         for dep in imported_modules(REPO / "mnistlr" / f"{name}.py"):
             target = dep.split(".")[1] if dep.startswith("mnistlr.") else None
             if target in FLOORS:
-                assert FLOORS.index(target) < FLOORS.index(name), f"mnistlr.{name} imports mnistlr.{target}, a floor above it"
+                assert FLOORS.index(target) < FLOORS.index(name), (
+                    f"mnistlr.{name} imports mnistlr.{target}, a floor above it"
+                )
 
 
 def test_only_the_training_modules_import_torch():
-    importers = {p.stem for p in (REPO / "mnistlr").glob("*.py")
-                 if any(m == "torch" or m.startswith("torch.") for m in imported_modules(p))}
+    importers = {
+        p.stem
+        for p in (REPO / "mnistlr").glob("*.py")
+        if any(m == "torch" or m.startswith("torch.") for m in imported_modules(p))
+    }
     assert importers == {"train", "studies"}
 
 

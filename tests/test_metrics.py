@@ -78,8 +78,16 @@ def test_weight_sparsity():
     assert metrics.weight_sparsity(np.array([0.0, 5e-4, -2e-3, 1.0]), 1e-3) == 0.5
 
 
-@pytest.mark.parametrize("metric,higher", [("test.accuracy", True), ("test.loss", False), ("test.ece", False),
-                                           ("val.loss", False), ("weights.sparsity", True)])
+@pytest.mark.parametrize(
+    "metric,higher",
+    [
+        ("test.accuracy", True),
+        ("test.loss", False),
+        ("test.ece", False),
+        ("val.loss", False),
+        ("weights.sparsity", True),
+    ],
+)
 def test_which_metrics_are_better_higher(metric, higher):
     assert metrics.higher_is_better(metric) is higher
 
@@ -138,12 +146,17 @@ def fake_run(tmp_path, split_data, record=None, weight=None):
         x_path, y_path = split_files(prepared, split)
         atomic.write_array(x_path, x)
         atomic.write_array(y_path, y)
-    atomic.write_json(prepared / "preprocessing.json",
-                      {**(record or {"deskew": False, "mean": 0.1307, "std": 0.3081}), "image_side": 28})
-    atomic.write_json(prepared / "variants" / "full.json", {"name": "full", "fraction": 1.0, "noise": 0.0, "size": 100,
-                                                            "labels_changed": 0, "class_histogram": [10] * 10})
-    atomic.write_arrays(prepared / "samples.npz", plain=np.zeros((3, 28, 28), np.uint8),
-                        deskewed=np.zeros((3, 28, 28)), y=np.arange(3))
+    atomic.write_json(
+        prepared / "preprocessing.json",
+        {**(record or {"deskew": False, "mean": 0.1307, "std": 0.3081}), "image_side": 28},
+    )
+    atomic.write_json(
+        prepared / "variants" / "full.json",
+        {"name": "full", "fraction": 1.0, "noise": 0.0, "size": 100, "labels_changed": 0, "class_histogram": [10] * 10},
+    )
+    atomic.write_arrays(
+        prepared / "samples.npz", plain=np.zeros((3, 28, 28), np.uint8), deskewed=np.zeros((3, 28, 28)), y=np.arange(3)
+    )
     weight = np.zeros((10, 784), np.float32) if weight is None else weight
     Model(weight=weight, bias=np.zeros(10, np.float32), mean=0.1307, std=0.3081).save(tmp_path / "models" / "full.npz")
     write_history(tmp_path / "curves" / "full.csv", [EpochRecord(1, 1.0, 0.5, 1.1, 0.4, 0.1)])
@@ -153,8 +166,15 @@ def fake_run(tmp_path, split_data, record=None, weight=None):
 def run_evaluate(tmp_path, params, prepared):
     from mnistlr.evaluate import evaluate
 
-    return evaluate(params, prepared, tmp_path / "models", tmp_path / "curves", tmp_path / "metrics",
-                    tmp_path / "predictions", tmp_path / "figures")
+    return evaluate(
+        params,
+        prepared,
+        tmp_path / "models",
+        tmp_path / "curves",
+        tmp_path / "metrics",
+        tmp_path / "predictions",
+        tmp_path / "figures",
+    )
 
 
 def test_evaluate_writes_six_headline_numbers_predictions_and_figures(tmp_path):
@@ -162,8 +182,10 @@ def test_evaluate_writes_six_headline_numbers_predictions_and_figures(tmp_path):
     from mnistlr.params import parse_params
 
     rng = np.random.default_rng(0)
-    split_data = {split: (rng.normal(size=(50, 784)).astype(np.float32), np.arange(50, dtype=np.int64) % 10)
-                  for split in ("val", "test")}
+    split_data = {
+        split: (rng.normal(size=(50, 784)).astype(np.float32), np.arange(50, dtype=np.int64) % 10)
+        for split in ("val", "test")
+    }
     weight = (rng.uniform(0.01, 0.1, size=(10, 784)) * rng.choice([-1, 1], size=(10, 784))).astype(np.float32)
     weight[:, :100] = 0.0  # 1000 of 7840 weights are zero, the rest at least 0.01 from it
     prepared = fake_run(tmp_path, split_data, weight=weight)
@@ -174,7 +196,10 @@ def test_evaluate_writes_six_headline_numbers_predictions_and_figures(tmp_path):
     written = json.loads((tmp_path / "metrics" / "full.json").read_text())
     assert written == m
     assert {k: sorted(v) for k, v in written.items()} == {
-        "test": ["accuracy", "ece", "loss"], "val": ["accuracy", "loss"], "weights": ["sparsity"]}
+        "test": ["accuracy", "ece", "loss"],
+        "val": ["accuracy", "loss"],
+        "weights": ["sparsity"],
+    }
     for split in ("val", "test"):
         x, y = split_data[split]
         loss, acc = metrics.loss_and_accuracy(model.logits(x), y)
@@ -185,10 +210,20 @@ def test_evaluate_writes_six_headline_numbers_predictions_and_figures(tmp_path):
 
     lines = (tmp_path / "predictions" / "full.csv").read_text().splitlines()
     predicted = model.logits(split_data["test"][0]).argmax(1)
-    assert lines[0] == "actual,predicted" and lines[1:] == [f"{a},{p}" for a, p in zip(split_data["test"][1], predicted)]
+    assert lines[0] == "actual,predicted" and lines[1:] == [
+        f"{a},{p}" for a, p in zip(split_data["test"][1], predicted)
+    ]
     figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
-    assert figures == ["confusion.png", "confusion_examples.png", "data_size.png", "deskew.png", "learning_curves.png",
-                       "noise.png", "reliability.png", "weights.png"]
+    assert figures == [
+        "confusion.png",
+        "confusion_examples.png",
+        "data_size.png",
+        "deskew.png",
+        "learning_curves.png",
+        "noise.png",
+        "reliability.png",
+        "weights.png",
+    ]
     for name in figures:
         assert (tmp_path / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -198,14 +233,19 @@ def test_evaluate_without_a_variants_model_writes_nothing(tmp_path):
 
     zeros = {split: (np.zeros((10, 784), np.float32), np.arange(10)) for split in ("val", "test")}
     prepared = fake_run(tmp_path, zeros)
-    params = parse_params({"variants": {"full": {"fraction": 1.0, "noise": 0.0}, "half": {"fraction": 0.5, "noise": 0.0}}})
+    params = parse_params(
+        {"variants": {"full": {"fraction": 1.0, "noise": 0.0}, "half": {"fraction": 0.5, "noise": 0.0}}}
+    )
     with pytest.raises(MnistlrError, match=r"^no model at .*half\.npz; run the train stage first"):
         run_evaluate(tmp_path, params, prepared)
     assert not (tmp_path / "metrics").exists() and not (tmp_path / "figures").exists()
 
 
-@pytest.mark.parametrize("record", [{"deskew": True, "mean": 0.1307, "std": 0.3081},
-                                    {"deskew": False, "mean": 0.1305, "std": 0.289}], ids=["deskew", "mean-std"])
+@pytest.mark.parametrize(
+    "record",
+    [{"deskew": True, "mean": 0.1307, "std": 0.3081}, {"deskew": False, "mean": 0.1305, "std": 0.289}],
+    ids=["deskew", "mean-std"],
+)
 def test_evaluate_refuses_a_model_trained_on_other_inputs(tmp_path, record):
     """The model file says what its inputs went through; prepared data that went through something else is a
     one-line error, and nothing is written."""

@@ -21,8 +21,12 @@ from mnistlr.model import FIELDS, Model, load_model
 
 def _model(seed: int = 0) -> Model:
     rng = np.random.default_rng(seed)
-    return Model(weight=rng.normal(size=(10, 784)).astype(np.float32), bias=rng.normal(size=10).astype(np.float32),
-                 mean=0.2, std=0.45)
+    return Model(
+        weight=rng.normal(size=(10, 784)).astype(np.float32),
+        bias=rng.normal(size=10).astype(np.float32),
+        mean=0.2,
+        std=0.45,
+    )
 
 
 def _one_line_error(path) -> str:
@@ -85,19 +89,33 @@ def test_deskew_flag_round_trips_and_drives_the_preprocessing(tmp_path):
 
 def test_model_without_its_deskew_flag_is_refused_naming_it(tmp_path):
     model = _model()
-    np.savez(tmp_path / "old.npz", weight=model.weight, bias=model.bias, mean=np.float64(0.1), std=np.float64(0.3),
-             image_side=np.int64(28))
+    np.savez(
+        tmp_path / "old.npz",
+        weight=model.weight,
+        bias=model.bias,
+        mean=np.float64(0.1),
+        std=np.float64(0.3),
+        image_side=np.int64(28),
+    )
     assert _one_line_error(tmp_path / "old.npz").endswith("model file lacks deskew; retrain it with the train stage")
 
 
 def test_missing_model_says_to_train(tmp_path):
-    assert _one_line_error(tmp_path / "none.npz").startswith(f"no model at {tmp_path / 'none.npz'}; run the train stage")
+    assert _one_line_error(tmp_path / "none.npz").startswith(
+        f"no model at {tmp_path / 'none.npz'}; run the train stage"
+    )
 
 
 def test_file_lacking_a_field_is_named(tmp_path):
     model = _model()
-    np.savez(tmp_path / "old.npz", weight=model.weight, bias=model.bias, std=np.float64(0.3), deskew=np.bool_(False),
-             image_side=np.int64(28))
+    np.savez(
+        tmp_path / "old.npz",
+        weight=model.weight,
+        bias=model.bias,
+        std=np.float64(0.3),
+        deskew=np.bool_(False),
+        image_side=np.int64(28),
+    )
     assert _one_line_error(tmp_path / "old.npz").endswith("model file lacks mean; retrain it with the train stage")
 
 
@@ -129,23 +147,44 @@ def test_pickle_bearing_npz_is_refused_without_unpickling(tmp_path):
     model = _model()
     evil = np.empty(1, dtype=object)
     evil[0] = _Evil(str(marker))
-    np.savez(tmp_path / "evil.npz", weight=model.weight, bias=model.bias, mean=evil, std=np.float64(0.3),
-             deskew=np.bool_(False), image_side=np.int64(28))
+    np.savez(
+        tmp_path / "evil.npz",
+        weight=model.weight,
+        bias=model.bias,
+        mean=evil,
+        std=np.float64(0.3),
+        deskew=np.bool_(False),
+        image_side=np.int64(28),
+    )
     assert "not a model file written by the train stage" in _one_line_error(tmp_path / "evil.npz")
     assert not marker.exists()
 
 
 def test_wrong_shapes_are_named(tmp_path):
-    np.savez(tmp_path / "m.npz", weight=np.zeros((10, 100), np.float32), bias=np.zeros(10, np.float32),
-             mean=np.float64(0.1), std=np.float64(0.3), deskew=np.bool_(False), image_side=np.int64(28))
+    np.savez(
+        tmp_path / "m.npz",
+        weight=np.zeros((10, 100), np.float32),
+        bias=np.zeros(10, np.float32),
+        mean=np.float64(0.1),
+        std=np.float64(0.3),
+        deskew=np.bool_(False),
+        image_side=np.int64(28),
+    )
     assert _one_line_error(tmp_path / "m.npz").endswith("weight (10, 100) and bias (10,); expected (10, 784) and (10,)")
 
 
 def _save_fields(path, **changes) -> None:
     """A model file as the train stage writes it, with some fields replaced."""
     model = _model()
-    fields = {"weight": model.weight, "bias": model.bias, "mean": np.float64(model.mean), "std": np.float64(model.std),
-              "deskew": np.bool_(False), "image_side": np.int64(28), **changes}
+    fields = {
+        "weight": model.weight,
+        "bias": model.bias,
+        "mean": np.float64(model.mean),
+        "std": np.float64(model.std),
+        "deskew": np.bool_(False),
+        "image_side": np.int64(28),
+        **changes,
+    }
     np.savez(path, **fields)
 
 
@@ -155,11 +194,15 @@ def _with_non_finite(array: np.ndarray, values) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize(("field", "values", "count"), [
-    ("weight", [np.nan, np.inf, -np.inf], "3 non-finite values"),
-    ("weight", [np.nan], "1 non-finite value"),
-    ("bias", [np.inf, np.nan], "2 non-finite values"),
-], ids=["weight-nan-and-infs", "weight-one-nan", "bias"])
+@pytest.mark.parametrize(
+    ("field", "values", "count"),
+    [
+        ("weight", [np.nan, np.inf, -np.inf], "3 non-finite values"),
+        ("weight", [np.nan], "1 non-finite value"),
+        ("bias", [np.inf, np.nan], "2 non-finite values"),
+    ],
+    ids=["weight-nan-and-infs", "weight-one-nan", "bias"],
+)
 def test_non_finite_weights_are_refused_counting_them(tmp_path, field, values, count):
     _save_fields(tmp_path / "m.npz", **{field: _with_non_finite(getattr(_model(), field), values)})
     msg = _one_line_error(tmp_path / "m.npz")
@@ -168,11 +211,18 @@ def test_non_finite_weights_are_refused_counting_them(tmp_path, field, values, c
 
 
 def test_every_non_finite_field_is_named_at_once(tmp_path):
-    _save_fields(tmp_path / "m.npz", weight=np.full((10, 784), np.nan, np.float32),
-                 bias=_with_non_finite(_model().bias, [np.inf]), mean=np.float64(np.nan), std=np.float64(np.inf))
+    _save_fields(
+        tmp_path / "m.npz",
+        weight=np.full((10, 784), np.nan, np.float32),
+        bias=_with_non_finite(_model().bias, [np.inf]),
+        mean=np.float64(np.nan),
+        std=np.float64(np.inf),
+    )
     msg = _one_line_error(tmp_path / "m.npz")
-    assert "weight has 7840 non-finite values (nan or inf), bias has 1 non-finite value (nan or inf), " \
-           "mean is nan, std is inf;" in msg
+    assert (
+        "weight has 7840 non-finite values (nan or inf), bias has 1 non-finite value (nan or inf), "
+        "mean is nan, std is inf;" in msg
+    )
 
 
 def test_weights_beyond_float32_are_refused_as_infinite_without_a_warning(tmp_path):
@@ -185,12 +235,17 @@ def test_weights_beyond_float32_are_refused_as_infinite_without_a_warning(tmp_pa
         assert "weight has 1 non-finite value (nan or inf)" in _one_line_error(tmp_path / "m.npz")
 
 
-@pytest.mark.parametrize(("std", "named"), [(0.0, "std is 0.0, not > 0"), (-0.3, "std is -0.3, not > 0"),
-                                            (np.nan, "std is nan")], ids=["zero", "negative", "nan"])
+@pytest.mark.parametrize(
+    ("std", "named"),
+    [(0.0, "std is 0.0, not > 0"), (-0.3, "std is -0.3, not > 0"), (np.nan, "std is nan")],
+    ids=["zero", "negative", "nan"],
+)
 def test_std_must_be_a_positive_number(tmp_path, std, named):
     _save_fields(tmp_path / "m.npz", std=np.float64(std))
-    assert f"{tmp_path / 'm.npz'}: {named}; a model needs finite weights, bias and mean and a std > 0" \
-           in _one_line_error(tmp_path / "m.npz")
+    assert (
+        f"{tmp_path / 'm.npz'}: {named}; a model needs finite weights, bias and mean and a std > 0"
+        in _one_line_error(tmp_path / "m.npz")
+    )
 
 
 @pytest.mark.parametrize("mean", [np.nan, -np.inf], ids=["nan", "-inf"])
@@ -201,7 +256,9 @@ def test_non_finite_mean_is_refused(tmp_path, mean):
 
 def test_weights_that_are_not_numbers_are_named(tmp_path):
     _save_fields(tmp_path / "m.npz", bias=np.array(["a"] * 10))
-    assert _one_line_error(tmp_path / "m.npz").endswith("bias must be numbers, not <U1; retrain it with the train stage")
+    assert _one_line_error(tmp_path / "m.npz").endswith(
+        "bias must be numbers, not <U1; retrain it with the train stage"
+    )
 
 
 def test_large_finite_weights_and_a_tiny_std_still_load(tmp_path):
@@ -238,7 +295,8 @@ def test_mnistlr_predict_refuses_a_nan_model_in_one_line(tmp_path):
     assert res.returncode == 1 and res.stdout == ""
     assert res.stderr.splitlines() == [
         "error: models/full.npz: weight has 3 non-finite values (nan or inf); a model needs finite weights, bias and "
-        "mean and a std > 0; retrain it with the train stage"]
+        "mean and a std > 0; retrain it with the train stage"
+    ]
 
 
 def test_predict_json_refuses_a_zero_std_model(tmp_path):

@@ -35,7 +35,11 @@ def _entry_model(annotation: Any) -> type[BaseModel] | None:
 
 def _entries(value: Any) -> list[tuple[str, Any]]:
     """(label, entry) of a dict's or a list's entries."""
-    return [(str(k), v) for k, v in value.items()] if isinstance(value, dict) else [(str(i), v) for i, v in enumerate(value)]
+    return (
+        [(str(k), v) for k, v in value.items()]
+        if isinstance(value, dict)
+        else [(str(i), v) for i, v in enumerate(value)]
+    )
 
 
 def undocumented_keys(raw: dict, model: type[BaseModel] = Params, path: str = "") -> list[str]:
@@ -88,14 +92,19 @@ def test_the_checks_find_a_changed_value_and_a_missing_key(raw):
     changed["studies"]["l1l2"]["epochs"] = 7
     changed["train"]["lr"]["adam"] = 0.002
     changed["studies"]["optimum"]["weight_decays"] = [0.0]
-    assert default_mismatches(changed) == ["train.lr.adam: default 0.001, params.yaml 0.002",
-                                           "studies.optimum.weight_decays: default [0.0, 1e-05, 0.0001, 0.0003, "
-                                           "0.001, 0.003], params.yaml [0.0]",
-                                           "studies.l1l2.epochs: default 10, params.yaml 7"]
+    assert default_mismatches(changed) == [
+        "train.lr.adam: default 0.001, params.yaml 0.002",
+        "studies.optimum.weight_decays: default [0.0, 1e-05, 0.0001, 0.0003, 0.001, 0.003], params.yaml [0.0]",
+        "studies.l1l2.epochs: default 10, params.yaml 7",
+    ]
     del changed["train"]["patience"], changed["variants"]["frac10"]["noise"]
     del changed["studies"]["deskew"]["candidates"][3]["batch_size"], changed["report"]
-    assert undocumented_keys(changed) == ["variants.frac10.noise", "train.patience", "report",
-                                          "studies.deskew.candidates.3.batch_size"]
+    assert undocumented_keys(changed) == [
+        "variants.frac10.noise",
+        "train.patience",
+        "report",
+        "studies.deskew.candidates.3.batch_size",
+    ]
     # entries of a collection are the design, not a default: other variants are no mismatch
     changed = copy.deepcopy(raw)
     changed["variants"] = {"half": {"fraction": 0.5, "noise": 0.0}}

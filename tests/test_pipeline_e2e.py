@@ -44,8 +44,16 @@ def synthetic_project(tmp_path_factory, reproduced):
 HEADLINE = {"test": {"accuracy", "loss", "ece"}, "val": {"accuracy", "loss"}, "weights": {"sparsity"}}
 
 
-FIGURES = ["confusion.png", "confusion_examples.png", "data_size.png", "deskew.png", "learning_curves.png",
-           "noise.png", "reliability.png", "weights.png"]
+FIGURES = [
+    "confusion.png",
+    "confusion_examples.png",
+    "data_size.png",
+    "deskew.png",
+    "learning_curves.png",
+    "noise.png",
+    "reliability.png",
+    "weights.png",
+]
 
 
 def test_repro_runs_every_stage_once_and_writes_outputs(synthetic_project):
@@ -127,5 +135,3 @@ def test_exp_run_deskew_as_typed_reruns_from_prepare_and_the_model_carries_it(sy
     assert "This run's inputs: deskew on" in (project / "reports/report.md").read_text()
     assert json.loads((project / "metrics/full.json").read_text())["test"]["accuracy"] > 0.9
     # predict on raw digit images with a deskewing model: tests/test_predict.py, on the real test set
-
-

@@ -22,8 +22,16 @@ from mnistlr.cli import app
 from mnistlr.data import IN_FEATURES, NUM_CLASSES, normalize, read_images, read_labels, split_indices
 from mnistlr.errors import MnistlrError
 from mnistlr.model import Model, load_model
-from mnistlr.predict import (MAX_DATA_BYTES, MIN_STROKE, center_of_mass, load_gray, predict_files, preprocess_file,
-                             preprocess_gray, to_mnist)
+from mnistlr.predict import (
+    MAX_DATA_BYTES,
+    MIN_STROKE,
+    center_of_mass,
+    load_gray,
+    predict_files,
+    preprocess_file,
+    preprocess_gray,
+    to_mnist,
+)
 from tests.conftest import REPO
 
 MEAN, STD = 0.1307, 0.3081
@@ -32,8 +40,12 @@ runner = CliRunner()
 
 def random_model(seed: int = 0, mean: float = MEAN, std: float = STD) -> Model:
     rng = np.random.default_rng(seed)
-    return Model(weight=rng.normal(0, 0.01, (NUM_CLASSES, IN_FEATURES)).astype(np.float32),
-                 bias=np.zeros(NUM_CLASSES, np.float32), mean=mean, std=std)
+    return Model(
+        weight=rng.normal(0, 0.01, (NUM_CLASSES, IN_FEATURES)).astype(np.float32),
+        bias=np.zeros(NUM_CLASSES, np.float32),
+        mean=mean,
+        std=std,
+    )
 
 
 def ink_sum_model(mean: float, std: float) -> Model:
@@ -168,11 +180,17 @@ def test_blank_and_unreadable_images_are_one_line_errors(tmp_path):
 def png_header_only(path, width: int, height: int, colour: int = 0) -> None:
     """A PNG that declares width x height 8-bit pixels (colour type 0: gray, 2: RGB) but holds one row of
     data: decoding it would fail, so only a check of the declared size answers cleanly."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     row = b"\0" + b"\xff" * width * (3 if colour == 2 else 1)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(row)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(row))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_huge_images_are_one_line_errors_before_decoding(tmp_path):
@@ -193,14 +211,17 @@ def run_predict_measured(args: list[str], cwd) -> tuple[subprocess.CompletedProc
     """Run `mnistlr predict ARGS` from a fresh wrapper process: (result, seconds, peak RSS in MB of the
     predict process alone, read as RUSAGE_CHILDREN of a wrapper whose only child it is)."""
     exe = os.path.join(os.path.dirname(sys.executable), "mnistlr")
-    wrapper = ("import json, resource, subprocess, sys, time\n"
-               "t = time.perf_counter()\n"
-               "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-               "dt = time.perf_counter() - t\n"
-               "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
-               "print(json.dumps([p.returncode, p.stdout, p.stderr, dt, rss]))\n")
-    out = subprocess.run([sys.executable, "-c", wrapper, exe, "predict", *args], cwd=cwd, capture_output=True,
-                         text=True, check=True)
+    wrapper = (
+        "import json, resource, subprocess, sys, time\n"
+        "t = time.perf_counter()\n"
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "dt = time.perf_counter() - t\n"
+        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
+        "print(json.dumps([p.returncode, p.stdout, p.stderr, dt, rss]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", wrapper, exe, "predict", *args], cwd=cwd, capture_output=True, text=True, check=True
+    )
     code, stdout, stderr, seconds, rss = json.loads(out.stdout)
     return subprocess.CompletedProcess(args, code, stdout, stderr), seconds, rss
 
@@ -300,11 +321,13 @@ def test_cli_text_json_and_errors(tmp_path, monkeypatch):
     assert probs == pytest.approx(sorted(expected, reverse=True)[:3], abs=1e-6)
     Image.new("L", (30, 30), 0).save(tmp_path / "black.png")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    for args, msg in ((["black.png", "--model", "m.npz"], "blank image"),
-                      (["nope.png", "--model", "m.npz"], "image not found"),
-                      (["one.png", "--model", "missing.npz"], "no model at missing.npz"),
-                      (["one.png", "--model", "junk.npz"], "not a model file"),
-                      (["one.png"], "no model at models/full.npz")):  # the default model path
+    for args, msg in (
+        (["black.png", "--model", "m.npz"], "blank image"),
+        (["nope.png", "--model", "m.npz"], "image not found"),
+        (["one.png", "--model", "missing.npz"], "no model at missing.npz"),
+        (["one.png", "--model", "junk.npz"], "not a model file"),
+        (["one.png"], "no model at models/full.npz"),
+    ):  # the default model path
         res = runner.invoke(app, ["predict", *args])
         assert res.exit_code == 1 and msg in res.output, res.output
         assert len(res.output.strip().splitlines()) == 1
@@ -338,15 +361,18 @@ def fidelity():
 
 @pytest.fixture(scope="module")
 def real_test_set(real_mirror):
-    return (read_images(real_mirror / "t10k-images-idx3-ubyte.gz"),
-            read_labels(real_mirror / "t10k-labels-idx1-ubyte.gz"))
+    return (
+        read_images(real_mirror / "t10k-images-idx3-ubyte.gz"),
+        read_labels(real_mirror / "t10k-labels-idx1-ubyte.gz"),
+    )
 
 
 @pytest.fixture(scope="module")
 def quick_model(real_mirror, fidelity) -> Model:
     """Multinomial logistic regression fitted in about a second: SGD, 2 epochs on the 60k training images."""
-    return fidelity.quick_model(read_images(real_mirror / "train-images-idx3-ubyte.gz"),
-                                read_labels(real_mirror / "train-labels-idx1-ubyte.gz"))
+    return fidelity.quick_model(
+        read_images(real_mirror / "train-images-idx3-ubyte.gz"), read_labels(real_mirror / "train-labels-idx1-ubyte.gz")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -358,8 +384,9 @@ def real_model(quick_model, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_the_mnist_test_set_through_predict_scores_as_fed_directly(quick_model, real_model, real_test_set, tmp_path,
-                                                                    monkeypatch):
+def test_the_mnist_test_set_through_predict_scores_as_fed_directly(
+    quick_model, real_model, real_test_set, tmp_path, monkeypatch
+):
     """All 10k test digits through predict's preprocessing (the path a decoded 28x28 PNG takes) against the
     same digits normalized directly; 300 of them as real PNG files through `mnistlr predict`."""
     images, labels = real_test_set
@@ -388,8 +415,11 @@ def test_the_mnist_test_set_through_predict_scores_as_fed_directly(quick_model, 
 def test_a_deskewing_model_through_predict_scores_its_test_accuracy(fidelity, real_mirror, real_test_set, tmp_path):
     """A model trained on deskewed digits, fed 2000 raw (not deskewed) test digits as PNG files through
     predict, which applies the model's own deskewing: within 0.5 points of its accuracy on them."""
-    model = fidelity.quick_model(read_images(real_mirror / "train-images-idx3-ubyte.gz"),
-                                 read_labels(real_mirror / "train-labels-idx1-ubyte.gz"), deskew=True)
+    model = fidelity.quick_model(
+        read_images(real_mirror / "train-images-idx3-ubyte.gz"),
+        read_labels(real_mirror / "train-labels-idx1-ubyte.gz"),
+        deskew=True,
+    )
     assert model.deskew and model.std < 0.3  # its own statistics: deskewing blurs a little
     images, labels = (a[:2000] for a in real_test_set)
     test_accuracy = 100 * (model.logits(model.preprocessing.apply(images)).argmax(1) == labels).mean()
@@ -401,8 +431,10 @@ def test_a_deskewing_model_through_predict_scores_its_test_accuracy(fidelity, re
     predicted = np.array([r["prediction"] for r in predict_files(paths, tmp_path / "deskewed.npz")])
     through = 100 * (predicted == labels).mean()
     plain = 100 * (model.logits(normalize(images, model.mean, model.std)).argmax(1) == labels).mean()
-    print(f"deskewing quick model: test {test_accuracy:.2f} %, raw PNGs through predict {through:.2f} %, "
-          f"raw pixels fed without deskewing {plain:.2f} %")
+    print(
+        f"deskewing quick model: test {test_accuracy:.2f} %, raw PNGs through predict {through:.2f} %, "
+        f"raw pixels fed without deskewing {plain:.2f} %"
+    )
     assert test_accuracy > 93  # deskewing is worth points even to a 2-epoch model
     assert abs(through - test_accuracy) <= 0.5
     assert plain < test_accuracy - 2  # skipping the model's deskew would cost points: predict must apply it
@@ -423,7 +455,8 @@ def test_scans_and_photos_of_real_digits_score_close_to_direct(fidelity, quick_m
 
 @pytest.mark.slow
 def test_the_fidelity_bench_chooses_on_validation_digits_and_reports_on_test_digits(
-        fidelity, real_model, real_mirror, tmp_path, monkeypatch):
+    fidelity, real_model, real_mirror, tmp_path, monkeypatch
+):
     """The threshold is chosen on training images held out of training (the prepare stage's val split),
     never on test digits; the table is of the test digits, through predict as it is."""
     monkeypatch.setenv("MNISTLR_MNIST_DIR", str(real_mirror))
@@ -435,9 +468,25 @@ def test_the_fidelity_bench_chooses_on_validation_digits_and_reports_on_test_dig
 
     real_select = fidelity.select
     monkeypatch.setattr(fidelity, "select", spy)
-    bench = runner.invoke(fidelity.app, ["--model", str(real_model), "--digits", "20", "--mnist-digits", "50",
-                                         "--select-digits", "30", "--kind", "mnist", "--kind", "jpeg",
-                                         "--out", str(tmp_path / "results")])
+    bench = runner.invoke(
+        fidelity.app,
+        [
+            "--model",
+            str(real_model),
+            "--digits",
+            "20",
+            "--mnist-digits",
+            "50",
+            "--select-digits",
+            "30",
+            "--kind",
+            "mnist",
+            "--kind",
+            "jpeg",
+            "--out",
+            str(tmp_path / "results"),
+        ],
+    )
     assert bench.exit_code == 0, bench.output
     assert "| mnist | 50 |" in bench.output and "| jpeg | 20 |" in bench.output
     train = read_images(real_mirror / "train-images-idx3-ubyte.gz")

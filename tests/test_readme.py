@@ -17,7 +17,9 @@ README = REPO / "README.md"
 
 def results_rows(text: str) -> list[list[str]]:
     """The cells of the README's results table (between its two markers), header and rule left out."""
-    block = text.split("<!-- results table: tests/test_readme.py -->", 1)[1].split("<!-- end of results table -->", 1)[0]
+    block = text.split("<!-- results table: tests/test_readme.py -->", 1)[1].split("<!-- end of results table -->", 1)[
+        0
+    ]
     lines = [ln for ln in block.strip().splitlines() if ln.startswith("|")]
     return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
 
@@ -35,8 +37,16 @@ def expected_rows(repo: Path) -> list[list[str]]:
         if name == params.reference_variant():
             lo, hi = EXPECTED_BY_OPTIMIZER[params.optimizer]
             expects += f" ({params.optimizer.upper()}: {lo:g}-{hi:g})"
-        rows.append([name, str(size), str(round(v.noise * size)), f"{100 * m['val']['accuracy']:.2f}",
-                     f"{100 * m['test']['accuracy']:.2f}", expects])
+        rows.append(
+            [
+                name,
+                str(size),
+                str(round(v.noise * size)),
+                f"{100 * m['val']['accuracy']:.2f}",
+                f"{100 * m['test']['accuracy']:.2f}",
+                expects,
+            ]
+        )
     return rows
 
 

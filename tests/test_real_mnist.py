@@ -25,10 +25,18 @@ def run_pipeline(params, root, deskew: bool = False, prepared=None) -> dict:
         prepared = root / "prepared"
         prepare(params, prepared, root / "raw", deskew)
     train(params, prepared, root / "models", root / "curves")
-    evaluate(params, prepared, root / "models", root / "curves", root / "metrics", root / "predictions",
-             root / "figures")
-    build_report(params, root / "metrics", prepared / "variants", root / "predictions", root / "report.md",
-                 prepared_dir=prepared, experiments_dir=root / "none")
+    evaluate(
+        params, prepared, root / "models", root / "curves", root / "metrics", root / "predictions", root / "figures"
+    )
+    build_report(
+        params,
+        root / "metrics",
+        prepared / "variants",
+        root / "predictions",
+        root / "report.md",
+        prepared_dir=prepared,
+        experiments_dir=root / "none",
+    )
     return json.loads((root / "metrics" / "full.json").read_text())["test"]
 
 
@@ -38,12 +46,17 @@ def test_real_mnist_meets_the_accuracy_floors(tmp_path, real_mirror, monkeypatch
     monkeypatch.setenv(MIRROR_ENV, str(real_mirror))
     monkeypatch.delenv(MD5SUMS_ENV, raising=False)
     defaults = load_params(REPO / "params.yaml")
-    params = defaults.model_copy(update={"variants": {"full": defaults.variants["full"]},
-                                         "train": defaults.train.model_copy(update={"device": "cpu"})})
+    params = defaults.model_copy(
+        update={
+            "variants": {"full": defaults.variants["full"]},
+            "train": defaults.train.model_copy(update={"device": "cpu"}),
+        }
+    )
     sgd = run_pipeline(params, tmp_path / "sgd")["accuracy"]
     assert sgd >= 0.920, sgd
-    adam = run_pipeline(params.model_copy(update={"optimizer": "adam"}), tmp_path / "adam",
-                        prepared=tmp_path / "sgd" / "prepared")["accuracy"]  # the optimizer is no param of prepare
+    adam = run_pipeline(
+        params.model_copy(update={"optimizer": "adam"}), tmp_path / "adam", prepared=tmp_path / "sgd" / "prepared"
+    )["accuracy"]  # the optimizer is no param of prepare
     assert adam >= 0.925, adam
     report = (tmp_path / "adam" / "report.md").read_text()
     assert "optimizer **adam**" in report and "test = the 10000 MNIST test images" in report

@@ -15,8 +15,11 @@ from mnistlr.params import parse_params
 from mnistlr.prepare import prepare
 from mnistlr.train import train
 
-VARIANTS = {"full": {"fraction": 1.0, "noise": 0.0}, "noise10": {"fraction": 1.0, "noise": 0.1},
-            "noise20": {"fraction": 1.0, "noise": 0.2}}
+VARIANTS = {
+    "full": {"fraction": 1.0, "noise": 0.0},
+    "noise10": {"fraction": 1.0, "noise": 0.1},
+    "noise20": {"fraction": 1.0, "noise": 0.2},
+}
 # one epoch at a small rate: about 95 % on the easy synthetic digits, so errors and a standard error to show
 BASE = {"data": {"val_size": 200}, "train": {"epochs": 1, "batch_size": 32, "device": "cpu", "lr": {"sgd": 0.003}}}
 
@@ -32,16 +35,29 @@ def outputs(tmp_path_factory, synthetic_mirror):
         mp.setenv(MD5SUMS_ENV, str(synthetic_mirror / "MD5SUMS"))
         prepare(params, root / "data/prepared", root / "data/raw")
     train(params, root / "data/prepared", root / "models", root / "plots/train")
-    evaluate(params, root / "data/prepared", root / "models", root / "plots/train", root / "metrics",
-             root / "plots/predictions", root / "reports/figures")
+    evaluate(
+        params,
+        root / "data/prepared",
+        root / "models",
+        root / "plots/train",
+        root / "metrics",
+        root / "plots/predictions",
+        root / "reports/figures",
+    )
     return root
 
 
 def build(root, variants: dict, **train_params) -> str:
     params = parse_params({**BASE, "variants": variants, "train": {**BASE["train"], **train_params}})
-    return report.build_report(params, root / "metrics", root / "data/prepared/variants", root / "plots/predictions",
-                               root / "reports/report.md", prepared_dir=root / "data/prepared",
-                               experiments_dir=root / "experiments")
+    return report.build_report(
+        params,
+        root / "metrics",
+        root / "data/prepared/variants",
+        root / "plots/predictions",
+        root / "reports/report.md",
+        prepared_dir=root / "data/prepared",
+        experiments_dir=root / "experiments",
+    )
 
 
 def metrics_of(root, variant: str) -> dict:
@@ -114,11 +130,19 @@ def test_standard_error_is_the_binomial_one():
 
 
 def test_noise_table_pairs_noisy_with_clean_of_same_size():
-    params = parse_params({"variants": {"full": {"fraction": 1.0, "noise": 0.0},
-                                        "noise10": {"fraction": 1.0, "noise": 0.1},
-                                        "frac10": {"fraction": 0.1, "noise": 0.0}}})
-    m = {n: {"val": {"accuracy": a}, "test": {"accuracy": a}}
-         for n, a in (("full", 0.92), ("noise10", 0.90), ("frac10", 0.85))}
+    params = parse_params(
+        {
+            "variants": {
+                "full": {"fraction": 1.0, "noise": 0.0},
+                "noise10": {"fraction": 1.0, "noise": 0.1},
+                "frac10": {"fraction": 0.1, "noise": 0.0},
+            }
+        }
+    )
+    m = {
+        n: {"val": {"accuracy": a}, "test": {"accuracy": a}}
+        for n, a in (("full", 0.92), ("noise10", 0.90), ("frac10", 0.85))
+    }
     t = {row["variant"]: row for row in report.noise_table(params, m)}
     assert list(t) == ["full", "noise10"]
     assert t["noise10"]["test acc vs clean (points)"] == pytest.approx(-2.0)
@@ -126,26 +150,45 @@ def test_noise_table_pairs_noisy_with_clean_of_same_size():
 
 
 def test_experiments_section_takes_the_best_of_a_lower_is_better_metric(tmp_path):
-    runs = [{"run": "a", "optimizer": "sgd", "test.ece": 0.03}, {"run": "b", "optimizer": "sgd", "test.ece": 0.01},
-            {"run": "c", "optimizer": "adam", "test.ece": 0.02}]
+    runs = [
+        {"run": "a", "optimizer": "sgd", "test.ece": 0.03},
+        {"run": "b", "optimizer": "sgd", "test.ece": 0.01},
+        {"run": "c", "optimizer": "adam", "test.ece": 0.02},
+    ]
     (tmp_path / "compare.json").write_text(json.dumps({"variant": "full", "metric": "test.ece", "runs": runs}))
     lines = report.experiments_section(tmp_path, tmp_path / "reports")
     table = "\n".join(lines)
     assert "best test.ece" in table and "tutorial expects" not in table  # its ranges are accuracies
-    rows = {ln.split("|")[1].strip(): ln.split("|")[2].strip() for ln in table.splitlines()
-            if ln.startswith("| ") and "optimizer" not in ln}
+    rows = {
+        ln.split("|")[1].strip(): ln.split("|")[2].strip()
+        for ln in table.splitlines()
+        if ln.startswith("| ") and "optimizer" not in ln
+    }
     assert rows == {"adam": "0.0200", "sgd": "0.0100"}
 
 
 def _compare_json(folder, runs: list[dict]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "compare.json").write_text(json.dumps({
-        "variant": "full", "metric": "test.accuracy", "differing_params": ["data.deskew", "optimizer"], "runs": runs}))
+    (folder / "compare.json").write_text(
+        json.dumps(
+            {
+                "variant": "full",
+                "metric": "test.accuracy",
+                "differing_params": ["data.deskew", "optimizer"],
+                "runs": runs,
+            }
+        )
+    )
 
 
 def test_deskew_section_sets_each_variant_plain_beside_deskewed_and_lecun(outputs, tmp_path):
     runs = [
-        {"run": "desk-adam", "data.deskew": "True", "optimizer": "adam", "by_variant": {"full": 0.957, "noise10": 0.95}},
+        {
+            "run": "desk-adam",
+            "data.deskew": "True",
+            "optimizer": "adam",
+            "by_variant": {"full": 0.957, "noise10": 0.95},
+        },
         {"run": "base", "data.deskew": "False", "optimizer": "sgd", "by_variant": {"full": 0.9264, "noise10": 0.9127}},
         {"run": "adam", "data.deskew": "False", "optimizer": "adam", "by_variant": {"full": 0.9263, "noise10": 0.913}},
         {"run": "deskew", "data.deskew": "True", "optimizer": "sgd", "by_variant": {"full": 0.9571, "noise10": 0.9402}},
@@ -155,8 +198,11 @@ def test_deskew_section_sets_each_variant_plain_beside_deskewed_and_lecun(output
     text = "\n".join(report.deskew_section(params, tmp_path / "experiments", outputs / "data/prepared"))
     # paired on every other differing param: desk-adam with adam (the first deskewed run that has a twin)
     assert "runs `adam` and `desk-adam` differ only in `data.deskew`" in text
-    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:5]] for ln in text.splitlines()
-            if ln.startswith("| ") and "variant" not in ln}
+    rows = {
+        ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:5]]
+        for ln in text.splitlines()
+        if ln.startswith("| ") and "variant" not in ln
+    }
     assert rows["full"] == ["7.37", "4.3", "-3.07"] and rows["noise10"] == ["8.7", "5", "-3.7"]
     assert rows["LeCun et al. 1998, linear classifier (60k)"] == ["12", "8.4", "-3.6"]
     assert "noise20" not in rows  # no numbers for it in the comparison
@@ -164,9 +210,13 @@ def test_deskew_section_sets_each_variant_plain_beside_deskewed_and_lecun(output
 
 
 def test_deskew_section_without_a_pair_says_how_to_make_one(outputs, tmp_path):
-    _compare_json(tmp_path / "experiments", [
-        {"run": "deskew", "data.deskew": "True", "optimizer": "adam", "by_variant": {"full": 0.957}},
-        {"run": "base", "data.deskew": "False", "optimizer": "sgd", "by_variant": {"full": 0.9264}}])
+    _compare_json(
+        tmp_path / "experiments",
+        [
+            {"run": "deskew", "data.deskew": "True", "optimizer": "adam", "by_variant": {"full": 0.957}},
+            {"run": "base", "data.deskew": "False", "optimizer": "sgd", "by_variant": {"full": 0.9264}},
+        ],
+    )
     params = parse_params({**BASE, "variants": VARIANTS})
     text = "\n".join(report.deskew_section(params, tmp_path / "experiments", outputs / "data/prepared"))
     assert "No plain/deskewed pair of runs" in text and "dvc exp run -n deskew -S data.deskew=true" in text
@@ -180,11 +230,16 @@ def test_the_report_includes_the_deskew_section_and_figure(outputs):
 
 
 def test_experiments_section_leaves_deskewed_runs_out_of_the_optimizer_comparison(tmp_path):
-    runs = [{"run": "main", "data.deskew": "False", "optimizer": "sgd", "test.accuracy": 0.9264},
-            {"run": "adam", "data.deskew": "False", "optimizer": "adam", "test.accuracy": 0.9263},
-            {"run": "deskew", "data.deskew": "True", "optimizer": "sgd", "test.accuracy": 0.9557}]
+    runs = [
+        {"run": "main", "data.deskew": "False", "optimizer": "sgd", "test.accuracy": 0.9264},
+        {"run": "adam", "data.deskew": "False", "optimizer": "adam", "test.accuracy": 0.9263},
+        {"run": "deskew", "data.deskew": "True", "optimizer": "sgd", "test.accuracy": 0.9557},
+    ]
     (tmp_path / "compare.json").write_text(json.dumps({"variant": "full", "metric": "test.accuracy", "runs": runs}))
     table = "\n".join(report.experiments_section(tmp_path, tmp_path / "reports"))
-    rows = {ln.split("|")[1].strip(): ln.split("|")[2].strip() for ln in table.splitlines()
-            if ln.startswith("| ") and "optimizer" not in ln}
+    rows = {
+        ln.split("|")[1].strip(): ln.split("|")[2].strip()
+        for ln in table.splitlines()
+        if ln.startswith("| ") and "optimizer" not in ln
+    }
     assert rows == {"adam": "0.9263", "sgd": "0.9264"}  # the tutorial's SGD band is for plain digits

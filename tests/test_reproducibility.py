@@ -62,16 +62,29 @@ def test_the_seed_drives(what, monkeypatch):
 # Environments that ask torch, MKL, OpenBLAS and numpy for other code paths and thread counts than
 # the ones mnistlr pins: what a machine with another instruction set (or more cores) picks by itself.
 REQUESTS = {
-    "generic": {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OPENBLAS_CORETYPE": "Prescott",
-                "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR", "OMP_NUM_THREADS": "1"},
-    "widest": {"ATEN_CPU_CAPABILITY": "avx512", "MKL_CBWR": "AUTO", "OPENBLAS_CORETYPE": "SkylakeX",
-               "NPY_DISABLE_CPU_FEATURES": "", "OMP_NUM_THREADS": "2"},
+    "generic": {
+        "ATEN_CPU_CAPABILITY": "default",
+        "MKL_CBWR": "COMPATIBLE",
+        "OPENBLAS_CORETYPE": "Prescott",
+        "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR",
+        "OMP_NUM_THREADS": "1",
+    },
+    "widest": {
+        "ATEN_CPU_CAPABILITY": "avx512",
+        "MKL_CBWR": "AUTO",
+        "OPENBLAS_CORETYPE": "SkylakeX",
+        "NPY_DISABLE_CPU_FEATURES": "",
+        "OMP_NUM_THREADS": "2",
+    },
 }
 
 
 def _metrics(project) -> dict[str, bytes]:
-    files = [*sorted((project / "metrics").glob("*.json")), *sorted((project / "plots").rglob("*.csv")),
-             *sorted((project / "models").glob("*.npz"))]
+    files = [
+        *sorted((project / "metrics").glob("*.json")),
+        *sorted((project / "plots").rglob("*.csv")),
+        *sorted((project / "models").glob("*.npz")),
+    ]
     return {str(p.relative_to(project)): p.read_bytes() for p in files}
 
 
@@ -90,9 +103,11 @@ def two_runs(tmp_path_factory, reproduced):
 def test_two_runs_give_bit_identical_metrics(two_runs):
     (a, b), _ = two_runs
     first, second = _metrics(a), _metrics(b)
-    assert set(first) == {f"{d}/{v}.{ext}" for v in ("full", "noise10")
-                          for d, ext in (("metrics", "json"), ("plots/train", "csv"), ("plots/predictions", "csv"),
-                                         ("models", "npz"))}
+    assert set(first) == {
+        f"{d}/{v}.{ext}"
+        for v in ("full", "noise10")
+        for d, ext in (("metrics", "json"), ("plots/train", "csv"), ("plots/predictions", "csv"), ("models", "npz"))
+    }
     assert first == second
 
 
@@ -114,16 +129,35 @@ STAGE_OUTPUTS = ("models", "curves", "metrics", "predictions")
 
 def _train_outputs(project, env: dict, out) -> dict[str, bytes]:
     """Run the train stage of `project` into `out` under `env`; every file it wrote, by path."""
-    run([sys.executable, "stages/train.py", "--models", str(out / "models"), "--curves", str(out / "curves")], project, env)
+    run(
+        [sys.executable, "stages/train.py", "--models", str(out / "models"), "--curves", str(out / "curves")],
+        project,
+        env,
+    )
     return {str(p.relative_to(out)): p.read_bytes() for d in ("models", "curves") for p in sorted((out / d).rglob("*"))}
 
 
 def _stage_outputs(project, env: dict, out) -> dict[str, bytes]:
     """Run the train and evaluate stages of `project` into `out` under `env`; every file they wrote, by path."""
     _train_outputs(project, env, out)
-    run([sys.executable, "stages/evaluate.py", "--models", str(out / "models"), "--curves", str(out / "curves"),
-         "--metrics", str(out / "metrics"), "--predictions", str(out / "predictions"), "--figures", str(out / "figures")],
-        project, env)
+    run(
+        [
+            sys.executable,
+            "stages/evaluate.py",
+            "--models",
+            str(out / "models"),
+            "--curves",
+            str(out / "curves"),
+            "--metrics",
+            str(out / "metrics"),
+            "--predictions",
+            str(out / "predictions"),
+            "--figures",
+            str(out / "figures"),
+        ],
+        project,
+        env,
+    )
     return {str(p.relative_to(out)): p.read_bytes() for d in STAGE_OUTPUTS for p in sorted((out / d).rglob("*"))}
 
 
@@ -136,13 +170,18 @@ def prepared_project(tmp_path_factory, reproduced):
     return project, {k: v for k, v in env.items() if k not in mnistlr.CPU_PINS and k != mnistlr.NATIVE_CPU_ENV}
 
 
-def test_train_and_evaluate_give_the_same_bytes_whatever_code_paths_the_environment_asks_for(prepared_project, tmp_path):
+def test_train_and_evaluate_give_the_same_bytes_whatever_code_paths_the_environment_asks_for(
+    prepared_project, tmp_path
+):
     """The widest code paths and two threads against the reproduced project's own outputs (the narrowest
     and one thread: test_two_runs_give_bit_identical_metrics)."""
     project, env = prepared_project
     folders = {"models": "models", "curves": "plots/train", "metrics": "metrics", "predictions": "plots/predictions"}
-    baseline = {f"{name}/{p.name}": p.read_bytes() for name in STAGE_OUTPUTS
-                for p in sorted((project / folders[name]).glob("*"))}
+    baseline = {
+        f"{name}/{p.name}": p.read_bytes()
+        for name in STAGE_OUTPUTS
+        for p in sorted((project / folders[name]).glob("*"))
+    }
     assert len(baseline) == 8 and any(k.startswith("models/") for k in baseline)
     assert _stage_outputs(project, {**env, **REQUESTS["widest"]}, tmp_path / "widest") == baseline
 
@@ -160,6 +199,12 @@ def test_without_the_pins_those_requests_change_the_bits(prepared_project, tmp_p
 def test_a_stage_process_runs_with_the_pins():
     probe = "import mnistlr, torch; print(mnistlr.cpu_pins_active(), torch.backends.cpu.get_cpu_capability())"
     env = {k: v for k, v in os.environ.items() if k not in mnistlr.CPU_PINS and k != mnistlr.NATIVE_CPU_ENV}
-    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env={**env, "ATEN_CPU_CAPABILITY": "default"},
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=REPO,
+        env={**env, "ATEN_CPU_CAPABILITY": "default"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert out == (["True", "AVX2"] if mnistlr._has_avx2() else ["False", out[1]])

@@ -22,9 +22,13 @@ from tests import html_render
 
 def diff(**accs):
     """A `dvc metrics diff --all --json`-shaped dict: variant=(old, new) test accuracies."""
-    return {f"metrics/{v}.json": {"test.accuracy": {"old": o, "new": n, "diff": None if o is None else n - o},
-                                  "test.loss": {"old": 0.3, "new": 0.3, "diff": 0.0}}
-            for v, (o, n) in accs.items()}
+    return {
+        f"metrics/{v}.json": {
+            "test.accuracy": {"old": o, "new": n, "diff": None if o is None else n - o},
+            "test.loss": {"old": 0.3, "new": 0.3, "diff": 0.0},
+        }
+        for v, (o, n) in accs.items()
+    }
 
 
 def verdict(d: dict, metric: str = "test.accuracy", max_drop: float = 0.002) -> tuple[bool, str]:
@@ -90,21 +94,38 @@ def test_gate_rejects_a_negative_allowance():
 def exp_show():
     """A trimmed `dvc exp show --json`: the workspace, a baseline commit and three experiments (one queued);
     each run has two variants."""
+
     def data(rev, opt, wd, acc):
-        metrics = {f"metrics/{v}.json": {"data": {"test": {"accuracy": a, "loss": round(1 - a, 6), "ece": 0.01},
-                                                  "val": {"accuracy": a, "loss": round(1 - a, 6)},
-                                                  "weights": {"sparsity": 0.2}}}
-                   for v, a in (("full", acc), ("noise10", round(acc - 0.031234, 6)))}
-        return {"rev": rev, "params": {"params.yaml": {"data": {"seed": 42, "optimizer": opt,
-                                                                "train": {"weight_decay": wd, "epochs": 2}}}},
-                "metrics": metrics}
+        metrics = {
+            f"metrics/{v}.json": {
+                "data": {
+                    "test": {"accuracy": a, "loss": round(1 - a, 6), "ece": 0.01},
+                    "val": {"accuracy": a, "loss": round(1 - a, 6)},
+                    "weights": {"sparsity": 0.2},
+                }
+            }
+            for v, a in (("full", acc), ("noise10", round(acc - 0.031234, 6)))
+        }
+        return {
+            "rev": rev,
+            "params": {
+                "params.yaml": {"data": {"seed": 42, "optimizer": opt, "train": {"weight_decay": wd, "epochs": 2}}}
+            },
+            "metrics": metrics,
+        }
+
     return [
         {"rev": "workspace", "name": None, "data": data("workspace", "sgd", 0.0, 0.9)},
-        {"rev": "a" * 40, "name": "main", "data": data("a" * 40, "sgd", 0.0, 0.9), "experiments": [
-            {"revs": [{"rev": "b" * 40, "name": "exp-adam", "data": data("b" * 40, "adam", 0, 0.93)}]},
-            {"revs": [{"rev": "c" * 40, "name": "exp-wd", "data": data("c" * 40, "sgd", 0.0001, 0.89)}]},
-            {"revs": [{"rev": "d" * 40, "name": "queued", "data": {"rev": "d" * 40, "params": {}, "metrics": {}}}]},
-        ]},
+        {
+            "rev": "a" * 40,
+            "name": "main",
+            "data": data("a" * 40, "sgd", 0.0, 0.9),
+            "experiments": [
+                {"revs": [{"rev": "b" * 40, "name": "exp-adam", "data": data("b" * 40, "adam", 0, 0.93)}]},
+                {"revs": [{"rev": "c" * 40, "name": "exp-wd", "data": data("c" * 40, "sgd", 0.0001, 0.89)}]},
+                {"revs": [{"rev": "d" * 40, "name": "queued", "data": {"rev": "d" * 40, "params": {}, "metrics": {}}}]},
+            ],
+        },
     ]
 
 
@@ -131,8 +152,12 @@ def test_compare_table_keeps_differing_params_and_sorts_best_first():
 
 
 def run_with(name: str, ece: float, acc: float) -> Run:
-    return Run(name=name, rev=name * 40, params={"optimizer": "sgd", "train.lr.sgd": 0.1},
-               metrics={"full": {"test.accuracy": acc, "test.ece": ece, "test.loss": 0.3, "val.accuracy": acc}})
+    return Run(
+        name=name,
+        rev=name * 40,
+        params={"optimizer": "sgd", "train.lr.sgd": 0.1},
+        metrics={"full": {"test.accuracy": acc, "test.ece": ece, "test.loss": 0.3, "val.accuracy": acc}},
+    )
 
 
 def test_compare_by_a_lower_is_better_metric_sorts_ascending():
@@ -164,9 +189,15 @@ def test_terminal_summary_has_every_variants_accuracy_in_full():
 
 
 def test_terminal_summary_marks_a_variant_a_run_lacks():
-    runs = [run_with("a", 0.03, 0.93),
-            Run("b", "b" * 40, {"optimizer": "adam", "train.lr.sgd": 0.1}, {"full": {"test.accuracy": 0.9},
-                                                                          "frac10": {"test.accuracy": 0.81}})]
+    runs = [
+        run_with("a", 0.03, 0.93),
+        Run(
+            "b",
+            "b" * 40,
+            {"optimizer": "adam", "train.lr.sgd": 0.1},
+            {"full": {"test.accuracy": 0.9}, "frac10": {"test.accuracy": 0.81}},
+        ),
+    ]
     lines = review.terminal_table(runs).splitlines()
     assert lines[1].split() == ["run", "optimizer", "full", "frac10"]
     assert lines[2].split() == ["a", "sgd", "0.9300", "-"] and lines[3].split() == ["b", "adam", "0.9000", "0.8100"]
@@ -187,13 +218,17 @@ def test_compare_without_runs_or_metric_is_a_user_error():
 
 def full_diff() -> dict:
     """`dvc metrics diff main --all --json` of three variants, one of them new on the branch."""
+
     def entry(old, new):
         return {"old": old, "new": new, "diff": None if old is None else round(new - old, 6)}
-    return {"diff": {
-        "metrics/frac10.json": {"test.accuracy": entry(0.81, 0.815), "test.loss": entry(0.6, 0.58)},
-        "metrics/full.json": {"test.accuracy": entry(0.925, 0.93), "test.loss": entry(0.3, 0.29)},
-        "metrics/noise20.json": {"test.accuracy": entry(None, 0.87), "test.loss": entry(None, 0.5)},
-    }}
+
+    return {
+        "diff": {
+            "metrics/frac10.json": {"test.accuracy": entry(0.81, 0.815), "test.loss": entry(0.6, 0.58)},
+            "metrics/full.json": {"test.accuracy": entry(0.925, 0.93), "test.loss": entry(0.3, 0.29)},
+            "metrics/noise20.json": {"test.accuracy": entry(None, 0.87), "test.loss": entry(None, 0.5)},
+        }
+    }
 
 
 def test_review_headline_table_shows_base_and_workspace_values():
@@ -208,20 +243,29 @@ def test_review_headline_table_rows_do_not_follow_dvcs_key_order():
     md = review.headline_table(shuffled, "main")
     assert md == review.headline_table(d, "main")
     assert [tuple(c.strip() for c in ln.split("|")[1:3]) for ln in md.splitlines()[2:4]] == [
-        ("frac10", "test.accuracy"), ("frac10", "test.loss")]
+        ("frac10", "test.accuracy"),
+        ("frac10", "test.loss"),
+    ]
 
 
 def test_accuracy_table_has_one_row_per_variant_full_first():
     rows = review.accuracy_table(full_diff()["diff"], "main").splitlines()
-    assert rows[0] == ("| variant | test accuracy (main) | test accuracy (workspace) | change (points) | "
-                       "95% CI (points) | McNemar p | fixed | broken |")
-    assert rows[2:] == ["| full | 0.9250 | 0.9300 | +0.50 | - | - | - | - |",
-                        "| frac10 | 0.8100 | 0.8150 | +0.50 | - | - | - | - |",
-                        "| noise20 | - | 0.8700 | - | - | - | - | - |"]
+    assert rows[0] == (
+        "| variant | test accuracy (main) | test accuracy (workspace) | change (points) | "
+        "95% CI (points) | McNemar p | fixed | broken |"
+    )
+    assert rows[2:] == [
+        "| full | 0.9250 | 0.9300 | +0.50 | - | - | - | - |",
+        "| frac10 | 0.8100 | 0.8150 | +0.50 | - | - | - | - |",
+        "| noise20 | - | 0.8700 | - | - | - | - | - |",
+    ]
     paired = {"full": review.PairedChange("full", 1000, 0.925, 0.930, fixed=10, broken=5)}
     row = review.accuracy_table(full_diff()["diff"], "main", paired).splitlines()[2]
     lo, hi = review.change_interval(10, 5, 1000)
-    assert row == f"| full | 0.9250 | 0.9300 | +0.50 | [{100 * lo:+.2f}, {100 * hi:+.2f}] | {review.mcnemar_p(10, 5):.3g} | 10 | 5 |"
+    assert (
+        row
+        == f"| full | 0.9250 | 0.9300 | +0.50 | [{100 * lo:+.2f}, {100 * hi:+.2f}] | {review.mcnemar_p(10, 5):.3g} | 10 | 5 |"
+    )
 
 
 @pytest.fixture
@@ -256,14 +300,16 @@ def test_review_page_opens_with_the_verdict_then_every_variants_accuracy(recorde
     assert lines[0] == review.MARKER
     assert lines[1].startswith("**Passed** against `main`: gate passed: test.accuracy of 2 variant(s)")
     assert lines[1].endswith("new on this branch (no main value): noise20")
-    table = lines[lines.index("") + 1:]
+    table = lines[lines.index("") + 1 :]
     rows = [ln for ln in table[: table.index("")] if ln.startswith("| ") and not ln.startswith("| variant")]
     assert [r.split("|")[1].strip() for r in rows] == ["full", "frac10", "noise20"]
     assert rows[0] == "| full | 0.9250 | 0.9300 | +0.50 | - | - | - | - |"
     assert "| params.yaml | optimizer | sgd | adam |" in text
-    figure_lines = text[text.index("### Figures"):].splitlines()[2:]
-    assert figure_lines == ["![learning curves (all variants)](figures/learning_curves.png)",
-                            "![confusion matrix of the reference variant](figures/confusion.png)"]
+    figure_lines = text[text.index("### Figures") :].splitlines()[2:]
+    assert figure_lines == [
+        "![learning curves (all variants)](figures/learning_curves.png)",
+        "![confusion matrix of the reference variant](figures/confusion.png)",
+    ]
     assert "weights.png" not in text  # only figures that exist are linked
 
 
@@ -285,12 +331,15 @@ def test_figure_links_point_at_the_three_pipeline_figures_relative_to_the_page(t
 
 def test_review_page_says_failed_first_when_the_gate_fails(recorded_dvc, tmp_path):
     recorded_dvc["diff"]["diff"]["metrics/full.json"]["test.loss"] = {"old": 0.30, "new": 0.35, "diff": 0.05}
-    text = review.build_review("main", tmp_path / "review.md", metric="test.loss", max_drop=0.01,
-                               figures_dir=tmp_path, cwd=tmp_path)
+    text = review.build_review(
+        "main", tmp_path / "review.md", metric="test.loss", max_drop=0.01, figures_dir=tmp_path, cwd=tmp_path
+    )
     lines = text.splitlines()
     assert lines[0] == review.MARKER
-    assert lines[1].startswith("**FAILED** against `main`: gate FAILED (max drop 0.01): full test.loss worsened "
-                               "from 0.3000 (main) to 0.3500 (workspace)"), lines[1]
+    assert lines[1].startswith(
+        "**FAILED** against `main`: gate FAILED (max drop 0.01): full test.loss worsened "
+        "from 0.3000 (main) to 0.3500 (workspace)"
+    ), lines[1]
     assert "frac10" not in lines[1]  # its loss fell
     assert "| full | 0.9250 | 0.9300 | +0.50 |" in text  # the accuracy table is there all the same
     # the same page gated on accuracy, which rose everywhere, passes
@@ -319,8 +368,10 @@ def _exact_mcnemar_p(fixed: int, broken: int) -> float:
     return float(min(Fraction(1), Fraction(2 * tail, 2**d)))
 
 
-@pytest.mark.parametrize("fixed,broken", [(10, 2), (2, 10), (0, 1), (0, 3), (1, 4), (7, 8), (5, 5), (0, 40),
-                                          (130, 100), (60, 100), (300, 250), (900, 1000)])
+@pytest.mark.parametrize(
+    "fixed,broken",
+    [(10, 2), (2, 10), (0, 1), (0, 3), (1, 4), (7, 8), (5, 5), (0, 40), (130, 100), (60, 100), (300, 250), (900, 1000)],
+)
 def test_mcnemar_p_is_the_exact_binomial_tail(fixed, broken):
     assert review.mcnemar_p(fixed, broken) == pytest.approx(_exact_mcnemar_p(fixed, broken), rel=1e-12)
     assert review.mcnemar_p(fixed, broken) == review.mcnemar_p(broken, fixed)
@@ -383,11 +434,13 @@ def test_exact_tests_agree_with_scipy_binomtest():
 
 
 def test_review_module_loads_scipy_special_only_when_testing_and_never_scipy_stats():
-    probe = ("import sys\n"
-             "from mnistlr import review\n"
-             "print('scipy' in sys.modules)\n"
-             "review.mcnemar_p(10, 2), review.change_interval(10, 2, 1000)\n"
-             "print('scipy.special' in sys.modules, 'scipy.stats' in sys.modules)\n")
+    probe = (
+        "import sys\n"
+        "from mnistlr import review\n"
+        "print('scipy' in sys.modules)\n"
+        "review.mcnemar_p(10, 2), review.change_interval(10, 2, 1000)\n"
+        "print('scipy.special' in sys.modules, 'scipy.stats' in sys.modules)\n"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "True", "False"]
 
@@ -429,8 +482,10 @@ def _change(variant, base, new, n=10000):
 def test_significance_gate_passes_a_drop_the_test_set_cannot_tell_from_noise():
     noisy = review.PairedChange("full", 10000, 0.9250, 0.9220, fixed=100, broken=130)  # -0.30 points, p ~ 0.06
     passed, line = review.significance_verdict({"full": noisy}, max_drop=0.002, alpha=0.05, base="main")
-    assert passed and line.startswith("gate passed (max drop 0.002, significance 0.05): drops not significant: "
-                                      "full test accuracy 0.9250 -> 0.9220 (-0.30 points"), line
+    assert passed and line.startswith(
+        "gate passed (max drop 0.002, significance 0.05): drops not significant: "
+        "full test accuracy 0.9250 -> 0.9220 (-0.30 points"
+    ), line
     assert f"McNemar p = {noisy.p_value:.3g}" in line and noisy.p_value > 0.05
 
 
@@ -440,9 +495,11 @@ def test_significance_gate_fails_a_significant_drop_naming_variant_accuracies_in
     passed, line = review.significance_verdict({"full": fine, "frac10": real}, 0.002, 0.05, "main")
     lo, hi = real.interval
     assert not passed and "\n" not in line
-    assert line == ("gate FAILED (max drop 0.002, significance 0.05): frac10 test accuracy 0.9100 -> 0.8900 "
-                    f"(-2.00 points, 95% CI [{100 * lo:+.2f}, {100 * hi:+.2f}], McNemar p = {real.p_value:.3g}; "
-                    "0 fixed, 200 broken)")
+    assert line == (
+        "gate FAILED (max drop 0.002, significance 0.05): frac10 test accuracy 0.9100 -> 0.8900 "
+        f"(-2.00 points, 95% CI [{100 * lo:+.2f}, {100 * hi:+.2f}], McNemar p = {real.p_value:.3g}; "
+        "0 fixed, 200 broken)"
+    )
     assert hi < 0 and real.p_value < 1e-10
 
 
@@ -452,8 +509,10 @@ def test_significance_gate_keeps_max_drop_a_significant_but_small_drop_passes():
     assert passed and "within 0.002 of main" in line
 
 
-@pytest.mark.parametrize("args,match", [((0.002, 1.5), "--significance 1.5 is not accepted"),
-                                         ((0.002, 0.0), "--significance 0.0 is not accepted")])
+@pytest.mark.parametrize(
+    "args,match",
+    [((0.002, 1.5), "--significance 1.5 is not accepted"), ((0.002, 0.0), "--significance 0.0 is not accepted")],
+)
 def test_significance_must_be_a_level(args, match):
     with pytest.raises(MnistlrError, match=match):
         review.run_gate("main", "test.accuracy", *args)
@@ -469,12 +528,16 @@ def test_compare_marks_runs_the_test_set_cannot_tell_from_the_best(monkeypatch):
     wrong = lambda k: np.where(np.arange(1000) < k, (y + 1) % 10, y)  # noqa: E731 - first k images wrong
     preds = {"best": wrong(50), "close": wrong(53), "far": wrong(120)}
     monkeypatch.setattr(review, "predictions_at", lambda rev, variant, cwd=".": _preds(y, preds[rev]))
-    runs = [Run(name, name, {"optimizer": "sgd"}, {"full": {"test.accuracy": 1 - k / 1000}})
-            for name, k in (("far", 120), ("best", 50), ("close", 53))]
+    runs = [
+        Run(name, name, {"optimizer": "sgd"}, {"full": {"test.accuracy": 1 - k / 1000}})
+        for name, k in (("far", 120), ("best", 50), ("close", 53))
+    ]
     table = review.mark_indistinguishable(review.comparison_table(runs, "full", "test.accuracy"), runs, "full")
     assert list(table["run"]) == ["best", "close", "far"]
     assert list(table["same as best"]) == ["yes", "yes", "no"]
-    assert table["p vs best"].iloc[0] == 1.0 and table["p vs best"].iloc[1] == pytest.approx(review.mcnemar_p(0, 3), abs=1e-4)
+    assert table["p vs best"].iloc[0] == 1.0 and table["p vs best"].iloc[1] == pytest.approx(
+        review.mcnemar_p(0, 3), abs=1e-4
+    )
     assert table["p vs best"].iloc[2] < 1e-10
 
 
@@ -483,9 +546,11 @@ def test_compare_marks_runs_the_test_set_cannot_tell_from_the_best(monkeypatch):
 
 def test_localize_scripts_rewrites_the_vega_cdn_tags(tmp_path):
     page = tmp_path / "index.html"
-    page.write_text('<script src="https://cdn.jsdelivr.net/npm/vega@5.20.2"></script>'
-                    '<script src="https://cdn.jsdelivr.net/npm/vega-lite@5.2.0"></script>'
-                    '<script src="https://cdn.jsdelivr.net/npm/vega-embed@6.18.2"></script>')
+    page.write_text(
+        '<script src="https://cdn.jsdelivr.net/npm/vega@5.20.2"></script>'
+        '<script src="https://cdn.jsdelivr.net/npm/vega-lite@5.2.0"></script>'
+        '<script src="https://cdn.jsdelivr.net/npm/vega-embed@6.18.2"></script>'
+    )
     assert html_render.localize_scripts(page, tmp_path / "js") == 3
     text = page.read_text()
     assert "cdn.jsdelivr" not in text and "js/vega-lite.min.js" in text and "js/vega-embed.min.js" in text

@@ -67,8 +67,12 @@ def local_vega(html: Path, cache: Path) -> Path | None:
         target = js / f"{name}.min.js"
         if target.is_file():
             continue
-        proc = subprocess.run([npm, "pack", f"{name}@{version}", "--pack-destination", str(cache)],
-                              capture_output=True, text=True, timeout=180)
+        proc = subprocess.run(
+            [npm, "pack", f"{name}@{version}", "--pack-destination", str(cache)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         if proc.returncode != 0:
             return None
         with tarfile.open(cache / f"{name}-{version}.tgz") as tar:
@@ -106,8 +110,7 @@ def test_plots_show_renders_in_headless_chromium(project, tmp_path_factory):
     # loss, accuracy, val accuracy of all variants, confusion matrix
     assert charts >= 4, rendered.dom[:2000]
     source = (proj / "dvc_plots" / "index.html").read_text()  # charts draw on canvas: titles are in the specs
-    for title in ("Loss of full (train vs val)", "Accuracy of full (train vs val)",
-                  "Confusion matrix (test set)"):
+    for title in ("Loss of full (train vs val)", "Accuracy of full (train vs val)", "Confusion matrix (test set)"):
         assert title in source
     pngs = sorted((proj / "reports" / "figures").rglob("*.png"))
     assert len(pngs) >= 6 and rendered.dom.count("<img") >= len(pngs)
@@ -125,25 +128,41 @@ def test_make_review_on_an_adam_branch_writes_measured_diffs(project):
     assert lines[0] == MARKER, proc.stdout + proc.stderr
     # the verdict first, in one line; make fails exactly when the gate does
     passed = proc.returncode == 0
-    assert lines[1].startswith("**Passed** against `main`: gate passed" if passed else
-                               "**FAILED** against `main`: gate FAILED"), proc.stdout + proc.stderr
+    assert lines[1].startswith(
+        "**Passed** against `main`: gate passed" if passed else "**FAILED** against `main`: gate FAILED"
+    ), proc.stdout + proc.stderr
     assert lines[1].endswith("new on this branch (no main value): frac50"), lines[1]
     # then every variant's test accuracy, main -> workspace, `full` first
-    acc = {v: json.loads((proj / "metrics" / f"{v}.json").read_text())["test"]["accuracy"]
-           for v in ("full", "noise10", "frac50")}
-    old = {v: json.loads(git(proj, env, "show", f"main:metrics/{v}.json"))["test"]["accuracy"]
-           for v in ("full", "noise10")}
-    assert lines[2:5] == ["", "| variant | test accuracy (main) | test accuracy (workspace) | change (points) | "
-                          "95% CI (points) | McNemar p | fixed | broken |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    acc = {
+        v: json.loads((proj / "metrics" / f"{v}.json").read_text())["test"]["accuracy"]
+        for v in ("full", "noise10", "frac50")
+    }
+    old = {
+        v: json.loads(git(proj, env, "show", f"main:metrics/{v}.json"))["test"]["accuracy"] for v in ("full", "noise10")
+    }
+    assert lines[2:5] == [
+        "",
+        "| variant | test accuracy (main) | test accuracy (workspace) | change (points) | "
+        "95% CI (points) | McNemar p | fixed | broken |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
 
     def paired(v: str) -> str:
         """The row's statistics, recomputed here from the two committed prediction files."""
-        y_old, p_old = np.loadtxt(io.StringIO(git(proj, env, "show", f"main:plots/predictions/{v}.csv")),
-                                  delimiter=",", skiprows=1, dtype=np.int64).T
-        y_new, p_new = np.loadtxt(proj / "plots" / "predictions" / f"{v}.csv", delimiter=",", skiprows=1,
-                                  dtype=np.int64).T
+        y_old, p_old = np.loadtxt(
+            io.StringIO(git(proj, env, "show", f"main:plots/predictions/{v}.csv")),
+            delimiter=",",
+            skiprows=1,
+            dtype=np.int64,
+        ).T
+        y_new, p_new = np.loadtxt(
+            proj / "plots" / "predictions" / f"{v}.csv", delimiter=",", skiprows=1, dtype=np.int64
+        ).T
         assert (y_old == y_new).all()
-        fixed, broken = int(((p_old != y_old) & (p_new == y_new)).sum()), int(((p_old == y_old) & (p_new != y_new)).sum())
+        fixed, broken = (
+            int(((p_old != y_old) & (p_new == y_new)).sum()),
+            int(((p_old == y_old) & (p_new != y_new)).sum()),
+        )
         assert fixed - broken == round((acc[v] - old[v]) * y_new.size)
         lo, hi = review.change_interval(fixed, broken, y_new.size)
         assert lo <= acc[v] - old[v] <= hi
@@ -186,8 +205,11 @@ def test_gate_fails_on_a_worse_branch_and_passes_on_main(project):
     line = failed.stderr.strip()
     assert failed.returncode == 1 and "\n" not in line, failed.stdout + failed.stderr
     assert line.startswith("gate FAILED (max drop 0.002, significance 0.05): ")
-    assert re.search(rf"full test accuracy {old:.4f} -> {new:.4f} \(-[\d.]+ points, 95% CI \[-[\d.]+, -[\d.]+\], "
-                     r"McNemar p = [\d.e-]+; \d+ fixed, \d+ broken\)", line), line
+    assert re.search(
+        rf"full test accuracy {old:.4f} -> {new:.4f} \(-[\d.]+ points, 95% CI \[-[\d.]+, -[\d.]+\], "
+        r"McNemar p = [\d.e-]+; \d+ fixed, \d+ broken\)",
+        line,
+    ), line
     # the loss is lower-is-better: it rose, so the gate on it fails too
     old_loss = json.loads(git(proj, env, "show", "main:metrics/full.json"))["test"]["loss"]
     new_loss = json.loads((proj / "metrics" / "full.json").read_text())["test"]["loss"]

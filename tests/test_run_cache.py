@@ -17,8 +17,12 @@ OUTPUTS = ("models", "metrics", "plots", "reports")
 
 def output_bytes(project) -> dict[str, bytes]:
     """Every file under the pipeline's output folders, by path."""
-    return {str(p.relative_to(project)): p.read_bytes()
-            for folder in OUTPUTS for p in sorted((project / folder).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(project)): p.read_bytes()
+        for folder in OUTPUTS
+        for p in sorted((project / folder).rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_a_config_already_run_starts_no_training_or_evaluation_and_restores_the_same_bytes(tmp_path, reproduced):
@@ -45,4 +49,6 @@ def test_a_config_already_run_starts_no_training_or_evaluation_and_restores_the_
     assert output_bytes(project) == sgd
     assert started("exp", "run", "-S", "optimizer=adam") == ["report.py"]
     assert output_bytes(project) == adam
-    assert run(["git", "status", "--porcelain", "--untracked-files=no"], project, env).stdout.strip() != ""  # adam, not HEAD
+    assert (
+        run(["git", "status", "--porcelain", "--untracked-files=no"], project, env).stdout.strip() != ""
+    )  # adam, not HEAD

@@ -21,11 +21,19 @@ TINY = {
         "mse": {"lr": 0.003, "epochs": 2},
         "optimum": {"weight_decays": [1.0e-3], "lbfgs_iters": 100, "epochs": 2},
         "l1l2": {"values": [0.0, 1.0e-3], "epochs": 2, "batch_size": 32, "lr": 0.1},
-        "sweep": {"candidates": [{"optimizer": "sgd", "lr": 0.1, "epochs": 2, "batch_size": 32, "weight_decay": 0.0},
-                                 {"optimizer": "adam", "lr": 0.001, "epochs": 2, "batch_size": 32, "weight_decay": 0.0}]},
-        "deskew": {"candidates": [{"optimizer": "adam", "lr": 0.001, "epochs": 2, "batch_size": 32, "weight_decay": 0.0},
-                                  {"optimizer": "adam", "lr": 0.003, "epochs": 2, "batch_size": 32, "weight_decay": 0.0},
-                                  {"optimizer": "sgd", "lr": 0.1, "epochs": 2, "batch_size": 32, "weight_decay": 0.0}]},
+        "sweep": {
+            "candidates": [
+                {"optimizer": "sgd", "lr": 0.1, "epochs": 2, "batch_size": 32, "weight_decay": 0.0},
+                {"optimizer": "adam", "lr": 0.001, "epochs": 2, "batch_size": 32, "weight_decay": 0.0},
+            ]
+        },
+        "deskew": {
+            "candidates": [
+                {"optimizer": "adam", "lr": 0.001, "epochs": 2, "batch_size": 32, "weight_decay": 0.0},
+                {"optimizer": "adam", "lr": 0.003, "epochs": 2, "batch_size": 32, "weight_decay": 0.0},
+                {"optimizer": "sgd", "lr": 0.1, "epochs": 2, "batch_size": 32, "weight_decay": 0.0},
+            ]
+        },
     },
 }
 
@@ -80,8 +88,9 @@ def test_unknown_study_is_a_one_line_error(tmp_path):
 
 @pytest.mark.parametrize("study,deskewed", [("deskew", False), ("sweep", True)])
 def test_a_study_on_the_wrong_inputs_is_a_one_line_error(tmp_path, study, deskewed):
-    (tmp_path / "preprocessing.json").write_text(json.dumps({"deskew": deskewed, "mean": 0.13, "std": 0.3,
-                                                             "image_side": 28}))
+    (tmp_path / "preprocessing.json").write_text(
+        json.dumps({"deskew": deskewed, "mean": 0.13, "std": 0.3, "image_side": 28})
+    )
     with pytest.raises(MnistlrError) as info:
         run_study(study, parse_params(TINY), tmp_path, tmp_path / "x.json")
     msg = str(info.value)
@@ -116,8 +125,10 @@ def test_plain_repro_runs_only_the_root_pipeline_and_the_studies_run_on_its_data
 
     # the studies pipeline reads the root pipeline's prepared arrays and never reruns it
     ran = RUNNING.findall(dvc("repro", "studies/dvc.yaml", cwd=project, env=env).stdout)
-    assert sorted(ran) == sorted(f"studies/dvc.yaml:{s}" for s in ("prepare_deskewed", "study@mse", "study@optimum",
-                                                                    "l1l2", "sweep", "deskew", "report")), ran
+    assert sorted(ran) == sorted(
+        f"studies/dvc.yaml:{s}"
+        for s in ("prepare_deskewed", "study@mse", "study@optimum", "l1l2", "sweep", "deskew", "report")
+    ), ran
     sweep = json.loads((project / "studies/results/sweep.json").read_text())
     assert sweep["n_val"] == 200 and len(sweep["rows"]) == 2 + 3  # two candidates, the optimum's three runs
     deskew = json.loads((project / "studies/results/deskew.json").read_text())

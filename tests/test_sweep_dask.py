@@ -42,7 +42,7 @@ EXPECTED = {("sgd", 50), ("sgd", 60)}
 
 # Loaded by the scheduler (`dask scheduler --preload`): appends every task it is given, pickled as the
 # scheduler holds it (function and arguments), to the file named by MNISTLR_TEST_TASK_LOG.
-RECORDER = '''
+RECORDER = """
 import json, os
 import cloudpickle
 from distributed.diagnostics.plugin import SchedulerPlugin
@@ -59,7 +59,7 @@ class RecordTasks(SchedulerPlugin):
 
 def dask_setup(scheduler):
     scheduler.add_plugin(RecordTasks())
-'''
+"""
 
 
 # --- the grid, against what `dvc exp run --queue` queues ---------------------------------------------------
@@ -80,12 +80,16 @@ def queue_project(tmp_path_factory, synthetic_mirror):
     return project, project_env(synthetic_mirror, synthetic=True)
 
 
-@pytest.mark.parametrize("sets", [
-    ["optimizer=sgd,adam", "train.weight_decay=0,0.0001"],          # the 2x2 grid
-    ["seed=1,2", "seed=3"],                                          # a repeated key: the last wins
-    ["seed=range(1,4)", "train.lr.sgd=0.1,0.2"],                    # Hydra's range() and a nested key
-    ["train.schedule=constant", "optimizer=adam,sgd,lbfgs"],        # a single value and a 3-way list
-], ids=["2x2", "repeated-key", "range-nested", "single-and-3"])
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["optimizer=sgd,adam", "train.weight_decay=0,0.0001"],  # the 2x2 grid
+        ["seed=1,2", "seed=3"],  # a repeated key: the last wins
+        ["seed=range(1,4)", "train.lr.sgd=0.1,0.2"],  # Hydra's range() and a nested key
+        ["train.schedule=constant", "optimizer=adam,sgd,lbfgs"],  # a single value and a 3-way list
+    ],
+    ids=["2x2", "repeated-key", "range-nested", "single-and-3"],
+)
 def test_grid_expands_as_dvc_queues_it(queue_project, sets):
     project, env = queue_project
     assert expand_grid(sets) == queued_overrides(project, env, sets)
@@ -93,8 +97,12 @@ def test_grid_expands_as_dvc_queues_it(queue_project, sets):
 
 def test_grid_points_and_names():
     points = expand_grid(["optimizer=sgd,adam", "train.weight_decay=0,0.0001"])
-    assert points == [["optimizer=sgd", "train.weight_decay=0"], ["optimizer=sgd", "train.weight_decay=0.0001"],
-                      ["optimizer=adam", "train.weight_decay=0"], ["optimizer=adam", "train.weight_decay=0.0001"]]
+    assert points == [
+        ["optimizer=sgd", "train.weight_decay=0"],
+        ["optimizer=sgd", "train.weight_decay=0.0001"],
+        ["optimizer=adam", "train.weight_decay=0"],
+        ["optimizer=adam", "train.weight_decay=0.0001"],
+    ]
     assert expand_grid(["seed=1", "seed=2"]) == [["seed=2"]]  # -S a=1 -S a=2: one run, the last value
     commit, other = "a" * 40, "b" * 40
     names = [point_name(p, commit) for p in points]
@@ -102,7 +110,9 @@ def test_grid_points_and_names():
     assert names == [point_name(p, commit) for p in points]  # deterministic
     assert point_name(["train.weight_decay=0", "optimizer=sgd"], commit) == names[0]  # order of -S does not matter
     assert point_name(points[0], other) != names[0]  # another commit, another experiment
-    assert point_name(points[0], commit, "mine") != names[0] and point_name(points[0], commit, "mine").startswith("mine-")
+    assert point_name(points[0], commit, "mine") != names[0] and point_name(points[0], commit, "mine").startswith(
+        "mine-"
+    )
     for name in names:
         assert len(name) <= 20
         assert subprocess.run(["git", "check-ref-format", exp_ref(commit, name)]).returncode == 0
@@ -179,23 +189,52 @@ def cluster(team):
     def start(args: list[str], name: str, extra_env: dict) -> subprocess.Popen:
         log = open(root / f"{name}.log", "w")  # noqa: SIM115 - closed at teardown
         logs.append(log)
-        proc = subprocess.Popen([str(BIN / "dask"), *args], cwd=root, env={**env, **extra_env},
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(BIN / "dask"), *args], cwd=root, env={**env, **extra_env}, stdout=log, stderr=subprocess.STDOUT
+        )
         procs.append(proc)
         return proc
 
     try:
         # --dashboard-address: the HTTP server each starts even without a dashboard, on 127.0.0.1 too
-        start(["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard",
-               "--dashboard-address", "127.0.0.1:0",
-               "--preload", str(root / "record_tasks.py")], "scheduler", {"MNISTLR_TEST_TASK_LOG": str(task_log)})
+        start(
+            [
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-dashboard",
+                "--dashboard-address",
+                "127.0.0.1:0",
+                "--preload",
+                str(root / "record_tasks.py"),
+            ],
+            "scheduler",
+            {"MNISTLR_TEST_TASK_LOG": str(task_log)},
+        )
         workers = []
         for i in range(2):
             tmp = root / f"worker{i}-tmp"
             tmp.mkdir()
-            proc = start(["worker", address, "--nthreads", "1", "--no-dashboard", "--dashboard-address", "127.0.0.1:0",
-                          "--no-nanny", "--host", "127.0.0.1", "--local-directory", str(tmp)], f"worker{i}",
-                         {"TMPDIR": str(tmp), **aws_env(team["storage"])})
+            proc = start(
+                [
+                    "worker",
+                    address,
+                    "--nthreads",
+                    "1",
+                    "--no-dashboard",
+                    "--dashboard-address",
+                    "127.0.0.1:0",
+                    "--no-nanny",
+                    "--host",
+                    "127.0.0.1",
+                    "--local-directory",
+                    str(tmp),
+                ],
+                f"worker{i}",
+                {"TMPDIR": str(tmp), **aws_env(team["storage"])},
+            )
             workers.append((proc, tmp))
         from distributed import Client
 
@@ -217,9 +256,14 @@ def cluster(team):
 
 
 def sweep(team: dict, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([MNISTLR, "sweep", *args], cwd=team["project"],
-                          env={**(env or team["env"]), "COLUMNS": "120"}, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [MNISTLR, "sweep", *args],
+        cwd=team["project"],
+        env={**(env or team["env"]), "COLUMNS": "120"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def origin_refs(team: dict) -> dict[str, str]:
@@ -249,8 +293,9 @@ def check_results(team: dict, dest: Path, names: list[str]) -> dict[str, dict]:
     env = {**team["env"], **aws_env(team["storage"])}
     dvc("exp", "pull", "origin", *names, cwd=dest, env=env)
     shown = json.loads(dvc("exp", "show", "--json", cwd=dest, env=env).stdout)
-    exps = {r["name"]: r for c in shown if c["rev"] != "workspace"
-            for e in c.get("experiments") or [] for r in e["revs"]}
+    exps = {
+        r["name"]: r for c in shown if c["rev"] != "workspace" for e in c.get("experiments") or [] for r in e["revs"]
+    }
     assert set(names) <= set(exps), (names, sorted(exps))
     models = set()
     for name in names:
@@ -291,8 +336,12 @@ def grid_sweep(team, cluster):
     before = origin_refs(team)
     proc = sweep(team, *GRID, "--scheduler", cluster["address"])
     compare = team["project"] / "experiments" / "compare.json"
-    return {"proc": proc, "before": before, "after": origin_refs(team),
-            "compared": json.loads(compare.read_text()) if compare.is_file() else None}
+    return {
+        "proc": proc,
+        "before": before,
+        "after": origin_refs(team),
+        "compared": json.loads(compare.read_text()) if compare.is_file() else None,
+    }
 
 
 def test_sweep_runs_every_point_on_the_cluster_and_reports_the_failing_one(team, grid_sweep, tmp_path):
@@ -376,9 +425,26 @@ def test_a_worker_without_credentials_fails_the_point_saying_where_they_come_fro
     before = origin_refs(team)
     work = tmp_path / "work"
     work.mkdir()
-    proc = subprocess.run([MNISTLR, "sweep-point", "-S", "optimizer=adam", "--name-prefix", "nocreds", "--origin",
-                           str(team["origin"]), "--commit", team["commit"], "--workdir", str(work)],
-                          cwd=tmp_path, env=team["env"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            MNISTLR,
+            "sweep-point",
+            "-S",
+            "optimizer=adam",
+            "--name-prefix",
+            "nocreds",
+            "--origin",
+            str(team["origin"]),
+            "--commit",
+            team["commit"],
+            "--workdir",
+            str(work),
+        ],
+        cwd=tmp_path,
+        env=team["env"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 75, proc.stdout + proc.stderr  # storage, not the experiment: worth another attempt
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: `dvc pull --allow-missing` failed: ERROR: "), err
@@ -405,9 +471,14 @@ def processes_in(folder: Path) -> list[str]:
 def test_a_worker_killed_mid_point_loses_no_point_and_pushes_nothing_partial(team, cluster, tmp_path):
     before = set(origin_refs(team))
     point = ["-S", "optimizer=adam", "-S", "data.val_size=50"]
-    proc = subprocess.Popen([MNISTLR, "sweep", *point, "--name-prefix", "killed", "--scheduler", cluster["address"]],
-                            cwd=team["project"], env=team["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [MNISTLR, "sweep", *point, "--name-prefix", "killed", "--scheduler", cluster["address"]],
+        cwd=team["project"],
+        env=team["env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         # the victim: the worker whose clone of the point is running one of the pipeline's stages
         deadline = time.monotonic() + 180
@@ -468,8 +539,9 @@ def test_an_unknown_param_key_is_refused_with_the_closest_known_one(team):
 def test_an_unreachable_scheduler_is_one_line_after_the_connect_timeout(team):
     before = origin_refs(team)
     start = time.monotonic()
-    proc = sweep(team, "-S", "seed=7,8", "--scheduler", f"tcp://127.0.0.1:{free_port()}", "--connect-timeout", "2",
-                 timeout=120)
+    proc = sweep(
+        team, "-S", "seed=7,8", "--scheduler", f"tcp://127.0.0.1:{free_port()}", "--connect-timeout", "2", timeout=120
+    )
     assert_one_line_error(proc, "cannot reach the Dask scheduler", "within 2 s")
     assert time.monotonic() - start < 60
     assert origin_refs(team) == before
@@ -477,27 +549,36 @@ def test_an_unreachable_scheduler_is_one_line_after_the_connect_timeout(team):
 
 def test_a_missing_git_remote_or_an_unpushed_commit_is_refused(team, tmp_path):
     project = make_project(tmp_path, PARAMS)
-    proc = subprocess.run([MNISTLR, "sweep", "-S", "seed=1,2"], cwd=project, env=team["env"], capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [MNISTLR, "sweep", "-S", "seed=1,2"], cwd=project, env=team["env"], capture_output=True, text=True
+    )
     assert_one_line_error(proc, "no git remote 'origin'", "git remote add origin")
     # a commit that is not on the origin: the workers could not clone it
     before = origin_refs(team)
     run(["git", "remote", "add", "origin", str(team["origin"])], project)
-    proc = subprocess.run([MNISTLR, "sweep", "-S", "seed=1,2"], cwd=project, env=team["env"], capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [MNISTLR, "sweep", "-S", "seed=1,2"], cwd=project, env=team["env"], capture_output=True, text=True
+    )
     assert_one_line_error(proc, "is not on the git remote 'origin'", "git push origin HEAD")
     assert origin_refs(team) == before
 
 
 def test_sweep_point_refuses_a_list_or_a_missing_config_local_and_the_cli_stays_light(tmp_path):
-    proc = subprocess.run([MNISTLR, "sweep-point", "-S", "optimizer=sgd,adam", "--origin", "/nowhere",
-                           "--commit", "a" * 40], capture_output=True, text=True)
+    proc = subprocess.run(
+        [MNISTLR, "sweep-point", "-S", "optimizer=sgd,adam", "--origin", "/nowhere", "--commit", "a" * 40],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1 and proc.stderr.strip().startswith("error: sweep-point runs one point"), proc.stderr
     # a worker's MNISTLR_DVC_CONFIG_LOCAL that names no file: one line naming it, before any clone
     missing = tmp_path / "no-config.local"
-    proc = subprocess.run([MNISTLR, "sweep-point", "-S", "seed=1", "--origin", "/nowhere", "--commit", "a" * 40],
-                          cwd=tmp_path, env={**os.environ, CONFIG_LOCAL_ENV: str(missing)}, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [MNISTLR, "sweep-point", "-S", "seed=1", "--origin", "/nowhere", "--commit", "a" * 40],
+        cwd=tmp_path,
+        env={**os.environ, CONFIG_LOCAL_ENV: str(missing)},
+        capture_output=True,
+        text=True,
+    )
     assert_one_line_error(proc, str(missing), CONFIG_LOCAL_ENV, "is not a file")
     probe = "import sys, mnistlr.cli; print(sorted(m for m in ('torch', 'dask', 'distributed') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "[]"
@@ -510,13 +591,29 @@ NO_DASK = "import sys; sys.modules['dask'] = None; from mnistlr.cli import app; 
 def test_sweep_without_the_cluster_extra_is_one_line_naming_the_package_and_the_install(tmp_path, missing):
     project = make_project(tmp_path, PARAMS)
     code = NO_DASK.replace("'dask'", repr(missing))
-    proc = subprocess.run([sys.executable, "-c", code, "sweep", "-S", "seed=1,2"], cwd=project, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "sweep", "-S", "seed=1,2"], cwd=project, capture_output=True, text=True
+    )
     assert_one_line_error(proc, f"needs the package {missing!r}", "pip install 'mnistlr[cluster]'")
     assert run(["git", "status", "--porcelain"], project).stdout == ""  # nothing written
     # the per-point command and the rest of the CLI work without it
-    proc = subprocess.run([sys.executable, "-c", code, "sweep-point", "-S", "optimizer=sgd,adam", "--origin",
-                           "/nowhere", "--commit", "a" * 40], cwd=project, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "sweep-point",
+            "-S",
+            "optimizer=sgd,adam",
+            "--origin",
+            "/nowhere",
+            "--commit",
+            "a" * 40,
+        ],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
     assert_one_line_error(proc, "sweep-point runs one point")
     proc = subprocess.run([sys.executable, "-c", code, "version"], cwd=project, capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr

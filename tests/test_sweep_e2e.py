@@ -81,14 +81,21 @@ def test_queued_sweep_then_compare_gives_a_grid_and_the_report_links_it(tmp_path
 
     # two points (how DVC expands longer grids, tests/test_sweep_dask.py checks); each differs from the
     # baseline in both params, one from the other in the optimizer
-    queued = dvc("exp", "run", "--queue", "-S", "optimizer=sgd,adam", "-S", "train.weight_decay=0.0001",
-                 cwd=project, env=env).stdout
+    queued = dvc(
+        "exp", "run", "--queue", "-S", "optimizer=sgd,adam", "-S", "train.weight_decay=0.0001", cwd=project, env=env
+    ).stdout
     assert queued.count("Queued experiment") == 2, queued
     # two queue workers, one per core. They run detached and keep the caller's output open, so their output
     # goes to a file, not to a pipe this test would wait on for as long as they live.
     with open(tmp_path / "queue-start.log", "w") as log:
-        subprocess.run([str(Path(sys.executable).with_name("dvc")), "queue", "start", "-j", "2"], cwd=project,
-                       env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+        subprocess.run(
+            [str(Path(sys.executable).with_name("dvc")), "queue", "start", "-j", "2"],
+            cwd=project,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=True,
+        )
     try:
         status = wait_for_queue(project, env, expected=2)
     finally:
@@ -103,8 +110,9 @@ def test_queued_sweep_then_compare_gives_a_grid_and_the_report_links_it(tmp_path
     # each run's test accuracy of every variant, to 4 decimals, as dvc recorded it
     shown = json.loads(dvc("exp", "show", "--json", cwd=project, env=env).stdout)
     baseline = next(c for c in shown if c["rev"] != "workspace")
-    recorded = {r.get("name") or r["rev"][:7]: r for r in
-                [baseline, *(r for e in baseline["experiments"] for r in e["revs"])]}
+    recorded = {
+        r.get("name") or r["rev"][:7]: r for r in [baseline, *(r for e in baseline["experiments"] for r in e["revs"])]
+    }
     assert len(recorded) == 3
     start = printed.index("test.accuracy of every variant:")
     header = printed[start + 1].split()
@@ -140,11 +148,16 @@ def test_queued_sweep_then_compare_gives_a_grid_and_the_report_links_it(tmp_path
     data = json.loads((project / "experiments" / "compare.json").read_text())
     assert data["differing_params"] == ["optimizer", "train.weight_decay"]
     assert sorted((r["optimizer"], r["train.weight_decay"]) for r in data["runs"]) == [
-        ("adam", "0.0001"), ("sgd", "0"), ("sgd", "0.0001")]  # the two experiments and the baseline
+        ("adam", "0.0001"),
+        ("sgd", "0"),
+        ("sgd", "0.0001"),
+    ]  # the two experiments and the baseline
     assert all(0 <= r["test.accuracy"] <= 1 for r in data["runs"])
     # every variant's test accuracy per run, as dvc recorded it (the report's plain-vs-deskewed table reads it)
-    assert all(sorted(r["by_variant"]) == ["full", "noise10"] and r["by_variant"]["full"] == r["test.accuracy"]
-               for r in data["runs"])
+    assert all(
+        sorted(r["by_variant"]) == ["full", "noise10"] and r["by_variant"]["full"] == r["test.accuracy"]
+        for r in data["runs"]
+    )
     assert (project / "experiments" / "compare.png").stat().st_size > 10_000
 
     # The comparison is a committed input of the report stage: only the report reruns, and shows it.

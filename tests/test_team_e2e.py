@@ -36,8 +36,12 @@ def remote_objects(storage) -> set[str]:
     import botocore.session  # comes with dvc-s3
 
     client = botocore.session.get_session().create_client(
-        "s3", endpoint_url=storage.endpoint, aws_access_key_id=storage.access_key,
-        aws_secret_access_key=storage.secret_key, region_name="us-east-1")
+        "s3",
+        endpoint_url=storage.endpoint,
+        aws_access_key_id=storage.access_key,
+        aws_secret_access_key=storage.secret_key,
+        region_name="us-east-1",
+    )
     keys: set[str] = set()
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=storage.bucket, Prefix="mnistlr/files/md5/"):
         keys |= {"".join(o["Key"].split("/")[-2:]) for o in page.get("Contents", [])}
@@ -86,9 +90,20 @@ def team(tmp_path_factory, reproduced, s3_storage):
     repro_b = dvc("repro", cwd=b, env=env)
     b_repro_s = time.monotonic() - t0
     print(f"\nB: dvc pull {b_pull_s:.1f} s + no-op dvc repro {b_repro_s:.1f} s")
-    return {"env": env, "origin": origin, "a": a, "b": b, "storage": s3_storage, "remotes_before": remotes_before,
-            "first_repro": reproduced[2], "repro_a": repro_a, "push_a": push_a, "pull_b": pull_b, "repro_b": repro_b,
-            "b_before": b_before}
+    return {
+        "env": env,
+        "origin": origin,
+        "a": a,
+        "b": b,
+        "storage": s3_storage,
+        "remotes_before": remotes_before,
+        "first_repro": reproduced[2],
+        "repro_a": repro_a,
+        "push_a": push_a,
+        "pull_b": pull_b,
+        "repro_b": repro_b,
+        "b_before": b_before,
+    }
 
 
 def test_the_default_project_has_no_remote_and_repro_runs_without_one(team):

@@ -104,7 +104,12 @@ def test_the_written_out_gradient_is_autograds_for_every_model_of_a_batch(loss):
     xb = torch.cat([x, torch.ones(len(x), 1)], 1)
     labels = torch.stack([y, y2])
     targets = torch.nn.functional.one_hot(labels, 10).float().transpose(1, 2).contiguous()
-    out, nll, top, predicted = torch.empty_like(theta), torch.empty(2, 1, 48), torch.empty(2, 48), torch.empty(2, 48, dtype=torch.int64)
+    out, nll, top, predicted = (
+        torch.empty_like(theta),
+        torch.empty(2, 1, 48),
+        torch.empty(2, 48),
+        torch.empty(2, 48, dtype=torch.int64),
+    )
     gradient(theta, xb, targets, labels, loss, out, nll, top, predicted)
     for i, (model, labels_i) in enumerate(zip(models, labels)):
         make_criterion(loss)(model(x), labels_i).backward()
@@ -112,8 +117,9 @@ def test_the_written_out_gradient_is_autograds_for_every_model_of_a_batch(loss):
         torch.testing.assert_close(block[:, :784], model.fc.weight.grad, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(block[:, 784], model.fc.bias.grad, atol=1e-6, rtol=1e-5)
         logits = model(x).detach()
-        torch.testing.assert_close(-nll[i, 0], nn.functional.cross_entropy(logits, labels_i, reduction="none"),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            -nll[i, 0], nn.functional.cross_entropy(logits, labels_i, reduction="none"), atol=1e-5, rtol=1e-5
+        )
         assert torch.equal(predicted[i], logits.argmax(1))
 
 
@@ -185,10 +191,13 @@ def reference_fit(x, y, cfg: TrainParams, optimizer: str, lr: float, seed: int):
     (same initial weights, batch order and schedule): (model, the running mean loss and accuracy of each epoch)."""
     torch.manual_seed(seed)
     model = LogisticRegression()
-    groups = [{"params": [model.fc.weight], "weight_decay": cfg.weight_decay},
-              {"params": [model.fc.bias], "weight_decay": 0.0}]  # L2 on the weights only
-    opt = (torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum) if optimizer == "sgd"
-           else torch.optim.Adam(groups, lr=lr))
+    groups = [
+        {"params": [model.fc.weight], "weight_decay": cfg.weight_decay},
+        {"params": [model.fc.bias], "weight_decay": 0.0},
+    ]  # L2 on the weights only
+    opt = (
+        torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum) if optimizer == "sgd" else torch.optim.Adam(groups, lr=lr)
+    )
     criterion = make_criterion(cfg.loss)
     n, bs = len(x), cfg.batch_size
     steps = math.ceil(n / bs)
@@ -356,8 +365,9 @@ print("after torch.optim:", dynamo())
 def test_training_never_imports_torch_dynamo_and_torch_optim_does():
     # the repo first, then whatever the caller had (where dependencies were installed with --target)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-c", DYNAMO_PROBE], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", DYNAMO_PROBE], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     after_fit, after_optim = proc.stdout.strip().splitlines()[-2:]
     assert after_fit == "after fit: []"
@@ -403,8 +413,11 @@ def test_fit_is_deterministic_for_a_seed_and_changes_with_it():
 
 def test_divergence_names_the_epoch_and_the_remedies():
     x, y = blobs(200)
-    with pytest.raises(MnistlrError, match=r"training diverged: the training loss became (nan|inf) at epoch 1 with "
-                                           r"train\.lr\.sgd = 10000\.0; lower the learning rate or set train\.grad_clip"):
+    with pytest.raises(
+        MnistlrError,
+        match=r"training diverged: the training loss became (nan|inf) at epoch 1 with "
+        r"train\.lr\.sgd = 10000\.0; lower the learning rate or set train\.grad_clip",
+    ):
         fit(x * 1e30, y, x, y, TrainParams(epochs=1, batch_size=20, schedule="constant"), "sgd", 1e4, 0)
 
 
@@ -444,8 +457,10 @@ def test_lbfgs_refuses_gradient_clipping_in_one_line():
         fit(x, y, x, y, TrainParams(epochs=1, grad_clip=1.0), "lbfgs", 1.0, seed=0)
     msg = str(info.value)
     assert "\n" not in msg
-    assert msg == ("train.grad_clip = 1.0 does not apply to optimizer lbfgs (its line search sets each step's length); "
-                   "accepted with lbfgs: 0")
+    assert msg == (
+        "train.grad_clip = 1.0 does not apply to optimizer lbfgs (its line search sets each step's length); "
+        "accepted with lbfgs: 0"
+    )
 
 
 def test_lbfgs_patience_stops_early_and_keeps_the_best_epochs_weights():

