@@ -3,7 +3,8 @@
 Trains Adam (lr 0.002) on a prepared folder's training split for --epochs epochs, once as a single
 model with `fit` and then as K models at once with `fit_batched`, at each batch size, on the CPU at
 --threads threads (the studies run at one). `fit` also scores train and validation after each epoch
-(its learning curve, one forward pass over 60k images); `fit_batched` does not. It measures; it asserts nothing (tests/test_train.py
+(its learning curve, one forward pass over 60k images); `fit_batched` does not. It measures; it asserts nothing
+(tests/test_train.py
 checks that the batched models are the ones `fit` would train). Usage:
   python bench/batched_speed.py --prepared data/prepared_deskewed
 """

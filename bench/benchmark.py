@@ -234,7 +234,8 @@ def loop_lines(results: dict, epochs: int, seed: int) -> list[str]:
     trainer = next(iter(results))
     base = results[trainer]["median"]
     return [
-        f"{epochs} epochs of SGD lr 0.1 constant, batch 64, seed {seed}, the same 50k/10k split; every loop timed alike: "
+        f"{epochs} epochs of SGD lr 0.1 constant, batch 64, seed {seed}, the same 50k/10k split; "
+        "every loop timed alike: "
         "seconds per epoch (its steps and its scores), the first epoch dropped, median and range of the rest.",
         "",
         "| loop | s / epoch (median) | range | trainer's speed-up over it | test accuracy |",
@@ -260,7 +261,9 @@ params = load_params(sys.argv[1])
 params = params.model_copy(update={"optimizer": sys.argv[3]})
 out = sys.argv[4]
 train(params, sys.argv[2], out + "/models", out + "/curves")
-evaluate(params, sys.argv[2], out + "/models", out + "/curves", out + "/metrics", out + "/predictions", out + "/figures")
+evaluate(
+    params, sys.argv[2], out + "/models", out + "/curves", out + "/metrics", out + "/predictions", out + "/figures"
+)
 print(json.dumps({"seconds": time.perf_counter() - t}))
 """
 
@@ -386,7 +389,8 @@ def pipeline_timings(mirror: Path, train_device: str, seed: int, epochs: int) ->
         "t = time.perf_counter()\n"
         f"rc = subprocess.call([{sys.executable!r}, *sys.argv[1:]])\n"
         "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-        f"open({str(log)!r}, 'a').write(json.dumps({{'cmd': sys.argv[1:2], 'wall_s': time.perf_counter() - t, 'max_rss_mb': rss / 1024}}) + '\\n')\n"
+        f"open({str(log)!r}, 'a').write(json.dumps({{'cmd': sys.argv[1:2], 'wall_s': time.perf_counter() - t, "
+        "'max_rss_mb': rss / 1024}) + '\\n')\n"
         "sys.exit(rc)\n",
     )
     (shim_dir / "python").chmod(0o755)
@@ -437,6 +441,7 @@ def pipeline_lines(p: dict) -> list[str]:
     """The pipeline part of the markdown report."""
     costs = p["startup"]
     new = next(r for r in p["exp_runs"] if r["label"] == "new config")
+    again = max(r["wall_s"] for r in p["exp_runs"] if r["label"] != "new config")
     rows = [
         ("cold `dvc repro` (fresh copy, empty cache)", p["cold_s"], p["stages"]),
         ("no-op `dvc repro` (median of 3)", p["noop_s"], []),
@@ -459,8 +464,7 @@ def pipeline_lines(p: dict) -> list[str]:
         f"| the same work as the new config in one process (train + evaluate of every variant, imports; median of 3) "
         f"| {p['floor_s']:.2f} | - | - |",
         "",
-        f"A config already run, again: {max(r['wall_s'] for r in p['exp_runs'] if r['label'] != 'new config'):.2f} s, "
-        f"{100 * max(r['wall_s'] for r in p['exp_runs'] if r['label'] != 'new config') / new['wall_s']:.0f} % of the new "
+        f"A config already run, again: {again:.2f} s, {100 * again / new['wall_s']:.0f} % of the new "
         f"config's {new['wall_s']:.2f} s. The new config's dvc overhead beyond its stage processes: "
         f"{new['wall_s'] - sum(s['wall_s'] for s in new['stages']):.2f} s.",
         "",

@@ -21,11 +21,11 @@ import torch
 import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import torchvision_root, tutorial_loop  # noqa: E402
+from benchmark import torchvision_root, tutorial_loop
 
-from mnistlr.data import load_split, load_variant, locate  # noqa: E402
-from mnistlr.params import TrainParams, load_params  # noqa: E402
-from mnistlr.train import fit, score, to_device  # noqa: E402
+from mnistlr.data import load_split, load_variant, locate
+from mnistlr.params import TrainParams, load_params
+from mnistlr.train import fit, score, to_device
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -78,7 +78,8 @@ def main(
         model, history = fit(x, y, val_x, val_y, cfg, "sgd", 0.1, seed)
         trainer.append(100 * score(model, test_x, test_y)[1])
         typer.echo(
-            f"| mnistlr trainer | {seed} | {', '.join(f'{100 * h.val_accuracy:.2f}' for h in history)} | {trainer[-1]:.2f} |"
+            f"| mnistlr trainer | {seed} | {', '.join(f'{100 * h.val_accuracy:.2f}' for h in history)} "
+            f"| {trainer[-1]:.2f} |"
         )
     plain = []
     for seed in range(seeds):

@@ -142,6 +142,8 @@ KINDS: dict[str, Callable[[np.ndarray, np.random.Generator], tuple[Image.Image, 
     "thin": _thin,
     "jpeg": _jpeg,
 }
+ALL_KINDS = list(KINDS)
+KIND_NAMES = ", ".join(KINDS)
 
 
 def files_of_kind(images: np.ndarray, kind: str, seed: int, *stream: int) -> Iterator[Path]:
@@ -198,12 +200,12 @@ def select(
     Each file is decoded once and preprocessed as predict does with each candidate in turn."""
     right = {kind: np.zeros(len(candidates), np.int64) for kind in kinds}
     for kind in kinds:
-        for path, label in zip(files_of_kind(images, kind, seed, 1), labels):
+        for path, label in zip(files_of_kind(images, kind, seed, 1), labels, strict=True):
             gray = load_gray(path)
             x = np.stack([model.preprocessing.apply_float(to_mnist(gray, str(path), m)[None])[0] for m in candidates])
             right[kind] += model.logits(x).argmax(1) == label
     total = sum(right.values())
-    chosen = min(m for m, t in zip(candidates, total) if t == total.max())
+    chosen = min(m for m, t in zip(candidates, total, strict=True) if t == total.max())
     rows = [
         {
             "min_stroke": m,
@@ -248,7 +250,7 @@ def main(
     select_digits: int = typer.Option(
         5000, help="validation digits per kind that choose the thin-pen threshold (0: choose nothing, report only)"
     ),
-    kinds: list[str] = typer.Option(list(KINDS), "--kind", help=f"kinds to measure: {', '.join(KINDS)}"),
+    kinds: list[str] = typer.Option(ALL_KINDS, "--kind", help=f"kinds to measure: {KIND_NAMES}"),
     out: Path = typer.Option(RESULTS, help="folder for predict_fidelity.md and predict_fidelity.json"),
     seed: int = typer.Option(0, help="seed of the quick model and of the kinds' random placement"),
     deskew: bool = typer.Option(False, help="train the quick model on deskewed digits (a --model says for itself)"),
@@ -288,7 +290,8 @@ def main(
             f"## Thin-pen threshold, chosen on {n} validation digits per kind "
             f"(training images held out of training: seed {SPLIT_SEED}, val_size {VAL_SIZE})",
             "",
-            f"accuracy (%) through predict, direct {100 * direct_accuracy(model, train_images[val_idx[:n]], train_labels[val_idx[:n]]):.2f}:",
+            "accuracy (%) through predict, direct "
+            f"{100 * direct_accuracy(model, train_images[val_idx[:n]], train_labels[val_idx[:n]]):.2f}:",
             "",
             selection_markdown(choice, chosen),
             "",

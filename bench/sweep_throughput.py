@@ -167,14 +167,16 @@ def main(
     }
     table = "\n".join(
         [
-            f"| way ({n} points, {epochs} epoch(s), {jobs} workers, {result['data']}) | wall s | experiments/hour | ok |",
+            f"| way ({n} points, {epochs} epoch(s), {jobs} workers, {result['data']}) "
+            "| wall s | experiments/hour | ok |",
             "|---|---:|---:|---:|",
             f"| `dvc queue start -j {jobs}` (local, nothing pushed) | {queue['seconds']:.0f} | "
             f"{result['queue']['experiments_per_hour']:.0f} | {queue['succeeded']}/{n} |",
             f"| `mnistlr sweep --workers {jobs}` (clone, pull, run, push to S3 + git, pull, compare) | "
             f"{sweep['seconds']:.0f} | {result['sweep']['experiments_per_hour']:.0f} | {sweep['succeeded']}/{n} |",
             "",
-            f"Sweep: mean {mean_point:.0f} s per point in its task (clone + pull + exp run + push); the driver's serial "
+            f"Sweep: mean {mean_point:.0f} s per point in its task (clone + pull + exp run + push); "
+            "the driver's serial "
             f"tail (dvc exp pull of all {n} + compare) {sweep['driver_tail_seconds']:.0f} s.",
         ]
     )

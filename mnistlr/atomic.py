@@ -74,16 +74,16 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def write_arrays(path: str | Path, **arrays: Any) -> None:
     """Write named arrays as one uncompressed .npz atomically (readable by numpy, no pickle)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a bare temp name
-            np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+    # a file object: np.savez would append .npz to a bare temp name
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
 
 
 def write_array(path: str | Path, array: Any) -> None:
     """Write one array as a .npy file atomically (memory-mappable, no pickle)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a bare temp name
-            np.save(f, np.asarray(array), allow_pickle=False)
+    # a file object: np.save would append .npy to a bare temp name
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(array), allow_pickle=False)
 
 
 def save_figure(fig: Any, path: str | Path, **kwargs: Any) -> None:

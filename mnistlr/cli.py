@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -41,7 +40,7 @@ def gate(
     base: str = typer.Option("main", help="git revision to compare against"),
     metric: str = typer.Option("test.accuracy", help=METRIC_HELP),
     max_drop: float = typer.Option(0.002, help="largest allowed worsening of the metric, in its own units"),
-    significance: Optional[float] = typer.Option(
+    significance: float | None = typer.Option(
         None,
         help="e.g. 0.05: fail only when test accuracy drops more than MAX_DROP AND the drop is significant "
         "(exact McNemar test on the per-image test predictions, p < SIGNIFICANCE)",
@@ -63,9 +62,7 @@ def review(
     out: Path = typer.Option("reports/review.md", help="markdown page to write"),
     metric: str = typer.Option("test.accuracy", help="metric the gate checks; " + METRIC_HELP),
     max_drop: float = typer.Option(0.002, help="the gate's allowed worsening"),
-    significance: Optional[float] = typer.Option(
-        None, help="the gate's significance level (see `mnistlr gate --help`)"
-    ),
+    significance: float | None = typer.Option(None, help="the gate's significance level (see `mnistlr gate --help`)"),
 ) -> None:
     """Write the pull-request review page: verdict; every variant's test accuracy with the change's 95 % interval,
     McNemar p and images fixed and broken; params and metrics diffs."""
@@ -118,7 +115,7 @@ SET_HELP = "KEY=V1,V2,... of params.yaml, as `dvc exp run --queue -S`; repeat fo
 @user_errors
 def sweep(
     set_param: list[str] = typer.Option(..., "--set-param", "-S", help=SET_HELP),
-    scheduler: Optional[str] = typer.Option(
+    scheduler: str | None = typer.Option(
         None, help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: a local cluster of --workers processes)"
     ),
     workers: int = typer.Option(2, help="processes of the local cluster (without --scheduler)"),
@@ -127,7 +124,7 @@ def sweep(
     out: Path = typer.Option("experiments", help="folder for compare.md, compare.json and compare.png"),
     variant: str = typer.Option("full", help="variant the comparison is of"),
     metric: str = typer.Option("test.accuracy", help="sorts the comparison (best first); " + METRIC_HELP),
-    connect_timeout: Optional[float] = typer.Option(
+    connect_timeout: float | None = typer.Option(
         None, min=0.1, help="seconds to reach --scheduler before giving up (default: 10)"
     ),
 ) -> None:
@@ -167,11 +164,11 @@ def sweep(
 @app.command("sweep-point")
 def sweep_point(
     set_param: list[str] = typer.Option([], "--set-param", "-S", help="KEY=VALUE of params.yaml (one point: no lists)"),
-    commit: Optional[str] = typer.Option(None, help="commit to run (default: HEAD of this repository)"),
-    name: Optional[str] = typer.Option(None, help="experiment name (default: the name `mnistlr sweep` gives it)"),
+    commit: str | None = typer.Option(None, help="commit to run (default: HEAD of this repository)"),
+    name: str | None = typer.Option(None, help="experiment name (default: the name `mnistlr sweep` gives it)"),
     name_prefix: str = typer.Option("sweep", help="prefix of the default name"),
     origin: str = typer.Option("origin", help="git remote name of this repository, or a URL"),
-    config_local: Optional[Path] = typer.Option(
+    config_local: Path | None = typer.Option(
         None,
         envvar="MNISTLR_DVC_CONFIG_LOCAL",
         show_envvar=True,
@@ -179,7 +176,7 @@ def sweep_point(
         ".dvc/config.local; without either, dvc takes AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from the "
         "environment)",
     ),
-    workdir: Optional[Path] = typer.Option(None, help="where the temporary clone goes (default: the temp folder)"),
+    workdir: Path | None = typer.Option(None, help="where the temporary clone goes (default: the temp folder)"),
 ) -> None:
     """Run one point of a sweep: clone the commit from the git remote, dvc pull, dvc exp run -n NAME -S ...,
     dvc push, dvc exp push. Skips when the experiment is already on the remote. Exit 1 when the experiment

@@ -225,7 +225,7 @@ def moments(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     image has its centre in the middle and slant 0.
     """
     img = np.asarray(images, dtype=np.float64)
-    n, h, w = img.shape
+    _, h, w = img.shape
     rows, cols = np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64)
     mass = img.sum(axis=(1, 2))
     blank = mass <= 0
@@ -266,7 +266,7 @@ def deskew(images: np.ndarray) -> np.ndarray:
         flat = img.reshape(-1)
         base = (np.arange(k) * h * w)[:, None, None]
 
-        def at(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        def at(r: np.ndarray, c: np.ndarray, flat: np.ndarray = flat, base: np.ndarray = base) -> np.ndarray:
             inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
             return np.where(inside, flat[base + np.clip(r, 0, h - 1) * w + np.clip(c, 0, w - 1)], np.float32(0))
 

@@ -78,7 +78,9 @@ def score_variant(
 
 def predictions_csv(actual: np.ndarray, predicted: np.ndarray) -> str:
     """The test predictions as DVC's confusion plot reads them: one `actual,predicted` row per image."""
-    return "actual,predicted\n" + "".join(f"{a},{p}\n" for a, p in zip(actual.tolist(), predicted.tolist()))
+    return "actual,predicted\n" + "".join(
+        f"{a},{p}\n" for a, p in zip(actual.tolist(), predicted.tolist(), strict=True)
+    )
 
 
 def evaluate(

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
 
-from mnistlr import atomic  # noqa: E402
+from mnistlr import atomic
 
 if TYPE_CHECKING:  # pandas only for annotations: evaluate draws without importing it
     import pandas as pd
@@ -75,7 +75,7 @@ def confusion_figure(cm: np.ndarray, title: str = "Confusion matrix (test set)")
 def learning_curves_figure(histories: Mapping[str, Sequence[Mapping[str, float]]]) -> Figure:
     """Loss and accuracy against epoch: solid = validation, dashed = train, one colour per run."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
-    for color, (name, rows) in zip(plt.cm.tab10.colors, histories.items()):
+    for color, (name, rows) in zip(plt.cm.tab10.colors, histories.items(), strict=False):
         epochs = [r["epoch"] for r in rows]
         for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
             ax.plot(epochs, [r[f"val_{key}"] for r in rows], color=color, label=f"{name} val")
@@ -104,7 +104,7 @@ def data_size_figure(
             solid_capstyle="butt",
             label="tutorial's expected range" if i == 0 else None,
         )
-    xs, ys = zip(*sorted(points)) if points else ((), ())
+    xs, ys = zip(*sorted(points), strict=True) if points else ((), ())
     ax.plot([x * 100 for x in xs], ys, "o-", color="tab:blue", label="measured")
     ax.set(
         xscale="log",
@@ -126,13 +126,13 @@ def comparison_figure(
     fig, (ax_bar, ax_loss, ax_acc) = plt.subplots(1, 3, figsize=(15, max(3.5, 0.45 * len(labels) + 1.5)), dpi=100)
     y = np.arange(len(labels))
     ax_bar.barh(y, values, color="tab:blue")
-    for yi, v in zip(y, values):
+    for yi, v in zip(y, values, strict=True):
         ax_bar.text(v, yi, f" {v:.4f}", va="center", fontsize=8)
     lo = min(values) if len(values) else 0.0
     ax_bar.set(yticks=y, yticklabels=labels, xlabel=metric, title=f"{metric} per run")
     ax_bar.set_xlim(max(0.0, lo - 0.05 * max(abs(lo), 1e-3)), max(values) * 1.02 if len(values) else 1)
     ax_bar.invert_yaxis()
-    for color, (name, df) in zip(plt.cm.tab10.colors * 10, curves.items()):
+    for color, (name, df) in zip(plt.cm.tab10.colors * 10, curves.items(), strict=False):
         ax_loss.plot(df["epoch"], df["val_loss"], color=color, label=name)
         ax_acc.plot(df["epoch"], df["val_accuracy"], color=color, label=name)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Validation loss")
@@ -152,7 +152,7 @@ def noise_figure(rows: Sequence[Mapping]) -> Figure:
     val, test = [r["val acc (%)"] for r in rows], [r["test acc (%)"] for r in rows]
     ax.bar(x - 0.2, val, 0.4, label="val", color="tab:gray")
     ax.bar(x + 0.2, test, 0.4, label="test", color="tab:blue")
-    for xi, v in zip(x, test):
+    for xi, v in zip(x, test, strict=True):
         ax.text(xi + 0.2, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
     lo = float(min(val + test))
     ax.set_ylim(max(0.0, lo - 3), 100)

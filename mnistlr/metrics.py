@@ -116,4 +116,4 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = 1
     """ECE (Guo et al., 2017): sum over confidence bins of (bin size / N) * |accuracy - mean confidence|."""
     b = reliability_bins(probs, y, n_bins)
     n = sum(b["count"])
-    return float(sum(c / n * abs(a - f) for c, a, f in zip(b["count"], b["accuracy"], b["confidence"])))
+    return float(sum(c / n * abs(a - f) for c, a, f in zip(b["count"], b["accuracy"], b["confidence"], strict=True)))

@@ -348,5 +348,5 @@ def predict_files(paths: list[Path], model_path: Path, top_k: int = TOP_K) -> li
             "prediction": int(classes[0]),
             "top": [{"class": int(k), "probability": round(float(row[k]), 6)} for k in classes],
         }
-        for p, classes, row in zip(paths, order, probs)
+        for p, classes, row in zip(paths, order, probs, strict=True)
     ]

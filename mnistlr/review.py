@@ -396,7 +396,7 @@ def compare_experiments(
     by_name = {r.name: r for r in with_variant}
     curves = {
         lab: c
-        for lab, name in zip(labels, table["run"])
+        for lab, name in zip(labels, table["run"], strict=True)
         if (c := curves_at(by_name[name].rev, variant, cwd)) is not None
     }
     figures.save(figures.comparison_figure(labels, table[metric].tolist(), metric, curves), out_dir / "compare.png")
@@ -407,7 +407,7 @@ def compare_experiments(
         out_dir / "compare.json", {"variant": variant, "metric": metric, "differing_params": diff, "runs": records}
     )
     atomic.write_text(out_dir / "compare.md", comparison_markdown(table, diff, variant, metric, "compare.png", n_test))
-    same = [str(n) for n, flag in zip(table["run"], table["same as best"]) if flag == "yes"]
+    same = [str(n) for n, flag in zip(table["run"], table["same as best"], strict=True) if flag == "yes"]
     note = (
         f"Runs the {n_test} test images of {variant} cannot tell from the best test accuracy "
         f"(exact McNemar p >= {1 - CONFIDENCE:.2g}): {', '.join(same) or 'none'}"

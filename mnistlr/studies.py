@@ -14,16 +14,14 @@ an optimizer, batch size and epochs train together as one batched program (train
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
 
 from mnistlr import atomic, metrics
-from mnistlr.data import NUM_CLASSES, load_split
+from mnistlr.data import NUM_CLASSES, load_preprocessing, load_split
 from mnistlr.errors import MnistlrError
 from mnistlr.params import Params, SweepPoint, TrainParams
-from mnistlr.data import load_preprocessing
 from mnistlr.report import LBFGS_CHUNK, STUDIES
 from mnistlr.train import (
     LogisticRegression,
@@ -113,7 +111,7 @@ def _run_candidates(
             [points[i].weight_decay for i in idx],
             params.seed,
         )
-        for i, model in zip(idx, fitted):
+        for i, model in zip(idx, fitted, strict=True):
             models[i] = model
             rows[i] = _row(
                 model,
@@ -181,7 +179,7 @@ def study_optimum(params: Params, data: dict) -> dict:
     ]
     runs = iter(_run_candidates(params, data, points, splits=("val", "test"))[1])
     rows = []
-    for wd, opt in zip(p.weight_decays, optima):
+    for wd, opt in zip(p.weight_decays, optima, strict=True):
         entry = {"weight_decay": wd, "lbfgs": opt}
         for name in names:
             r = next(runs)
@@ -215,7 +213,7 @@ def study_l1l2(params: Params, data: dict, figure: str | Path | None = None) -> 
     else:
         models = [fit(*data["train"], *data["val"], c, "sgd", p.lr, params.seed)[0] for c in cfgs]
     rows, strongest = [], {}
-    for (kind, v), c, model in zip(runs, cfgs, models):
+    for (kind, v), c, model in zip(runs, cfgs, models, strict=True):
         r = _row(model, data, c, "sgd", p.lr, ("val", "test"), batched=len(runs))
         w = model.fc.weight.detach().cpu()
         r.update(

@@ -20,6 +20,7 @@ dask and distributed are the optional `cluster` extra; only the driver and the w
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import os
@@ -63,11 +64,10 @@ def expand_grid(sets: list[str]) -> list[list[str]]:
     """Every point of the `-S` options, as `dvc exp run --queue -S` queues them: each option KEY=V1,V2,...
     (Hydra's override grammar), their cartesian product, a repeated key's last option wins. Each point is
     its list of KEY=VALUE overrides; points that set the same values are kept once."""
-    from hydra.errors import HydraException
-
     from dvc.exceptions import DvcException
     from dvc.utils.cli_parse import to_path_overrides
     from dvc.utils.hydra import get_hydra_sweeps
+    from hydra.errors import HydraException
 
     if not sets:
         raise MnistlrError("no -S given; accepted: one or more -S KEY=V1,V2,... e.g. -S 'optimizer=sgd,adam'")
@@ -198,10 +198,8 @@ def _start_watchdog(cleanup: Callable[[], None]) -> None:
         while os.getppid() == parent:
             time.sleep(0.5)
         ORPHANED.set()  # no further git or dvc command starts
-        try:
+        with contextlib.suppress(OSError):
             os.killpg(os.getpgrp(), signal.SIGTERM)
-        except OSError:
-            pass
         time.sleep(1.0)
         cleanup()
         os.killpg(os.getpgrp(), signal.SIGKILL)
@@ -466,7 +464,7 @@ def run_sweep(
     pushed = remote_exp_refs(url, root)
     results: dict[str, PointResult] = {}
     todo = []
-    for name, point in zip(names, points):
+    for name, point in zip(names, points, strict=True):
         if exp_ref(commit, name) in pushed:
             results[name] = PointResult(name, point, "skipped")
         else:
@@ -520,17 +518,15 @@ def _run_tasks(
     pending = set(futures)
     last_line = ""
     while pending:
-        try:
+        with contextlib.suppress(TimeoutError):
             wait(list(pending), timeout=2, return_when="FIRST_COMPLETED")
-        except TimeoutError:
-            pass
         done = {f for f in pending if f.done()}
         pending -= done
         for fut in done:
             name, point = futures[fut]
             try:
                 res = fut.result()
-            except Exception as exc:  # noqa: BLE001 - retries spent, or the worker died too often
+            except Exception as exc:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 res = PointResult(name, point, "failed", error=first)
             results[name] = res
@@ -540,7 +536,7 @@ def _run_tasks(
                 log(f"{res.status} {name} ({_describe(point)}) in {res.seconds:.0f} s on {res.host}")
         try:
             executing = {k for keys in client.run(_executing_keys, on_error="ignore").values() for k in keys}
-        except Exception:  # noqa: BLE001 - progress only (a worker may just have died)
+        except Exception:
             executing = set()
         running = sum(1 for f in pending if str(f.key) in executing)
         failed = sum(1 for r in results.values() if r.status == "failed")

@@ -754,7 +754,7 @@ def train_variants(params: Params, prepared: str | Path) -> dict[str, tuple[Logi
             seed=params.seed,
             rows=rows,
         )
-        for (name, _), one in zip(members, programs):
+        for (name, _), one in zip(members, programs, strict=True):
             fitted[name] = (one.model, one.history)
     return {name: fitted[name] for name in params.variants}
 

@@ -12,6 +12,7 @@ telemetry, one access key, and one bucket created before the first `dvc push`:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -120,7 +121,7 @@ def start(root: str | Path, timeout: float = 60.0) -> Storage:
             }
         )
     )
-    ports = dict(zip(PORTS, free_ports(len(PORTS))))
+    ports = dict(zip(PORTS, free_ports(len(PORTS)), strict=True))
     cmd = [
         weed_exe(),
         "mini",
@@ -147,7 +148,7 @@ def start(root: str | Path, timeout: float = 60.0) -> Storage:
             client.put_object(Bucket=BUCKET, Key="ready", Body=b"ok")  # writes work, not just the front door
             (root / "state.json").write_text(json.dumps(asdict(storage)))
             return storage
-        except Exception as exc:  # noqa: BLE001 - not up yet: connection refused, 503, no volume yet
+        except Exception as exc:
             last = f"{type(exc).__name__}: {exc}"
             time.sleep(0.5)
     stop(storage)
@@ -166,10 +167,8 @@ def stop(storage: Storage, timeout: float = 15.0) -> None:
             os.killpg(storage.pid, 0)
         except ProcessLookupError:
             return
-        try:  # reap it when it is our child
+        with contextlib.suppress(ChildProcessError):  # reap it when it is our child
             os.waitpid(storage.pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         time.sleep(0.2)
     os.killpg(storage.pid, signal.SIGKILL)
 

@@ -1,7 +1,6 @@
 """DVC stage: raw MNIST -> (deskewed,) normalized train/val/test arrays and training-set variants."""
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -18,7 +17,7 @@ def main(
     params: Path = typer.Option("params.yaml", help="params file"),
     out: Path = typer.Option("data/prepared", help="output folder (replaced atomically)"),
     raw: Path = typer.Option("data/raw", help="download folder, used when MNISTLR_MNIST_DIR is unset"),
-    deskew: Optional[bool] = typer.Option(None, "--deskew/--no-deskew", help="override params.yaml's data.deskew"),
+    deskew: bool | None = typer.Option(None, "--deskew/--no-deskew", help="override params.yaml's data.deskew"),
 ) -> None:
     """Fetch (or read from the MNISTLR_MNIST_DIR mirror) and verify MNIST, split it, build the variants."""
     for name, s in prepare(load_params(params), out, raw, deskew).items():

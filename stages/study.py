@@ -1,7 +1,6 @@
 """DVC stage of studies/dvc.yaml: run one study (mse, optimum, l1l2, sweep, deskew) and write its JSON."""
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -18,8 +17,8 @@ def main(
     params: Path = typer.Option("params.yaml", help="params file (reads studies.<study>)"),
     prepared: Path = typer.Option("data/prepared", help="prepared inputs (deskew: data/prepared_deskewed)"),
     out: Path = typer.Option(..., help="result JSON to write"),
-    figure: Optional[Path] = typer.Option(None, help="l1l2: weight-grid PNG to write"),
-    optimum: Optional[Path] = typer.Option(None, help="sweep: the optimum study's JSON"),
+    figure: Path | None = typer.Option(None, help="l1l2: weight-grid PNG to write"),
+    optimum: Path | None = typer.Option(None, help="sweep: the optimum study's JSON"),
 ) -> None:
     """Run STUDY with the studies section of params.yaml."""
     checked = load_params(params)  # a bad param fails before torch loads (seconds)

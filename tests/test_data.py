@@ -276,7 +276,7 @@ def _sheared_bar(slant: float, shift: tuple[int, int] = (0, 0), value: float = 2
     for r in range(6, 22):
         c = 13.5 + slant * (r - 13.5) + shift[1]
         for dc in (-0.5, 0.5):
-            img[r + shift[0], int(round(c + dc))] = value
+            img[r + shift[0], round(c + dc)] = value
     return img
 
 
@@ -317,7 +317,8 @@ def test_deskewed_real_training_set_has_no_slant(real_mirror):
     _, _, before = data.moments(images)
     mr, mc, after = data.moments(data.deskew(images))
     print(
-        f"mean |slant| of the 60k training digits: {np.abs(before).mean():.4f} plain, {np.abs(after).mean():.4f} deskewed"
+        f"mean |slant| of the 60k training digits: {np.abs(before).mean():.4f} plain, "
+        f"{np.abs(after).mean():.4f} deskewed"
     )
     assert np.abs(before).mean() > 0.15  # MNIST digits do lean
     assert np.abs(after).mean() < 0.01 and abs(after.mean()) < 0.005

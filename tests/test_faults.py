@@ -343,13 +343,17 @@ ATOMIC = {
     ),
     "derived_from_atomic_dir": (
         "import numpy as np\nfrom mnistlr import atomic\n"
-        "def f(out, a):\n    with atomic.atomic_dir(out) as tmp:\n        part = tmp / 'a.npy'\n        np.save(part, a)\n"
+        "def f(out, a):\n    with atomic.atomic_dir(out) as tmp:\n"
+        "        part = tmp / 'a.npy'\n        np.save(part, a)\n"
     ),
     "private_temp_folder": (
         "import shutil, tempfile\nfrom pathlib import Path\n"
-        "def f(src):\n    root = Path(tempfile.mkdtemp())\n    shutil.copy(src, root / 'a')\n    (root / 'b').write_text('x')\n"
+        "def f(src):\n    root = Path(tempfile.mkdtemp())\n"
+        "    shutil.copy(src, root / 'a')\n    (root / 'b').write_text('x')\n"
     ),
-    "reading": "def f(path):\n    with open(path) as a, open(path, 'rb') as b, path.open() as c:\n        return a.read()\n",
+    "reading": (
+        "def f(path):\n    with open(path) as a, open(path, 'rb') as b, path.open() as c:\n        return a.read()\n"
+    ),
     "to_csv_returns_text": "def f(df):\n    return df.to_csv(index=False)\n",
     "project_figure_save": "from mnistlr import figures\ndef f(fig, out):\n    figures.save(fig, out)\n",
     "project_model_save": "def f(net, out):\n    net.to_model(0.1, 0.3).save(out)\n",
@@ -369,10 +373,9 @@ def test_the_scan_accepts_writes_to_scratch_paths_and_reads(case):
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
     target = tmp_path / "out.json"
     atomic.write_json(target, {"old": 1})
-    with pytest.raises(RuntimeError):
-        with atomic.atomic_path(target) as tmp:
-            tmp.write_text('{"half": ')
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), atomic.atomic_path(target) as tmp:
+        tmp.write_text('{"half": ')
+        raise RuntimeError("killed mid-write")
     assert target.read_text() == '{\n  "old": 1\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 

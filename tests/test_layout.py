@@ -177,9 +177,8 @@ def test_review_commands_never_import_torch(small_project):
 
 
 def test_predict_never_imports_torch(small_project, tmp_path):
-    from PIL import Image
-
     import numpy as np
+    from PIL import Image
 
     dest, env = small_project
     img = np.zeros((28, 28), dtype=np.uint8)

@@ -98,7 +98,7 @@ def test_which_metrics_are_better_higher(metric, higher):
 def probs_with_confidence(conf: list[float], pred: list[int]) -> np.ndarray:
     """Rows with max probability `conf` on class `pred`, the rest spread over the other 9 classes."""
     rows = np.empty((len(conf), 10))
-    for i, (c, k) in enumerate(zip(conf, pred)):
+    for i, (c, k) in enumerate(zip(conf, pred, strict=True)):
         rows[i] = (1 - c) / 9
         rows[i, k] = c
     return rows
@@ -139,7 +139,7 @@ def fake_run(tmp_path, split_data, record=None, weight=None):
     from mnistlr import atomic
     from mnistlr.data import split_files
     from mnistlr.model import Model
-    from mnistlr.train import write_history, EpochRecord
+    from mnistlr.train import EpochRecord, write_history
 
     prepared = tmp_path / "prepared"
     for split, (x, y) in split_data.items():
@@ -211,7 +211,7 @@ def test_evaluate_writes_six_headline_numbers_predictions_and_figures(tmp_path):
     lines = (tmp_path / "predictions" / "full.csv").read_text().splitlines()
     predicted = model.logits(split_data["test"][0]).argmax(1)
     assert lines[0] == "actual,predicted" and lines[1:] == [
-        f"{a},{p}" for a, p in zip(split_data["test"][1], predicted)
+        f"{a},{p}" for a, p in zip(split_data["test"][1], predicted, strict=True)
     ]
     figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
     assert figures == [

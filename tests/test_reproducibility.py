@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 import yaml
-
-import os
-import subprocess
-import sys
 
 import mnistlr
 from mnistlr import train

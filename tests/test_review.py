@@ -263,8 +263,8 @@ def test_accuracy_table_has_one_row_per_variant_full_first():
     row = review.accuracy_table(full_diff()["diff"], "main", paired).splitlines()[2]
     lo, hi = review.change_interval(10, 5, 1000)
     assert (
-        row
-        == f"| full | 0.9250 | 0.9300 | +0.50 | [{100 * lo:+.2f}, {100 * hi:+.2f}] | {review.mcnemar_p(10, 5):.3g} | 10 | 5 |"
+        row == f"| full | 0.9250 | 0.9300 | +0.50 | [{100 * lo:+.2f}, {100 * hi:+.2f}] "
+        f"| {review.mcnemar_p(10, 5):.3g} | 10 | 5 |"
     )
 
 

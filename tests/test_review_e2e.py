@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import yaml
 
-from mnistlr.review import MARKER
 from mnistlr import review
+from mnistlr.review import MARKER
 from tests import html_render
 from tests.conftest import SMALL_PARAMS, copy_project, dvc, run, skip_unless_ci
 
@@ -169,7 +169,8 @@ def test_make_review_on_an_adam_branch_writes_measured_diffs(project):
         return f"[{100 * lo:+.2f}, {100 * hi:+.2f}] | {review.mcnemar_p(fixed, broken):.3g} | {fixed} | {broken}"
 
     assert lines[5:8] == [
-        f"| full | {old['full']:.4f} | {acc['full']:.4f} | {100 * (acc['full'] - old['full']):+.2f} | {paired('full')} |",
+        f"| full | {old['full']:.4f} | {acc['full']:.4f} | {100 * (acc['full'] - old['full']):+.2f} "
+        f"| {paired('full')} |",
         f"| frac50 | - | {acc['frac50']:.4f} | - | - | - | - | - |",
         f"| noise10 | {old['noise10']:.4f} | {acc['noise10']:.4f} | {100 * (acc['noise10'] - old['noise10']):+.2f} "
         f"| {paired('noise10')} |",

@@ -4,6 +4,7 @@ only the report."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -62,10 +63,8 @@ def stop_queue_workers(project: Path) -> None:
             alive.append((pid, cmdline))
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid, _ in alive:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + 2
         while any(c.exists() for _, c in alive) and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -15,7 +15,6 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -150,7 +149,7 @@ def test_fresh_clone_pulls_and_has_nothing_to_retrain(team):
     assert STAGE_RUN.findall(team["repro_b"].stdout) == []
     # the pulled model works: same image, same answer as A's
     image = b.parent / "digit.png"
-    images, labels = synthetic_digits(10, seed=7)
+    images, _ = synthetic_digits(10, seed=7)
     Image.fromarray(images[0]).save(image)
     got = predict(b, image, env)
     assert got == predict(a, image, env)

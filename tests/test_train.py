@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import subprocess
@@ -15,9 +14,9 @@ import torch
 from torch import nn
 
 from mnistlr import metrics
+from mnistlr.data import derive_seed
 from mnistlr.errors import MnistlrError
 from mnistlr.params import TrainParams, parse_params
-from mnistlr.data import derive_seed
 from mnistlr.train import (
     LogisticRegression,
     OneHotMSELoss,
@@ -111,7 +110,7 @@ def test_the_written_out_gradient_is_autograds_for_every_model_of_a_batch(loss):
         torch.empty(2, 48, dtype=torch.int64),
     )
     gradient(theta, xb, targets, labels, loss, out, nll, top, predicted)
-    for i, (model, labels_i) in enumerate(zip(models, labels)):
+    for i, (model, labels_i) in enumerate(zip(models, labels, strict=True)):
         make_criterion(loss)(model(x), labels_i).backward()
         block = out[10 * i : 10 * (i + 1)]
         torch.testing.assert_close(block[:, :784], model.fc.weight.grad, atol=1e-6, rtol=1e-5)
@@ -255,7 +254,7 @@ def test_fit_makes_the_updates_of_autograd_and_torch_optim(case):
     torch.testing.assert_close(ours.fc.weight, ref.fc.weight, atol=atol, rtol=1e-5)
     torch.testing.assert_close(ours.fc.bias, ref.fc.bias, atol=atol, rtol=1e-5)
     # the logged training scores are the running means over each epoch's batches, before each update
-    for record, (loss, accuracy) in zip(history, curve):
+    for record, (loss, accuracy) in zip(history, curve, strict=True):
         assert record.train_loss == pytest.approx(loss, abs=1e-5) and record.train_accuracy == accuracy
 
 
@@ -325,7 +324,7 @@ def test_cosine_schedule_matches_torch_cosine_annealing():
             sched.step()
             expected.append(sched.get_last_lr()[0])
     assert len(rates) == total + 1
-    assert max(abs(a - b) for a, b in zip(rates, expected)) < 1e-12
+    assert max(abs(a - b) for a, b in zip(rates, expected, strict=True)) < 1e-12
     assert rates[0] == 0.1 and rates[-1] == pytest.approx(0.0, abs=1e-15)
 
 
@@ -496,7 +495,7 @@ def test_batched_models_train_as_each_would_alone(optimizer, rates):
     cfg = TrainParams(epochs=2, batch_size=128, device="cpu")
     decays, l1s = [0.0, 1e-3, 1e-2], [1e-3, 0.0, 1e-4]
     models = fit_batched(x, y, cfg, optimizer, rates, decays, seed=3, l1s=l1s)
-    for model, lr, wd, l1 in zip(models, rates, decays, l1s):
+    for model, lr, wd, l1 in zip(models, rates, decays, l1s, strict=True):
         alone, _ = fit(x, y, x[:10], y[:10], cfg.model_copy(update={"weight_decay": wd, "l1": l1}), optimizer, lr, 3)
         # per-model rates take another rounding path than one shared rate; L1's sign() is discontinuous at 0:
         # a weight rounding to the other side of 0 may drift by ~lr * l1
