@@ -5,6 +5,9 @@ Every default here is the value params.yaml sets for that key, and params.yaml s
 file says. The exceptions are the collections of named or listed entries (`variants`, the studies'
 `candidates`): params.yaml defines their entries, each with every key; the default here is a single
 entry of default values.
+
+params.yaml is read as DVC reads and writes it (ruamel.yaml, YAML 1.2), so a value means here what it
+means to `dvc exp run -S` and `dvc params diff`: `1e-05`, as DVC writes 1e-5, is a number.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from ruamel.yaml import YAML, YAMLError
+from ruamel.yaml.error import MarkedYAMLError
 
 from mnistlr.errors import MnistlrError
 
@@ -24,6 +28,21 @@ MNIST_TRAIN_SIZE = 60_000
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
+
+# YAML 1.1 (PyYAML, and params files written for it) reads these words as booleans; YAML 1.2, which DVC
+# reads, as text. A boolean knob takes them as 1.1 did, so such a file, or `-S data.deskew=yes`, keeps
+# its meaning.
+YAML11_BOOLS = {
+    **dict.fromkeys(("yes", "Yes", "YES", "on", "On", "ON"), True),
+    **dict.fromkeys(("no", "No", "NO", "off", "Off", "OFF"), False),
+}
+
+
+def _yaml11_bool(value: Any) -> Any:
+    return YAML11_BOOLS.get(value, value) if isinstance(value, str) else value
+
+
+Bool = Annotated[bool, BeforeValidator(_yaml11_bool)]
 
 
 class _Strict(BaseModel):
@@ -36,7 +55,7 @@ Auto = Literal["auto"]
 
 
 class DataParams(_Strict):
-    deskew: bool = False  # straighten each digit (shear from its second moments, centre its mass) first
+    deskew: Bool = False  # straighten each digit (shear from its second moments, centre its mass) first
     # auto: MNIST's published 0.1307 / 0.3081 for plain pixels, measured on the training split when deskewed
     mean: float | Auto = "auto"
     std: PositiveFloat | Auto = "auto"
@@ -64,6 +83,8 @@ class VariantParams(_Strict):
 
 
 class LearningRates(_Strict):
+    """A learning rate per optimizer."""
+
     sgd: PositiveFloat = 0.1
     adam: PositiveFloat = 1e-3
     lbfgs: PositiveFloat = 1.0
@@ -78,7 +99,7 @@ class TrainParams(_Strict):
     weight_decay: NonNegativeFloat = 0.0
     l1: NonNegativeFloat = 0.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    cuda_graph: bool = True  # on CUDA, replay epochs after the first as one CUDA graph each
+    cuda_graph: Bool = True  # on CUDA, replay epochs after the first as one CUDA graph each
     grad_clip: NonNegativeFloat = 0.0  # max global gradient norm per step; 0 = off
     patience: Annotated[int, Field(ge=0)] = 0  # epochs without val-accuracy gain before stopping; 0 = off
     loss: Literal["ce", "mse"] = "ce"  # ce: logistic regression; mse: least squares on one-hot targets
@@ -124,7 +145,7 @@ class L1L2Study(_Strict):
 
 class SweepStudy(_Strict):
     candidates: list[SweepPoint] = [SweepPoint()]
-    refit: bool = True  # refit the winner on train + val before the single test evaluation
+    refit: Bool = True  # refit the winner on train + val before the single test evaluation
 
 
 class StudiesParams(_Strict):
@@ -176,22 +197,47 @@ class Params(_Strict):
         return self.variants[name]
 
 
+def _annotation_at(loc: tuple[Any, ...]) -> Any:
+    """The type the params expect at `loc` (None where `loc` names no field); a name under a dict
+    (a variant) or an index into a list (a candidate) stands for one of its entries."""
+    ann: Any = Params
+    for part in loc:
+        if get_origin(ann) in (dict, list):
+            ann = get_args(ann)[-1]  # the entry named or indexed by `part`
+        elif isinstance(ann, type) and issubclass(ann, BaseModel) and str(part) in ann.model_fields:
+            ann = ann.model_fields[str(part)].annotation
+        else:
+            return None
+    return ann
+
+
+def _model(ann: Any) -> type[BaseModel] | None:
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The pydantic model that holds the field at `loc`, to list its accepted keys."""
-    model: type[BaseModel] = Params
-    parts = list(loc[:-1])
-    while parts:
-        field = model.model_fields.get(str(parts.pop(0)))
-        if field is None:
-            return None
-        ann = field.annotation
-        if get_origin(ann) is dict:  # variants: the next part is a variant's name
-            parts = parts[1:]
-            ann = get_args(ann)[1]
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return None
-        model = ann
-    return model
+    return _model(_annotation_at(loc[:-1]))
+
+
+def _either(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
+
+
+def _mapping_expected(key: str, ann: Any) -> str:
+    """What to write where a single value was given for a group of params: the group's own keys."""
+    if model := _model(ann):
+        what = "a learning rate per optimizer" if model is LearningRates else "a mapping of params"
+        return f"{what} is expected: set {_either([f'{key}.{name}' for name in model.model_fields])}"
+    entry = get_args(ann)[-1] if get_origin(ann) in (dict, list) else None
+    if get_origin(ann) is dict and (model := _model(entry)):
+        fields = list(model.model_fields)
+        return f"a mapping of names, each with {', '.join(fields)}, is expected: e.g. set {key}.<name>.{fields[0]}"
+    if get_origin(ann) is list and (model := _model(entry)):
+        return f"a list is expected, each entry a mapping of {', '.join(model.model_fields)}"
+    if get_origin(ann) is list:
+        return "a list of numbers is expected, e.g. [0.0, 1.0e-4]"
+    return "a mapping is expected"
 
 
 def _describe(err: dict[str, Any], source: str) -> str:
@@ -207,6 +253,10 @@ def _describe(err: dict[str, Any], source: str) -> str:
     if err["type"] == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         return f"{source}: {key} = {value!r} is not accepted; accepted: {expected}"
+    if err["type"] in ("model_type", "dict_type", "list_type"):
+        return f"{source}: {key} = {value!r}: {_mapping_expected(key, _annotation_at(loc))}"
+    if err["type"] == "bool_type":
+        return f"{source}: {key} = {value!r}: a boolean is expected; accepted: true or false"
     return f"{source}: {key} = {value!r}: {err['msg'].lower().removeprefix('value error, ')}"
 
 
@@ -222,13 +272,31 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raise MnistlrError(_describe(exc.errors()[0], source)) from None
 
 
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file (params.yaml, dvc.yaml, dvc.lock) as DVC reads it: ruamel.yaml's safe loader, YAML 1.2,
+    with its C parser where installed (as dvc.utils.serialize.parse_yaml). Invalid YAML, a duplicate key
+    included, is one MnistlrError naming the line; a missing file raises FileNotFoundError."""
+    text = Path(path).read_text()
+    try:
+        return YAML(typ="safe").load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise MnistlrError(f"{path}: not valid YAML: {exc.problem or exc.context}{where}") from None
+    except YAMLError as exc:
+        raise MnistlrError(f"{path}: not valid YAML: {(str(exc).strip().splitlines() or ['?'])[0]}") from None
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml."""
+    """Read and validate params.yaml (as DVC reads it: read_yaml)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path)
     except FileNotFoundError:
-        raise MnistlrError(f"params file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise MnistlrError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        if path.is_absolute():
+            raise MnistlrError(f"params file not found: {path}") from None
+        raise MnistlrError(
+            f"{path} not found in {Path.cwd()}: run the stages from the repository root (where dvc.yaml is), "
+            "e.g. `dvc repro`, or pass --params"
+        ) from None
     return parse_params(raw, str(path))

@@ -82,6 +82,17 @@ def test_bad_params_file_is_one_line_and_debug_shows_the_traceback(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "MnistlrError" in debug.stderr
 
 
+def test_a_stage_run_outside_the_repository_root_says_to_run_it_from_there(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "train.py")], cwd=tmp_path, env=_env(), capture_output=True, text=True
+    )
+    assert_one_line_error(
+        proc,
+        f"params.yaml not found in {tmp_path}: run the stages from the repository root (where dvc.yaml is), "
+        "e.g. `dvc repro`",
+    )
+
+
 def test_mirror_missing_a_file_is_one_line_naming_file_and_env(tmp_path):
     mirror = write_mirror(tmp_path / "mirror", n_train=40, n_test=20)
     (mirror / "t10k-images-idx3-ubyte.gz").unlink()

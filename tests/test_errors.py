@@ -15,7 +15,7 @@ from mnistlr import data
 from mnistlr.errors import MnistlrError
 from mnistlr.params import parse_params
 from mnistlr.prepare import prepare
-from tests.conftest import dvc, encode_idx, make_project, project_env, write_mirror
+from tests.conftest import SMALL_PARAMS, dvc, encode_idx, make_project, project_env, write_mirror
 
 
 def _message(raw: dict) -> str:
@@ -47,6 +47,25 @@ def _message(raw: dict) -> str:
         ({"train": {"patience": 1.5}}, "train.patience = 1.5: input should be a valid integer"),
         ({"optimzer": "adam"}, "unknown key 'optimzer' (did you mean 'optimizer'?); accepted here: seed, optimizer,"),
         ({"train": {"epoch": 3}}, "unknown key 'train.epoch' (did you mean 'train.epochs'?); accepted here: epochs,"),
+        # a single value where a group of params is expected names the group's keys
+        (
+            {"train": {"lr": 0.01}},
+            "train.lr = 0.01: a learning rate per optimizer is expected: "
+            "set train.lr.sgd, train.lr.adam or train.lr.lbfgs",
+        ),
+        ({"variants": {"a": 0.5}}, "variants.a = 0.5: a mapping of params is expected: set variants.a.fraction or"),
+        (
+            {"variants": 3},
+            "variants = 3: a mapping of names, each with fraction, noise, is expected: e.g. set variants.",
+        ),
+        ({"train": 5}, "train = 5: a mapping of params is expected: set train.epochs, train.batch_size,"),
+        (
+            {"studies": {"sweep": {"candidates": [0.1]}}},
+            "studies.sweep.candidates.0 = 0.1: a mapping of params is expected: set studies.sweep.candidates.0.opt",
+        ),
+        ({"studies": {"sweep": {"candidates": 1}}}, "studies.sweep.candidates = 1: a list is expected, each entry"),
+        ({"studies": {"optimum": {"weight_decays": 0.1}}}, "studies.optimum.weight_decays = 0.1: a list of numbers is"),
+        ({"data": {"deskew": "maybe"}}, "data.deskew = 'maybe': a boolean is expected; accepted: true or false"),
     ],
 )
 def test_bad_param_is_one_line_naming_value_and_accepted(raw, expected):
@@ -197,6 +216,16 @@ def test_dvc_exp_run_appending_a_misspelt_key_is_refused_with_a_suggestion(one_v
     assert proc.returncode != 0, out
     assert "error: params.yaml: unknown key 'optimzer' (did you mean 'optimizer'?)" in out, out
     assert "Traceback" not in out
+
+
+def test_dvc_exp_run_takes_a_small_weight_decay(tmp_path, synthetic_mirror):
+    """`-S train.weight_decay=1e-5` is written by DVC as 1e-05, a number to DVC and so to the stages.
+    Only the prepare stage runs: it loads and checks every param."""
+    project = make_project(tmp_path / "proj", SMALL_PARAMS)
+    env = project_env(synthetic_mirror, synthetic=True)
+    proc = dvc("exp", "run", "-S", "train.weight_decay=1e-5", "prepare", cwd=project, env=env, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "weight_decay: 1e-05" in (project / "params.yaml").read_text()
 
 
 # --- how entry points report a user's mistake ----------------------------------------------
