@@ -7,11 +7,8 @@ All three read DVC's own view of the results through its command line (`dvc exp 
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
-import subprocess
-import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,34 +20,12 @@ import pandas as pd
 from mnistlr import atomic
 from mnistlr.errors import MnistlrError
 from mnistlr.metrics import higher_is_better
+from mnistlr.repo import dvc_json, git_show, run_dvc
+from mnistlr.stats import CONFIDENCE, PairedChange, paired_change
 
 HEADLINE = ("test.accuracy", "test.loss", "val.accuracy")
 # Lets the CI find and update its one comment instead of adding a new one per push.
 MARKER = "<!-- mnistlr-review -->"
-
-
-# --- dvc -------------------------------------------------------------------------------------------
-
-
-def dvc_exe() -> str:
-    """The dvc beside this Python (the venv's), else the one on PATH."""
-    beside = Path(sys.executable).with_name("dvc")
-    return str(beside) if beside.is_file() else (shutil.which("dvc") or "dvc")
-
-
-def run_dvc(*args: str, cwd: str | Path = ".") -> str:
-    """stdout of `dvc ARGS`; a non-zero exit becomes an MnistlrError with dvc's last error line."""
-    proc = subprocess.run([dvc_exe(), *args], cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-        raise MnistlrError(f"`dvc {' '.join(args)}` failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
-    return proc.stdout
-
-
-def dvc_json(*args: str, cwd: str | Path = ".") -> Any:
-    """Parsed JSON output of `dvc ARGS --json`."""
-    out = run_dvc(*args, "--json", cwd=cwd)
-    return json.loads(out) if out.strip() else {}
 
 
 def variant_of(metrics_path: str) -> str:
@@ -74,80 +49,6 @@ def fmt(value: float | None) -> str:
 
 # --- is a change real? two models' predictions on the same test images ---------------------------------
 
-CONFIDENCE = 0.95
-
-
-# Both exact tests come from scipy.special's regularized incomplete beta function and its inverse, the
-# functions under scipy.stats' binomial distribution: the same values as scipy.stats.binomtest(k, n).pvalue
-# and .proportion_ci(method="exact"), without importing scipy.stats, which takes about a second.
-
-
-def mcnemar_p(fixed: int, broken: int) -> float:
-    """Two-sided exact McNemar p-value: under 'no difference' the images the two models disagree on
-    split as Binomial(fixed + broken, 1/2), so p = 2 P(X <= min(fixed, broken)), at most 1.
-    1 when they disagree on none."""
-    from scipy import special
-
-    d = fixed + broken
-    if d == 0:
-        return 1.0
-    k = min(fixed, broken)
-    return min(1.0, 2 * float(special.betainc(d - k, k + 1, 0.5)))  # P(X <= k) = I_{1-p}(d - k, k + 1)
-
-
-def clopper_pearson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Exact (Clopper-Pearson) interval for a binomial proportion after k successes in n trials: the p
-    where P(X >= k) falls to (1 - confidence) / 2 and the p where P(X <= k) does, which are quantiles of
-    beta distributions. The bound is 0 on the side of no successes, 1 on the side of no failures."""
-    from scipy import special
-
-    alpha = 1 - confidence
-    lower = 0.0 if k == 0 else float(special.betaincinv(k, n - k + 1, alpha / 2))
-    upper = 1.0 if k == n else float(special.betaincinv(k + 1, n - k, 1 - alpha / 2))
-    return lower, upper
-
-
-def change_interval(fixed: int, broken: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Exact interval for the accuracy change (fixed - broken) / n: the Clopper-Pearson interval for the
-    share of disagreements the new model wins, scaled by the disagreements. [0, 0] when there are none."""
-    d = fixed + broken
-    if d == 0:
-        return 0.0, 0.0
-    lower, upper = clopper_pearson(fixed, d, confidence)
-    return (2 * lower - 1) * d / n, (2 * upper - 1) * d / n
-
-
-@dataclass(frozen=True)
-class PairedChange:
-    """One variant's test predictions, base against workspace, image by image."""
-
-    variant: str
-    n: int
-    base_accuracy: float
-    new_accuracy: float
-    fixed: int  # wrong in base, right in the workspace
-    broken: int  # right in base, wrong in the workspace
-
-    @property
-    def change(self) -> float:
-        return self.new_accuracy - self.base_accuracy
-
-    @property
-    def p_value(self) -> float:
-        return mcnemar_p(self.fixed, self.broken)
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        return change_interval(self.fixed, self.broken, self.n)
-
-    def describe(self) -> str:
-        lo, hi = self.interval
-        return (
-            f"{self.variant} test accuracy {self.base_accuracy:.4f} -> {self.new_accuracy:.4f} "
-            f"({100 * self.change:+.2f} points, {CONFIDENCE:.0%} CI [{100 * lo:+.2f}, {100 * hi:+.2f}], "
-            f"McNemar p = {self.p_value:.3g}; {self.fixed} fixed, {self.broken} broken)"
-        )
-
 
 def read_predictions(text: str, source: str) -> tuple[np.ndarray, np.ndarray]:
     """(actual, predicted) from an evaluate stage's actual,predicted CSV."""
@@ -159,35 +60,14 @@ def read_predictions(text: str, source: str) -> tuple[np.ndarray, np.ndarray]:
     return table[:, 0], table[:, 1]
 
 
-def paired_change(
-    variant: str, base: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray]
-) -> PairedChange:
-    """Compare two prediction files of one variant; they must list the same test images in the same order."""
-    (actual, old_pred), (actual_new, new_pred) = base, new
-    if actual.shape != actual_new.shape or not np.array_equal(actual, actual_new):
-        raise MnistlrError(
-            f"{variant}: the base and workspace predictions are not of the same test images "
-            f"({actual.size} vs {actual_new.size} labels, or in another order)"
-        )
-    old_ok, new_ok = old_pred == actual, new_pred == actual
-    return PairedChange(
-        variant,
-        int(actual.size),
-        float(old_ok.mean()),
-        float(new_ok.mean()),
-        int((~old_ok & new_ok).sum()),
-        int((old_ok & ~new_ok).sum()),
-    )
-
-
 def predictions_at(rev: str | None, variant: str, cwd: str | Path = ".") -> tuple[np.ndarray, np.ndarray] | None:
     """plots/predictions/<variant>.csv as committed in `rev` (None: the workspace); None when absent."""
     rel = f"plots/predictions/{variant}.csv"
     if rev is None:
         path = Path(cwd) / rel
         return read_predictions(path.read_text(), str(path)) if path.is_file() else None
-    proc = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=cwd, capture_output=True, text=True)
-    return read_predictions(proc.stdout, f"{rev}:{rel}") if proc.returncode == 0 and proc.stdout.strip() else None
+    text = git_show(rev, rel, cwd)
+    return read_predictions(text, f"{rev}:{rel}") if text is not None else None
 
 
 def paired_changes(base: str, variants: list[str], cwd: str | Path = ".") -> dict[str, PairedChange]:
@@ -301,8 +181,8 @@ def terminal_table(runs: list[Run], metric: str = "test.accuracy") -> str:
 
 def curves_at(rev: str, variant: str, cwd: str | Path = ".") -> pd.DataFrame | None:
     """plots/train/<variant>.csv as committed in `rev` (experiments commit it: it is cache: false)."""
-    proc = subprocess.run(["git", "show", f"{rev}:plots/train/{variant}.csv"], cwd=cwd, capture_output=True, text=True)
-    return pd.read_csv(io.StringIO(proc.stdout)) if proc.returncode == 0 and proc.stdout.strip() else None
+    text = git_show(rev, f"plots/train/{variant}.csv", cwd)
+    return pd.read_csv(io.StringIO(text)) if text is not None else None
 
 
 def run_label(row: pd.Series, diff: list[str]) -> str:

@@ -40,7 +40,8 @@ from typing import Any
 import yaml
 
 from mnistlr.errors import MnistlrError
-from mnistlr.review import compare_experiments, dvc_exe, run_dvc
+from mnistlr.repo import beside_python, failure_line, git_answer, run_dvc, run_git
+from mnistlr.review import compare_experiments
 
 CONNECT_TIMEOUT_S = 10
 CONFIG_LOCAL_ENV = "MNISTLR_DVC_CONFIG_LOCAL"  # a worker's own DVC config.local (credentials) for its clones
@@ -142,26 +143,27 @@ def exp_ref(commit: str, name: str) -> str:
 # --- git -------------------------------------------------------------------------------------------
 
 
-def git(*args: str, cwd: str | Path = ".", error: type[MnistlrError] = MnistlrError) -> str:
-    """stdout of `git ARGS`; a failure becomes `error` with git's last line."""
+def stop_if_orphaned() -> None:
+    """No git or dvc command starts once the worker running this point is gone."""
     if ORPHANED.is_set():
         raise TransientError("the Dask worker running this point died; stopped")
-    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-        raise error(f"`git {' '.join(args)}` failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
-    return proc.stdout
+
+
+def git(*args: str, cwd: str | Path = ".", error: type[MnistlrError] = MnistlrError) -> str:
+    """stdout of `git ARGS` (mnistlr.repo.run_git), unless this point's worker is gone."""
+    stop_if_orphaned()
+    return run_git(*args, cwd=cwd, error=error)
 
 
 def remote_url(remote: str, cwd: str | Path = ".") -> str:
     """The URL of git remote `remote`; an error naming how to add it when there is none."""
-    proc = subprocess.run(["git", "remote", "get-url", remote], cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0 or not proc.stdout.strip():
+    url = (git_answer("remote", "get-url", remote, cwd=cwd) or "").strip()
+    if not url:
         raise MnistlrError(
             f"no git remote {remote!r} in this repository; the sweep's workers clone the commit from "
             f"it and push their results to it: git remote add {remote} URL && git push {remote} HEAD"
         )
-    return proc.stdout.strip()
+    return url
 
 
 def remote_exp_refs(url: str, cwd: str | Path = ".") -> set[str]:
@@ -214,8 +216,7 @@ def _env() -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("DVC_NO_ANALYTICS", "1")
     for key, role, value in (("user.name", "NAME", "mnistlr sweep"), ("user.email", "EMAIL", "sweep@localhost")):
-        configured = subprocess.run(["git", "config", key], capture_output=True, text=True).stdout.strip()
-        if not configured:
+        if not (git_answer("config", key) or "").strip():
             env.setdefault(f"GIT_AUTHOR_{role}", value)
             env.setdefault(f"GIT_COMMITTER_{role}", value)
     return env
@@ -228,30 +229,18 @@ STORAGE_REFUSED = re.compile(
 
 
 def _dvc(*args: str, cwd: Path, env: dict[str, str], error: type[MnistlrError]) -> str:
-    """stdout of `dvc ARGS`; a failure becomes `error` with one line: a stage's own `error: ...` line when one
-    printed it (what to fix), else dvc's first ERROR line (the cause; the later ones sum up), else its last line.
-    Storage that refuses this machine's credentials (or finds none) says where they come from."""
-    if ORPHANED.is_set():
-        raise TransientError("the Dask worker running this point died; stopped")
-    proc = subprocess.run([dvc_exe(), *args], cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = [ln.strip() for ln in (proc.stdout + "\n" + proc.stderr).splitlines() if ln.strip()]
-        stage = [ln[len("error: ") :] for ln in lines if ln.startswith("error: ")]
-        failed = [ln for ln in lines if ln.startswith("ERROR:")]
-        what = re.search(r"failed to reproduce '([^']+)'", failed[-1]) if failed else None
-        if stage:
-            raise error(
-                f"`dvc {args[0]} {args[1] if len(args) > 1 else ''}`".replace(" `", "`")
-                + f" failed{' in stage ' + what.group(1) if what else ''}: {stage[-1]}"
-            )
-        cause = failed[0] if failed else (lines or [f"exit {proc.returncode}"])[-1]
-        if STORAGE_REFUSED.search(cause):
-            cause += (
-                f"; this machine's storage credentials: {CONFIG_LOCAL_ENV} naming a DVC config.local, or "
-                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment"
-            )
-        raise error(f"`dvc {' '.join(args)}` failed: {cause}")
-    return proc.stdout
+    """stdout of `dvc ARGS` (mnistlr.repo.run_dvc), unless this point's worker is gone. Storage that refuses
+    this machine's credentials (or finds none) says where they come from."""
+    stop_if_orphaned()
+    try:
+        return run_dvc(*args, cwd=cwd, env=env, error=error)
+    except MnistlrError as exc:
+        if not STORAGE_REFUSED.search(str(exc)):
+            raise
+        raise type(exc)(
+            f"{exc}; this machine's storage credentials: {CONFIG_LOCAL_ENV} naming a DVC config.local, or "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment"
+        ) from None
 
 
 def default_remote(repo: Path) -> str | None:
@@ -314,8 +303,8 @@ def run_point(
 
 def mnistlr_command() -> list[str]:
     """The mnistlr console script beside this Python, else this Python running the CLI."""
-    beside = Path(sys.executable).with_name("mnistlr")
-    return [str(beside)] if beside.is_file() else [sys.executable, "-c", "from mnistlr.cli import app; app()"]
+    beside = beside_python("mnistlr")
+    return [str(beside)] if beside else [sys.executable, "-c", "from mnistlr.cli import app; app()"]
 
 
 @dataclass
@@ -349,12 +338,7 @@ def point_task(url: str, commit: str, name: str, point: list[str]) -> PointResul
         proc = subprocess.run(
             cmd, cwd=tmp, env={**_env(), WATCHDOG_ENV: "1"}, capture_output=True, text=True, start_new_session=True
         )
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
-    last = (
-        errors[-1][len("error: ") :]
-        if errors
-        else (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-    )
+    last = failure_line(proc.stderr) if proc.stderr.strip() else f"exit {proc.returncode}"
     if proc.returncode == TEMPFAIL:
         raise RuntimeError(f"{name}: {last}")
     if proc.returncode != 0:
@@ -570,8 +554,8 @@ def point_from_here(
             "give single values (a CI matrix or an array job sets one point per task)"
         )
     point = points[0]
-    in_repo = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True)
-    root = Path(in_repo.stdout.strip()) if in_repo.returncode == 0 else None
+    top = git_answer("rev-parse", "--show-toplevel")
+    root = Path(top.strip()) if top else None
     if root is not None and (root / "params.yaml").is_file():
         check_keys([point], root / "params.yaml")
     is_url = "://" in origin or origin.startswith(("/", ".", "~")) or ("@" in origin and ":" in origin)

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from mnistlr.data import CANONICAL_MD5, MD5SUMS_ENV, MIRROR_ENV, file_md5
+from mnistlr.repo import exe
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -144,9 +145,8 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) 
 
 
 def dvc(*args: str, cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the venv's dvc in `cwd`."""
-    exe = Path(sys.executable).with_name("dvc")
-    return run([str(exe), *args], cwd=cwd, env=env, check=check)
+    """Run dvc (the venv's, as mnistlr runs it) in `cwd`."""
+    return run([exe("dvc"), *args], cwd=cwd, env=env, check=check)
 
 
 def make_project(dest: Path, params_update: dict | None = None) -> Path:

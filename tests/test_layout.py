@@ -17,6 +17,8 @@ from tests.imports import import_closure, imported_modules, module_file
 FLOORS = [
     "errors",
     "atomic",
+    "repo",
+    "stats",
     "params",
     "data",
     "prepare",

@@ -13,7 +13,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from mnistlr import review
+from mnistlr import review, stats
 from mnistlr.errors import MnistlrError
 from mnistlr.metrics import higher_is_better
 from mnistlr.review import Run
@@ -259,12 +259,12 @@ def test_accuracy_table_has_one_row_per_variant_full_first():
         "| frac10 | 0.8100 | 0.8150 | +0.50 | - | - | - | - |",
         "| noise20 | - | 0.8700 | - | - | - | - | - |",
     ]
-    paired = {"full": review.PairedChange("full", 1000, 0.925, 0.930, fixed=10, broken=5)}
+    paired = {"full": stats.PairedChange("full", 1000, 0.925, 0.930, fixed=10, broken=5)}
     row = review.accuracy_table(full_diff()["diff"], "main", paired).splitlines()[2]
-    lo, hi = review.change_interval(10, 5, 1000)
+    lo, hi = stats.change_interval(10, 5, 1000)
     assert (
         row == f"| full | 0.9250 | 0.9300 | +0.50 | [{100 * lo:+.2f}, {100 * hi:+.2f}] "
-        f"| {review.mcnemar_p(10, 5):.3g} | 10 | 5 |"
+        f"| {stats.mcnemar_p(10, 5):.3g} | 10 | 5 |"
     )
 
 
@@ -357,7 +357,7 @@ def _preds(actual, predicted):
 def test_identical_predictions_change_nothing_with_p_one_and_a_zero_interval():
     y = np.arange(50) % 10
     pred = np.where(np.arange(50) % 7 == 0, (y + 1) % 10, y)
-    c = review.paired_change("full", _preds(y, pred), _preds(y, pred))
+    c = stats.paired_change("full", _preds(y, pred), _preds(y, pred))
     assert (c.fixed, c.broken, c.change, c.p_value, c.interval) == (0, 0, 0.0, 1.0, (0.0, 0.0))
 
 
@@ -373,16 +373,16 @@ def _exact_mcnemar_p(fixed: int, broken: int) -> float:
     [(10, 2), (2, 10), (0, 1), (0, 3), (1, 4), (7, 8), (5, 5), (0, 40), (130, 100), (60, 100), (300, 250), (900, 1000)],
 )
 def test_mcnemar_p_is_the_exact_binomial_tail(fixed, broken):
-    assert review.mcnemar_p(fixed, broken) == pytest.approx(_exact_mcnemar_p(fixed, broken), rel=1e-12)
-    assert review.mcnemar_p(fixed, broken) == review.mcnemar_p(broken, fixed)
+    assert stats.mcnemar_p(fixed, broken) == pytest.approx(_exact_mcnemar_p(fixed, broken), rel=1e-12)
+    assert stats.mcnemar_p(fixed, broken) == stats.mcnemar_p(broken, fixed)
 
 
 def test_mcnemar_p_of_known_tables():
     # 12 disagreements, 10 won by the new model: p = 2 * P(Binomial(12, 1/2) <= 2) = 2 * 79 / 4096
-    assert review.mcnemar_p(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 4096, rel=1e-14)
-    assert review.mcnemar_p(0, 3) == pytest.approx(0.25, rel=1e-14)  # 2 * (1/2)^3
-    assert review.mcnemar_p(0, 40) == pytest.approx(2.0**-39, rel=1e-14)
-    assert review.mcnemar_p(5, 5) == 1.0 and review.mcnemar_p(0, 1) == 1.0 and review.mcnemar_p(0, 0) == 1.0
+    assert stats.mcnemar_p(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 4096, rel=1e-14)
+    assert stats.mcnemar_p(0, 3) == pytest.approx(0.25, rel=1e-14)  # 2 * (1/2)^3
+    assert stats.mcnemar_p(0, 40) == pytest.approx(2.0**-39, rel=1e-14)
+    assert stats.mcnemar_p(5, 5) == 1.0 and stats.mcnemar_p(0, 1) == 1.0 and stats.mcnemar_p(0, 0) == 1.0
 
 
 # Clopper-Pearson 95 % bounds evaluated in 40-digit arithmetic (the beta quantiles at (1 - 0.95) / 2 as
@@ -397,7 +397,7 @@ CLOPPER_PEARSON_95 = {
 
 @pytest.mark.parametrize("k,n", sorted(CLOPPER_PEARSON_95))
 def test_clopper_pearson_bounds_equal_reference_values(k, n):
-    lo, hi = review.clopper_pearson(k, n)
+    lo, hi = stats.clopper_pearson(k, n)
     want_lo, want_hi = CLOPPER_PEARSON_95[(k, n)]
     assert lo == pytest.approx(want_lo, rel=1e-14) and hi == pytest.approx(want_hi, rel=1e-14)
 
@@ -405,8 +405,8 @@ def test_clopper_pearson_bounds_equal_reference_values(k, n):
 @pytest.mark.parametrize("n", [1, 8, 50])
 def test_clopper_pearson_with_no_successes_or_no_failures_has_its_closed_form(n):
     # P(X = 0) = (1 - p)^n and P(X = n) = p^n reach 0.025 at these bounds; the other bound is 0 or 1
-    assert review.clopper_pearson(0, n) == pytest.approx((0.0, 1 - 0.025 ** (1 / n)), rel=1e-14)
-    assert review.clopper_pearson(n, n) == pytest.approx((0.025 ** (1 / n), 1.0), rel=1e-14)
+    assert stats.clopper_pearson(0, n) == pytest.approx((0.0, 1 - 0.025 ** (1 / n)), rel=1e-14)
+    assert stats.clopper_pearson(n, n) == pytest.approx((0.025 ** (1 / n), 1.0), rel=1e-14)
 
 
 @pytest.mark.parametrize("k,n", [(3, 10), (10, 12), (1, 20), (17, 30)])
@@ -416,29 +416,29 @@ def test_clopper_pearson_bounds_put_exactly_the_tail_mass_outside(k, n):
         q = Fraction(p)
         return float(sum(math.comb(n, i) * q**i * (1 - q) ** (n - i) for i in ks))
 
-    lo, hi = review.clopper_pearson(k, n)
+    lo, hi = stats.clopper_pearson(k, n)
     assert tail(lo, range(k, n + 1)) == pytest.approx(0.025, rel=1e-13)  # P(X >= k) at the lower bound
     assert tail(hi, range(k + 1)) == pytest.approx(0.025, rel=1e-13)  # P(X <= k) at the upper bound
-    lo90, hi90 = review.clopper_pearson(k, n, confidence=0.90)
+    lo90, hi90 = stats.clopper_pearson(k, n, confidence=0.90)
     assert lo < lo90 < k / n < hi90 < hi
 
 
 def test_exact_tests_agree_with_scipy_binomtest():
-    from scipy import stats
+    from scipy.stats import binomtest
 
     for fixed, broken in [(10, 2), (0, 3), (7, 8), (130, 100), (60, 100), (1, 499), (2000, 1800)]:
-        ref = stats.binomtest(fixed, fixed + broken)
-        assert review.mcnemar_p(fixed, broken) == pytest.approx(ref.pvalue, rel=1e-12)
+        ref = binomtest(fixed, fixed + broken)
+        assert stats.mcnemar_p(fixed, broken) == pytest.approx(ref.pvalue, rel=1e-12)
         ci = ref.proportion_ci(method="exact")
-        assert review.clopper_pearson(fixed, fixed + broken) == pytest.approx((ci.low, ci.high), abs=1e-11)
+        assert stats.clopper_pearson(fixed, fixed + broken) == pytest.approx((ci.low, ci.high), abs=1e-11)
 
 
-def test_review_module_loads_scipy_special_only_when_testing_and_never_scipy_stats():
+def test_review_and_stats_load_scipy_special_only_when_testing_and_never_scipy_stats():
     probe = (
         "import sys\n"
-        "from mnistlr import review\n"
+        "from mnistlr import review, stats\n"
         "print('scipy' in sys.modules)\n"
-        "review.mcnemar_p(10, 2), review.change_interval(10, 2, 1000)\n"
+        "stats.mcnemar_p(10, 2), stats.change_interval(10, 2, 1000)\n"
         "print('scipy.special' in sys.modules, 'scipy.stats' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
@@ -447,22 +447,22 @@ def test_review_module_loads_scipy_special_only_when_testing_and_never_scipy_sta
 
 def test_change_interval_scales_the_share_of_disagreements_won():
     # the Clopper-Pearson 95 % interval of 10/12 is [0.5159, 0.9791]: the change is (2 pi - 1) * 12 / n
-    lo, hi = review.change_interval(10, 2, 1000)
+    lo, hi = stats.change_interval(10, 2, 1000)
     want_lo, want_hi = CLOPPER_PEARSON_95[(10, 12)]
     assert lo == pytest.approx((2 * want_lo - 1) * 12 / 1000, rel=1e-13)
     assert hi == pytest.approx((2 * want_hi - 1) * 12 / 1000, rel=1e-13)
     # all disagreements one way: the bound on that side is exactly the observed change
-    lo, hi = review.change_interval(8, 0, 100)
+    lo, hi = stats.change_interval(8, 0, 100)
     assert hi == 0.08 and 0 < lo < 0.08
-    assert review.change_interval(0, 8, 100)[0] == -0.08
-    assert review.change_interval(0, 0, 100) == (0.0, 0.0)
+    assert stats.change_interval(0, 8, 100)[0] == -0.08
+    assert stats.change_interval(0, 0, 100) == (0.0, 0.0)
 
 
 def test_paired_change_counts_fixed_and_broken_images():
     y = np.array([0, 1, 2, 3, 4, 5])
     old = np.array([0, 1, 9, 9, 4, 5])  # 2 and 3 wrong
     new = np.array([0, 9, 2, 3, 4, 5])  # fixes 2 and 3, breaks 1
-    c = review.paired_change("full", _preds(y, old), _preds(y, new))
+    c = stats.paired_change("full", _preds(y, old), _preds(y, new))
     assert (c.fixed, c.broken, c.n) == (2, 1, 6)
     assert c.change == pytest.approx(1 / 6)
     assert "full test accuracy 0.6667 -> 0.8333 (+16.67 points" in c.describe() and "2 fixed, 1 broken" in c.describe()
@@ -470,17 +470,17 @@ def test_paired_change_counts_fixed_and_broken_images():
 
 def test_predictions_of_other_test_images_are_a_user_error():
     with pytest.raises(MnistlrError, match="not of the same test images"):
-        review.paired_change("full", _preds([0, 1, 2], [0, 1, 2]), _preds([0, 2, 1], [0, 1, 2]))
+        stats.paired_change("full", _preds([0, 1, 2], [0, 1, 2]), _preds([0, 2, 1], [0, 1, 2]))
 
 
 def _change(variant, base, new, n=10000):
     """A PairedChange whose accuracies move from base to new by breaking (or fixing) images only."""
     k = round(abs(new - base) * n)
-    return review.PairedChange(variant, n, base, new, fixed=k if new > base else 0, broken=k if new < base else 0)
+    return stats.PairedChange(variant, n, base, new, fixed=k if new > base else 0, broken=k if new < base else 0)
 
 
 def test_significance_gate_passes_a_drop_the_test_set_cannot_tell_from_noise():
-    noisy = review.PairedChange("full", 10000, 0.9250, 0.9220, fixed=100, broken=130)  # -0.30 points, p ~ 0.06
+    noisy = stats.PairedChange("full", 10000, 0.9250, 0.9220, fixed=100, broken=130)  # -0.30 points, p ~ 0.06
     passed, line = review.significance_verdict({"full": noisy}, max_drop=0.002, alpha=0.05, base="main")
     assert passed and line.startswith(
         "gate passed (max drop 0.002, significance 0.05): drops not significant: "
@@ -504,7 +504,7 @@ def test_significance_gate_fails_a_significant_drop_naming_variant_accuracies_in
 
 
 def test_significance_gate_keeps_max_drop_a_significant_but_small_drop_passes():
-    small = review.PairedChange("full", 10000, 0.9250, 0.9240, fixed=0, broken=10)  # p ~ 0.002, -0.1 points
+    small = stats.PairedChange("full", 10000, 0.9250, 0.9240, fixed=0, broken=10)  # p ~ 0.002, -0.1 points
     passed, line = review.significance_verdict({"full": small}, 0.002, 0.05, "main")
     assert passed and "within 0.002 of main" in line
 
@@ -536,7 +536,7 @@ def test_compare_marks_runs_the_test_set_cannot_tell_from_the_best(monkeypatch):
     assert list(table["run"]) == ["best", "close", "far"]
     assert list(table["same as best"]) == ["yes", "yes", "no"]
     assert table["p vs best"].iloc[0] == 1.0 and table["p vs best"].iloc[1] == pytest.approx(
-        review.mcnemar_p(0, 3), abs=1e-4
+        stats.mcnemar_p(0, 3), abs=1e-4
     )
     assert table["p vs best"].iloc[2] < 1e-10
 

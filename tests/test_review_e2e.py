@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from mnistlr import review
+from mnistlr import stats
 from mnistlr.review import MARKER
 from tests import html_render
 from tests.conftest import SMALL_PARAMS, copy_project, dvc, run, skip_unless_ci
@@ -164,9 +164,9 @@ def test_make_review_on_an_adam_branch_writes_measured_diffs(project):
             int(((p_old == y_old) & (p_new != y_new)).sum()),
         )
         assert fixed - broken == round((acc[v] - old[v]) * y_new.size)
-        lo, hi = review.change_interval(fixed, broken, y_new.size)
+        lo, hi = stats.change_interval(fixed, broken, y_new.size)
         assert lo <= acc[v] - old[v] <= hi
-        return f"[{100 * lo:+.2f}, {100 * hi:+.2f}] | {review.mcnemar_p(fixed, broken):.3g} | {fixed} | {broken}"
+        return f"[{100 * lo:+.2f}, {100 * hi:+.2f}] | {stats.mcnemar_p(fixed, broken):.3g} | {fixed} | {broken}"
 
     assert lines[5:8] == [
         f"| full | {old['full']:.4f} | {acc['full']:.4f} | {100 * (acc['full'] - old['full']):+.2f} "

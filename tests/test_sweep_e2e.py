@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from mnistlr.repo import exe
 from tests.conftest import REPO, dvc, make_project, project_env, run
 
 HEADLINE_METRICS = 6  # per variant: test accuracy, loss and ECE, val accuracy and loss, weight sparsity
@@ -88,7 +89,7 @@ def test_queued_sweep_then_compare_gives_a_grid_and_the_report_links_it(tmp_path
     # goes to a file, not to a pipe this test would wait on for as long as they live.
     with open(tmp_path / "queue-start.log", "w") as log:
         subprocess.run(
-            [str(Path(sys.executable).with_name("dvc")), "queue", "start", "-j", "2"],
+            [exe("dvc"), "queue", "start", "-j", "2"],
             cwd=project,
             env=env,
             stdout=log,
