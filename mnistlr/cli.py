@@ -89,23 +89,38 @@ def compare(
     typer.echo(f"compared {len(table)} runs on {variant}; wrote {out}/compare.md, compare.json, compare.png")
 
 
+DEFAULT_MODEL = Path("models/full.npz")
+
+
 @app.command()
 @user_errors
 def predict(
     images: list[Path] = typer.Argument(..., help="PNG or JPEG digit images"),
-    model: Path = typer.Option(Path("models/full.npz"), help="model written by the train stage"),
+    model: Path | None = typer.Option(
+        None, help=f"model written by the train stage, e.g. models/frac10.npz  [default: {DEFAULT_MODEL}]"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print a JSON list instead of text"),
 ) -> None:
-    """Classify digit images, MNIST-style, with the model's own deskew and normalization; print the top 3."""
+    """Classify digit images, MNIST-style, with the model's own deskew and normalization; print the top 3.
+    An image that cannot be read or holds no digit gets one 'error: FILE: reason' line on stderr and the
+    others their answers, as `file` and `grep` do; the exit status is 1 when any image failed."""
+    from mnistlr.errors import MnistlrError
+    from mnistlr.model import missing_model
     from mnistlr.predict import TOP_K, predict_files
 
-    results = predict_files(list(images), model)
+    if model is None and not DEFAULT_MODEL.is_file():
+        raise MnistlrError(f"{missing_model(DEFAULT_MODEL)}; or pass --model")
+    results = predict_files(list(images), model or DEFAULT_MODEL)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
-        return
     for r in results:
-        top = ", ".join(f"{t['class']} ({t['probability']:.3f})" for t in r["top"])
-        typer.echo(f"{r['image']}: {r['prediction']}  [top {TOP_K}: {top}]")
+        if "error" in r:
+            typer.echo(f"error: {r['image']}: {r['error']}", err=True)
+        elif not as_json:
+            top = ", ".join(f"{t['class']} ({t['probability']:.3f})" for t in r["top"])
+            typer.echo(f"{r['image']}: {r['prediction']}  [top {TOP_K}: {top}]")
+    if any("error" in r for r in results):
+        raise typer.Exit(1)
 
 
 SET_HELP = "KEY=V1,V2,... of params.yaml, as `dvc exp run --queue -S`; repeat for a grid (the cartesian product)"

@@ -60,7 +60,7 @@ def load_model(path: str | Path) -> Model:
     a model whose weight, bias, mean or std is nan or infinite (or whose std is not > 0) included."""
     path = Path(path)
     if not path.is_file():
-        raise MnistlrError(f"no model at {path}; run the train stage first (dvc repro) or pass --model")
+        raise MnistlrError(missing_model(path))
     try:
         with np.load(path, allow_pickle=False) as blob:
             arrays = {k: blob[k] for k in blob.files}
@@ -102,6 +102,21 @@ def load_model(path: str | Path) -> Model:
             "and a std > 0; retrain it with the train stage"
         )
     return Model(weight, bias, mean, std, int(arrays["image_side"]), bool(arrays["deskew"]))
+
+
+def missing_model(path: Path) -> str:
+    """What to do when no model file is at `path`: the .npz it may have meant, else the models beside it,
+    else train one."""
+    npz = path.with_name(path.name + ".npz")
+    if path.suffix != ".npz" and npz.is_file():
+        return f"{path} not found; did you mean {npz}?"
+    folder = path if path.is_dir() else path.parent
+    models = sorted(p.name for p in folder.glob("*.npz") if p.is_file()) if folder.is_dir() else []
+    what = f"{path} is a folder, not a model file" if path.is_dir() else f"no model at {path}"
+    if models:
+        where = "in it" if folder == path else "here" if folder == Path() else f"in {folder}"
+        return f"{what}; models {where}: {', '.join(str(folder / m) for m in models)}"
+    return f"{what}; run the train stage first (dvc repro)"
 
 
 def non_finite(**arrays: np.ndarray) -> list[str]:

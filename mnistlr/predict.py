@@ -87,7 +87,7 @@ def load_gray(path: str | Path) -> np.ndarray:
             with Image.open(path) as img:
                 return image_to_gray(img, str(path))
     except FileNotFoundError:
-        raise MnistlrError(f"image not found: {path}") from None
+        raise MnistlrError(f"{path}: image not found") from None
     except IsADirectoryError:
         raise MnistlrError(f"{path}: is a folder, not an image") from None
     except Image.DecompressionBombError as exc:
@@ -337,16 +337,23 @@ def preprocess_file(path: str | Path, model: Model) -> np.ndarray:
 
 
 def predict_files(paths: list[Path], model_path: Path, top_k: int = TOP_K) -> list[dict]:
-    """[{'image', 'prediction', 'top': [{'class', 'probability'}, ...]}] for each path, in order."""
+    """For each path, in order: {'image', 'prediction', 'top': [{'class', 'probability'}, ...]}, or
+    {'image', 'error'} for an image that cannot be read or holds no digit (the reason, without the
+    file's name), so that one bad file costs no other its answer. A bad model file raises MnistlrError."""
     model = load_model(model_path)
-    x = np.stack([preprocess_file(p, model) for p in paths])
-    probs = metrics.softmax(model.logits(x))
+    inputs, results = [], []
+    for p in paths:
+        try:
+            inputs.append(preprocess_file(p, model))
+            results.append({"image": str(p)})
+        except MnistlrError as exc:
+            results.append({"image": str(p), "error": str(exc).removeprefix(f"{p}: ")})
+    if not inputs:
+        return results
+    probs = metrics.softmax(model.logits(np.stack(inputs)))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
-    return [
-        {
-            "image": str(p),
-            "prediction": int(classes[0]),
-            "top": [{"class": int(k), "probability": round(float(row[k]), 6)} for k in classes],
-        }
-        for p, classes, row in zip(paths, order, probs, strict=True)
-    ]
+    good = [r for r in results if "error" not in r]
+    for r, classes, row in zip(good, order, probs, strict=True):
+        r["prediction"] = int(classes[0])
+        r["top"] = [{"class": int(k), "probability": round(float(row[k]), 6)} for k in classes]
+    return results

@@ -333,6 +333,70 @@ def test_cli_text_json_and_errors(tmp_path, monkeypatch):
         assert len(res.output.strip().splitlines()) == 1
 
 
+def _digit(path, x: int = 25) -> None:
+    img = Image.new("L", (50, 50), 255)
+    ImageDraw.Draw(img).line([(x, 5), (x, 45)], fill=0, width=5)
+    img.save(path)
+
+
+def test_each_good_image_gets_its_answer_and_each_bad_one_an_error_line(tmp_path, monkeypatch):
+    """As `file` and `grep` do: the good images are answered, in order, and each bad one is one line on stderr
+    naming the file; the exit status is 1 when any failed."""
+    monkeypatch.chdir(tmp_path)
+    random_model().save(tmp_path / "m.npz")
+    _digit(tmp_path / "a.png")
+    _digit(tmp_path / "b.png", x=15)
+    Image.new("L", (40, 40), 255).save(tmp_path / "blank.png")
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    res = runner.invoke(app, ["predict", "a.png", "blank.png", "b.png", "nope.png", "junk.png", "--model", "m.npz"])
+    assert res.exit_code == 1
+    answers = res.stdout.splitlines()
+    assert [line.split(":")[0] for line in answers] == ["a.png", "b.png"], res.stdout
+    assert all("[top 3: " in line for line in answers)
+    errors = res.stderr.splitlines()
+    assert [line.split(": ")[:2] for line in errors] == [
+        ["error", "blank.png"],
+        ["error", "nope.png"],
+        ["error", "junk.png"],
+    ], res.stderr
+    assert errors[0].startswith("error: blank.png: blank image (no stroke differs")
+    assert errors[1] == "error: nope.png: image not found"
+    assert errors[2].startswith("error: junk.png: not a readable image (PNG or JPEG expected)")
+    # the answers are those each good image gets alone
+    alone = runner.invoke(app, ["predict", "b.png", "--model", "m.npz"])
+    assert alone.exit_code == 0 and alone.stdout.splitlines() == answers[1:]
+    # --json: one entry per image, in order, the bad ones with their reason; the errors also on stderr
+    res = runner.invoke(app, ["predict", "a.png", "blank.png", "b.png", "--model", "m.npz", "--json"])
+    data = json.loads(res.stdout)
+    assert res.exit_code == 1 and [d["image"] for d in data] == ["a.png", "blank.png", "b.png"]
+    assert "prediction" in data[0] and "prediction" in data[2] and data[1]["error"].startswith("blank image")
+    assert res.stderr.startswith("error: blank.png: blank image")
+    # all good: exit 0, nothing on stderr
+    res = runner.invoke(app, ["predict", "a.png", "b.png", "--model", "m.npz"])
+    assert res.exit_code == 0 and res.stderr == "" and len(res.stdout.splitlines()) == 2
+
+
+def test_a_model_path_that_is_not_a_model_file_says_which_ones_are(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _digit(tmp_path / "a.png")
+    (tmp_path / "models").mkdir()
+    random_model().save(tmp_path / "models" / "frac10.npz")
+    random_model().save(tmp_path / "models" / "full.npz")
+    for model, message in (
+        ("models/frac10", "error: models/frac10 not found; did you mean models/frac10.npz?"),
+        (
+            "models/frac5.npz",
+            "error: no model at models/frac5.npz; models in models: models/frac10.npz, models/full.npz",
+        ),
+        ("models", "error: models is a folder, not a model file; models in it: models/frac10.npz, models/full.npz"),
+        ("elsewhere/full.npz", "error: no model at elsewhere/full.npz; run the train stage first (dvc repro)"),
+    ):
+        res = runner.invoke(app, ["predict", "a.png", "--model", model])
+        assert res.exit_code == 1 and res.stderr == message + "\n", res.stderr
+    assert runner.invoke(app, ["predict", "a.png", "--model", "models/frac10.npz"]).exit_code == 0
+    assert runner.invoke(app, ["predict", "a.png"]).exit_code == 0  # the default, models/full.npz
+
+
 def test_predict_no_longer_accepts_params():
     res = runner.invoke(app, ["predict", "one.png", "--params", "params.yaml"])
     assert res.exit_code == 2 and "--params" in res.output
