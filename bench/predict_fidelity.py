@@ -23,8 +23,9 @@ The test digits choose nothing.
 
 Run `python bench/predict_fidelity.py --help`. It trains a quick model (SGD, 2 epochs on the 50k
 training split, CPU; torch is used for that only) unless --model names a models/<v>.npz (the train
-stage fits those on the same 50k). Prints markdown and writes it, with the rows as JSON, to
-bench/results/predict_fidelity.{md,json} (--out). It measures; it asserts nothing (tests/test_predict.py does).
+stage fits those on the same 50k). Prints markdown; with --out FOLDER it also writes it, with the rows as
+JSON, to FOLDER/predict_fidelity.{md,json} (the committed results: --out bench/results). It measures; it
+asserts nothing (tests/test_predict.py does).
 """
 
 from __future__ import annotations
@@ -57,7 +58,6 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 CANDIDATES = (0.0, *(round(1.0 + 0.1 * i, 1) for i in range(21)))  # thin-pen thresholds tried (px)
 SPLIT_SEED, VAL_SIZE = 42, 10000  # params.yaml's seed and data.val_size: the prepare stage's split
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def quick_model(images: np.ndarray, labels: np.ndarray, epochs: int = 2, seed: int = 0, deskew: bool = False) -> Model:
@@ -251,7 +251,9 @@ def main(
         5000, help="validation digits per kind that choose the thin-pen threshold (0: choose nothing, report only)"
     ),
     kinds: list[str] = typer.Option(ALL_KINDS, "--kind", help=f"kinds to measure: {KIND_NAMES}"),
-    out: Path = typer.Option(RESULTS, help="folder for predict_fidelity.md and predict_fidelity.json"),
+    out: Path | None = typer.Option(
+        None, help="also write predict_fidelity.md and predict_fidelity.json into this folder (e.g. bench/results)"
+    ),
     seed: int = typer.Option(0, help="seed of the quick model and of the kinds' random placement"),
     deskew: bool = typer.Option(False, help="train the quick model on deskewed digits (a --model says for itself)"),
 ) -> None:
@@ -322,10 +324,11 @@ def main(
     result["test"] = {"min_stroke": predict.MIN_STROKE, "rows": rows}
     text = "\n".join(report) + "\n"
     typer.echo(text, nl=False)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(out / "predict_fidelity.json", result)
-    atomic.write_text(out / "predict_fidelity.md", text)
-    typer.echo(f"wrote {out / 'predict_fidelity.md'} and {out / 'predict_fidelity.json'}")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(out / "predict_fidelity.json", result)
+        atomic.write_text(out / "predict_fidelity.md", text)
+        typer.echo(f"wrote {out / 'predict_fidelity.md'} and {out / 'predict_fidelity.json'}")
 
 
 if __name__ == "__main__":

@@ -50,10 +50,10 @@ NOISE_SIGMAS = 3.0  # the border's robust noise level, times this, is subtracted
 MARGIN = 2  # output pixels of context kept around the digit's box when it is resampled (faint edges)
 FITTED_MIN = 17  # a 28x28 digit whose long side is FITTED_MIN..BOX pixels counts as already fitted
 # Pixels at the 28x28 scale: a thinner pen is widened to this (MNIST's median stroke is 2.5). Chosen by
-# `python bench/predict_fidelity.py --model models/full.npz` on MNIST training images held out of training
-# (the prepare stage's 10k validation split), as the threshold of 0 (never widen) and 1.0 to 3.0 px in
-# 0.1 steps that gets the most of them right through predict, written as each kind of file the bench
-# resamples (bench/results/predict_fidelity.md); the test digits only measure the result.
+# `python bench/predict_fidelity.py --model models/full.npz --out bench/results` on MNIST training images
+# held out of training (the prepare stage's 10k validation split), as the threshold of 0 (never widen) and
+# 1.0 to 3.0 px in 0.1 steps that gets the most of them right through predict, written as each kind of file
+# the bench resamples (bench/results/predict_fidelity.md); the test digits only measure the result.
 MIN_STROKE = 2.3
 SUPERSAMPLE = 4  # resolution (times the output's) at which a thin pen is widened
 WORK_SIDE = 1024  # larger images are reduced to about this many pixels a side before any float work
