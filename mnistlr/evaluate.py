@@ -21,13 +21,7 @@ from mnistlr.data import IMAGE_SIDE, Preprocessing, load_preprocessing, load_spl
 from mnistlr.errors import MnistlrError
 from mnistlr.model import Model, load_model
 from mnistlr.params import Params
-
-# The tutorial's (the seed's) expected test accuracy, in %: what users hold the results against.
-EXPECTED_BY_FRACTION = {0.1: (80.0, 85.0), 0.25: (87.0, 89.0), 0.5: (90.0, 91.0), 1.0: (92.0, 93.0)}
-EXPECTED_BY_NOISE = {0.1: (88.0, 89.0)}  # on the full training set
-EXPECTED_NOISE_DROP = {0.1: (3.0, 4.0)}  # points lost to that noise
-EXPECTED_BY_OPTIMIZER = {"sgd": (91.0, 92.0), "adam": (92.0, 93.0)}
-EXAMPLES_PER_PAIR = 6  # misclassified digits shown per top confusion
+from mnistlr.reference import EXPECTED_BY_FRACTION, noise_rows
 
 
 def headline(
@@ -122,35 +116,13 @@ def variant_sizes(prepared: Path, params: Params) -> dict[str, int]:
     return {n: json.loads((prepared / "variants" / f"{n}.json").read_text())["size"] for n in params.variants}
 
 
-def noise_rows(params: Params, scores: dict[str, dict]) -> list[dict]:
-    """Each noisy variant after the clean one of the same size: label noise, val and test accuracy (%)."""
-    rows, seen = [], set()
-    for name in params.variants:
-        clean = params.clean_twin(name)
-        if clean is None:
-            continue
-        for variant in (clean, name):
-            if variant in seen:
-                continue
-            seen.add(variant)
-            rows.append(
-                {
-                    "variant": variant,
-                    "label noise": params.variants[variant].noise,
-                    "val acc (%)": round(100 * scores[variant]["val"]["accuracy"], 2),
-                    "test acc (%)": round(100 * scores[variant]["test"]["accuracy"], 2),
-                }
-            )
-    return rows
-
-
 def misclassified_images(
     x: np.ndarray, y: np.ndarray, predicted: np.ndarray, pairs: list[tuple[int, int, int]], pre: Preprocessing
 ) -> list[tuple[int, int, np.ndarray]]:
-    """For each (true, predicted, count): the first EXAMPLES_PER_PAIR such test digits as [k, 28, 28] in [0, 1]."""
+    """For each (true, predicted, count): the first EXAMPLES_PER_PAIR such test digits, as [k, 28, 28] in [0, 1]."""
     out = []
     for true, pred, _ in pairs:
-        idx = np.flatnonzero((y == true) & (predicted == pred))[:EXAMPLES_PER_PAIR]
+        idx = np.flatnonzero((y == true) & (predicted == pred))[: metrics.EXAMPLES_PER_PAIR]
         # the prepared pixels are (p - mean) / std: undo it to show the digit as the model saw it
         images = np.clip(np.asarray(x[idx]) * pre.std + pre.mean, 0, 1).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
         out.append((true, pred, images))
@@ -193,7 +165,7 @@ def draw_figures(
     figures.save(figures.confusion_figure(cm, title=f"Confusion matrix, test set ({ref})"), out / "confusion.png")
     examples = misclassified_images(x, y, predicted, metrics.top_confusions(cm, params.report.top_confusions), pre)
     figures.save(
-        figures.confusion_examples_figure(examples, EXAMPLES_PER_PAIR)
+        figures.confusion_examples_figure(examples, metrics.EXAMPLES_PER_PAIR)
         if examples
         else figures.message_figure("no misclassified test digits"),
         out / "confusion_examples.png",

@@ -92,7 +92,7 @@ def learning_curves_figure(histories: Mapping[str, Sequence[Mapping[str, float]]
 def data_size_figure(
     points: Sequence[tuple[float, float]], expected: Mapping[float, tuple[float, float]], train_size: int
 ) -> Figure:
-    """Test accuracy (%) against training fraction, with the seed's expected band per fraction."""
+    """Test accuracy (%) against training fraction, with the tutorial's expected band per fraction."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for i, (frac, (lo, hi)) in enumerate(sorted(expected.items())):
         ax.plot(

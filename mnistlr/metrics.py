@@ -15,6 +15,7 @@ from mnistlr.errors import MnistlrError
 # Metric names (the last part of a dotted key such as test.ece) for which a smaller value is better.
 LOWER_IS_BETTER = ("loss", "ece")
 DECIMALS = 6  # metrics are written as these many decimals: no float32 tails in JSON
+EXAMPLES_PER_PAIR = 6  # misclassified test digits shown per top confusion (evaluate draws them, the report counts)
 
 
 def higher_is_better(metric: str) -> bool:

@@ -1,9 +1,8 @@
-"""The pages of text: the report stage's reports/report.md, and the studies' reports/studies.md.
+"""The report stage's page, reports/report.md: one page over all variants, measured beside the tutorial's numbers.
 
-reports/report.md: one page over all variants, measured beside the tutorial's numbers, from what evaluate
-wrote (headline metrics, test predictions; its figures are linked, not drawn here), prepare's variant
-summaries and preprocessing, and the committed experiment comparison. reports/studies.md: from the
-studies' JSON results. No figure is drawn, no model loaded and no torch imported.
+It reads what evaluate wrote (headline metrics, test predictions; its figures are linked, not drawn here),
+prepare's variant summaries and preprocessing, and the committed experiment comparison. No figure is drawn,
+no model loaded and no torch imported.
 """
 
 from __future__ import annotations
@@ -18,15 +17,14 @@ from tabulate import tabulate
 
 from mnistlr import atomic, metrics
 from mnistlr.data import load_preprocessing
-from mnistlr.evaluate import (
-    EXAMPLES_PER_PAIR,
-    EXPECTED_BY_FRACTION,
-    EXPECTED_BY_NOISE,
+from mnistlr.params import Params
+from mnistlr.reference import (
     EXPECTED_BY_OPTIMIZER,
     EXPECTED_NOISE_DROP,
+    LECUN_LINEAR_ERROR,
+    expected_range,
     noise_rows,
 )
-from mnistlr.params import Params
 
 
 def markdown_table(rows: list[dict], floatfmt: str = "g") -> str:
@@ -39,18 +37,6 @@ LOSS_NAMES = {
     "ce": "cross-entropy (logistic regression)",
     "mse": "least squares on one-hot targets (linear regression)",
 }
-# LeCun et al. (1998), "Gradient-based learning applied to document recognition", table of test error
-# rates: the linear classifier ("1-layer NN") on plain and on deskewed digits, in %.
-LECUN_LINEAR_ERROR = {"plain": 12.0, "deskewed": 8.4}
-
-
-def expected_range(fraction: float, noise: float) -> tuple[float, float] | None:
-    """The tutorial's expected test accuracy (%) for a variant, when it gives one."""
-    if noise == 0:
-        return EXPECTED_BY_FRACTION.get(fraction)
-    if fraction == 1.0:
-        return EXPECTED_BY_NOISE.get(noise)
-    return None
 
 
 def verdict(value: float, band: tuple[float, float] | None) -> str:
@@ -321,7 +307,8 @@ def build_report(
     if pairs:
         seen = " (deskewed, as the model saw them)" if pre.deskew else ""
         lines += [
-            f"Up to {EXAMPLES_PER_PAIR} misclassified test digits of each pair above, first in test order{seen}:",
+            f"Up to {metrics.EXAMPLES_PER_PAIR} misclassified test digits of each pair above, "
+            f"first in test order{seen}:",
             "",
             "![misclassified digits of the top confusions](figures/confusion_examples.png)",
             "",
@@ -358,217 +345,4 @@ def build_report(
     ]
     text = "\n".join(lines)
     atomic.write_text(out_path, text)
-    return text
-
-
-# --- the studies' page (reports/studies.md, from the studies pipeline's JSON results) ---------------------
-
-STUDIES = ("mse", "optimum", "l1l2", "sweep", "deskew")
-COMMAND = "dvc repro studies/dvc.yaml"
-LBFGS_CHUNK = 50  # L-BFGS iterations per logged "epoch" in the studies
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
-
-
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return out + [""]
-
-
-def _config(r: dict) -> str:
-    if r["optimizer"] == "lbfgs":
-        return f"lbfgs, {r['epochs'] * LBFGS_CHUNK} iterations, wd {r['weight_decay']:g}"
-    return f"{r['optimizer']} lr {r['lr']:g}, bs {r['batch_size']}, {r['epochs']} ep, wd {r['weight_decay']:g}"
-
-
-def mse_section(m: dict, logistic: dict) -> list[str]:
-    rows = [
-        [
-            f"logistic regression (cross-entropy), SGD lr {logistic['lr']:g} (optimum study, weight decay 0)",
-            _pct(logistic["val_accuracy"]),
-            _pct(logistic["test_accuracy"]),
-        ],
-        [
-            f"linear regression (least squares on one-hot), SGD lr {m['linear_regression_sgd']['lr']:g}",
-            _pct(m["linear_regression_sgd"]["val_accuracy"]),
-            _pct(m["linear_regression_sgd"]["test_accuracy"]),
-        ],
-        [
-            "linear regression, exact least-squares solution (lstsq)",
-            _pct(m["linear_regression_exact"]["val_accuracy"]),
-            _pct(m["linear_regression_exact"]["test_accuracy"]),
-        ],
-    ]
-    return [
-        "## 1. Linear regression baseline (`train.loss: mse`)",
-        "",
-        f"Same linear layer, same data; SGD {logistic['epochs']} epochs, batch {logistic['batch_size']}, cosine schedule. "
-        f"SGD on least squares needs a smaller learning rate than on cross-entropy (`studies.mse.lr`, here {m['linear_regression_sgd']['lr']:g}).",
-        "",
-        *_table(["model", "val acc %", "test acc %"], rows),
-    ]
-
-
-def optimum_section(o: dict) -> list[str]:
-    rows = []
-    for e in o["rows"]:
-        lb = e["lbfgs"]
-        rows.append(
-            [
-                f"{e['weight_decay']:g}",
-                "L-BFGS",
-                f"{lb['objective']:.5f}",
-                "0",
-                _pct(lb["val_accuracy"]),
-                _pct(lb["test_accuracy"]),
-                "-",
-            ]
-        )
-        for name in ("sgd", "adam"):
-            r = e[name]
-            rows.append(
-                [
-                    f"{e['weight_decay']:g}",
-                    f"{name} lr {r['lr']:g}, {r['epochs']} ep",
-                    f"{r['objective']:.5f}",
-                    f"{r['objective_gap']:+.5f}",
-                    _pct(r["val_accuracy"]),
-                    _pct(r["test_accuracy"]),
-                    f"{100 * r['test_accuracy_gap']:+.2f}",
-                ]
-            )
-    return [
-        "## 2. The convex optimum (`optimizer: lbfgs`)",
-        "",
-        f"Training objective = mean cross-entropy on the {o['n_train']} training images + weight_decay/2 * ||W||^2 "
-        "(the function SGD and Adam with the same `weight_decay` minimize). L-BFGS: full batch, "
-        f"{o['params']['lbfgs_iters']} iterations, strong-Wolfe line search. Gap = run - L-BFGS.",
-        "",
-        *_table(
-            [
-                "weight decay",
-                "optimizer",
-                "train objective",
-                "objective gap",
-                "val acc %",
-                "test acc %",
-                "test acc gap (pts)",
-            ],
-            rows,
-        ),
-        "At weight decay 0 (and nearly so at 1e-5) the objective is not strongly convex, so L-BFGS may still be "
-        "descending when it stops: those rows are upper bounds on the minimum. Runs that stop short of the "
-        "minimum can score as well or better on held-out images: stopping early regularizes much as weight "
-        "decay does.",
-        "",
-        f"Best test accuracy of an exact optimum over this weight-decay grid: **{_pct(max(e['lbfgs']['test_accuracy'] for e in o['rows']))} %**.",
-        "",
-    ]
-
-
-def l1l2_section(d: dict) -> list[str]:
-    rows = [
-        [
-            r["penalty"],
-            f"{r['strength']:g}",
-            _pct(r["test_accuracy"]),
-            _pct(r["sparsity"]),
-            _pct(r["exact_zeros"]),
-            f"{r['l1_norm']:.1f}",
-            f"{r['l2_norm']:.2f}",
-        ]
-        for r in d["rows"]
-    ]
-    return [
-        "## 5. L1 and L2 seen",
-        "",
-        f"SGD lr {d['params']['lr']:g}, batch {d['params']['batch_size']}, {d['params']['epochs']} epochs, cosine; sparsity = share of |w| < {d['sparsity_threshold']:g}.",
-        "",
-        *_table(["penalty", "strength", "test acc %", "sparsity %", "exact zeros %", "sum abs w", "norm w"], rows),
-        "L1 drives many weights (mostly the always-blank border pixels) towards zero while L2 at the same "
-        "strength only shrinks them all a little; plain (sub)gradient steps make weights small, not exactly 0.",
-        "",
-        "![L1 vs L2 weights](studies/l1l2_weights.png)",
-        "",
-    ]
-
-
-def sweep_section(s: dict, title: str = "## 3. The best linear model", inputs: str = "") -> list[str]:
-    rows = []
-    for i, r in enumerate(s["rows"]):
-        mark = " **(selected)**" if i == s["best_index"] else ""
-        batched = f"x{r['batched']}" if r.get("batched") else "alone"
-        rows.append(
-            [_config(r) + mark, f"{r['objective']:.4f}", _pct(r["train_accuracy"]), _pct(r["val_accuracy"]), batched]
-        )
-    b, t = s["best"], s["trained_on_train"]
-    best_val, n_train, n_val = s["rows"][s["best_index"]]["val_accuracy"], s["n_train"], s["n_val"]
-    out = [
-        title,
-        "",
-        f"Every candidate is trained on the {n_train} training{inputs} images and scored on the {n_val} validation "
-        "images; the one with the highest validation accuracy is selected, and only it touches the test set. "
-        "Candidates sharing optimizer, batch size and epochs train as one batched program.",
-        "",
-        *_table(["config", "train objective", "train acc %", "val acc %", "trained"], rows),
-        f"One standard error of an accuracy near {100 * best_val:.1f} % on {n_val} validation images is "
-        f"{100 * math.sqrt(best_val * (1 - best_val) / n_val):.2f} points: differences smaller than that "
-        "do not separate the candidates.",
-        "",
-        f"Selected: `{json.dumps(b)}`",
-        "",
-        f"- trained on train ({n_train}): val {_pct(t['val_accuracy'])} %, **test {_pct(t['test_accuracy'])} %**",
-    ]
-    if "refit_on_train_val" in s:
-        out.append(
-            f"- refitted on train + val ({n_train + n_val}): **test {_pct(s['refit_on_train_val']['test_accuracy'])} %**"
-        )
-    return out + [""]
-
-
-def deskew_study_section(d: dict, plain: dict) -> list[str]:
-    """The best linear model on deskewed digits, beside the plain one and LeCun et al.'s linear classifier."""
-    out = sweep_section(d, "## 4. The best linear model on deskewed digits", " (deskewed)")
-    final = lambda r: r.get("refit_on_train_val", r["trained_on_train"])["test_accuracy"]  # noqa: E731
-    out += [
-        f"Inputs: {d['preprocessing']} (`data/prepared_deskewed`, the prepare stage with deskewing on). "
-        f"Test error of the selected model: **{100 * (1 - final(d)):.2f} %** deskewed against "
-        f"{100 * (1 - final(plain)):.2f} % for the best plain model (section 3); LeCun et al. (1998) give the "
-        "linear classifier 12.0 % plain and 8.4 % deskewed.",
-        "",
-    ]
-    return out
-
-
-def write_studies_report(results: str | Path, out: str | Path) -> str:
-    results = Path(results)
-    load = lambda n: json.loads((results / f"{n}.json").read_text())  # noqa: E731
-    found = {n: load(n) for n in STUDIES}
-    lines = [
-        "# Studies: beyond the tutorial",
-        "",
-        f"Generated by `{COMMAND}` (studies/dvc.yaml; params: `studies:` in params.yaml). "
-        "Multinomial logistic regression on normalized pixels; no augmentation or features; section 4 on "
-        "deskewed digits. Wall times are the benchmark's (bench/studies_wall.sh), not kept here: they vary "
-        "run to run, these results must not.",
-        "",
-    ]
-    opt = found["optimum"]
-    logistic = (
-        next(e["sgd"] for e in opt["rows"] if e["weight_decay"] == 0)
-        if any(e["weight_decay"] == 0 for e in opt["rows"])
-        else opt["rows"][0]["sgd"]
-    )
-    lines += (
-        mse_section(found["mse"], logistic)
-        + optimum_section(opt)
-        + sweep_section(found["sweep"])
-        + deskew_study_section(found["deskew"], found["sweep"])
-        + l1l2_section(found["l1l2"])
-    )
-    text = "\n".join(lines)
-    atomic.write_text(out, text)
     return text

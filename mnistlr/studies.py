@@ -7,8 +7,9 @@ sweep    - the best linear model, chosen on validation accuracy only, refitted o
 deskew   - the same selection on deskewed digits (data/prepared_deskewed)
 
 Each study is one process looping over its grid (one `import torch` instead of one per run) and
-writes a small JSON; mnistlr.report's `write_studies_report` turns them into reports/studies.md. Candidates that share
-an optimizer, batch size and epochs train together as one batched program (train.fit_batched).
+writes a small JSON; mnistlr.studies_page turns them into reports/studies.md (without torch, so its stage
+starts fast). Candidates that share an optimizer, batch size and epochs train together as one batched program
+(train.fit_batched).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from mnistlr import atomic, metrics
 from mnistlr.data import NUM_CLASSES, load_preprocessing, load_split
 from mnistlr.errors import MnistlrError
 from mnistlr.params import Params, SweepPoint, TrainParams
-from mnistlr.report import LBFGS_CHUNK, STUDIES
+from mnistlr.studies_page import LBFGS_CHUNK, STUDIES
 from mnistlr.train import (
     LogisticRegression,
     batchable,

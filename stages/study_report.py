@@ -5,7 +5,7 @@ from pathlib import Path
 import typer
 
 from mnistlr.errors import user_errors
-from mnistlr.report import write_studies_report
+from mnistlr.studies_page import write_studies_report
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 

@@ -24,10 +24,12 @@ FLOORS = [
     "prepare",
     "model",
     "metrics",
+    "reference",
     "figures",
     "train",
     "evaluate",
     "report",
+    "studies_page",
     "review",
     "sweep",
     "studies",
@@ -64,6 +66,30 @@ def test_stage_deps_list_exactly_the_code_it_imports(stage, entry, deps):
     listed = {d for d in deps if d.endswith(".py")}
     assert not needed - listed, f"{stage} imports but does not list in deps: {sorted(needed - listed)}"
     assert not listed - needed, f"{stage} lists code it never imports: {sorted(listed - needed)}"
+
+
+def test_the_report_stages_read_no_figure_model_or_evaluate_code():
+    """The pages read the tutorial's numbers from mnistlr/reference.py, so drawing code is none of their deps."""
+    drawing = {"mnistlr/evaluate.py", "mnistlr/figures.py", "mnistlr/model.py", "mnistlr/train.py"}
+    for stage, _, deps in _stages():
+        if stage.endswith(":report"):
+            assert not drawing & set(deps), f"{stage} depends on {sorted(drawing & set(deps))}"
+
+
+def test_editing_figures_reruns_evaluate_and_finds_the_report_up_to_date(reproduced, tmp_path):
+    """evaluate draws with figures.py, the report only reads evaluate's metrics and predictions: after an edit of
+    figures.py that leaves those the same, dvc reruns evaluate and skips the report."""
+    dest = copy_project(reproduced, tmp_path / "p")
+    env = reproduced[1]
+    figures = dest / "mnistlr" / "figures.py"
+    figures.write_text(figures.read_text() + "\n# an edit that draws nothing differently\n")
+    status = json.loads(dvc("status", "--json", "dvc.yaml", cwd=dest, env=env).stdout)  # the studies never ran here
+    assert sorted(status) == ["evaluate"], status
+    assert {"changed deps": {"mnistlr/figures.py": "modified"}} in status["evaluate"], status
+    out = dvc("repro", cwd=dest, env=env).stdout
+    assert "Running stage 'evaluate'" in out, out
+    assert "Stage 'report' didn't change, skipping" in out and "Running stage 'report'" not in out, out
+    assert json.loads(dvc("status", "--json", "dvc.yaml", cwd=dest, env=env).stdout) == {}
 
 
 def test_the_closure_follows_imports_inside_functions_and_packages(tmp_path):

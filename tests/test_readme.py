@@ -7,9 +7,8 @@ import re
 from pathlib import Path
 
 from mnistlr.data import subset_size
-from mnistlr.evaluate import EXPECTED_BY_OPTIMIZER
 from mnistlr.params import load_params
-from mnistlr.report import expected_range
+from mnistlr.reference import EXPECTED_BY_OPTIMIZER, expected_range
 from tests.conftest import REPO
 
 README = REPO / "README.md"

@@ -11,8 +11,8 @@ import yaml
 
 from mnistlr.errors import MnistlrError
 from mnistlr.params import parse_params
-from mnistlr.report import write_studies_report
 from mnistlr.studies import run_study, study_deskew, study_l1l2, study_mse, study_optimum, study_sweep
+from mnistlr.studies_page import write_studies_report
 from tests.conftest import copy_project, dvc
 
 TINY = {
