@@ -6,7 +6,9 @@ cheap points (one variant, EPOCHS epochs, CPU) from the same reproduced baseline
 queue does not: a fresh clone per point, `dvc pull`, `dvc push` to a real S3 server (SeaweedFS on 127.0.0.1),
 `dvc exp push` to a bare git origin, then `dvc exp pull` of every result and the comparison.
 
-    python bench/sweep_throughput.py [--epochs 1] [--mirror /work/shared/data/mnist | --synthetic]
+    python bench/sweep_throughput.py [--epochs 1] [--mirror DIR | --synthetic]
+
+The real MNIST comes from --mirror, else the folder MNISTLR_MNIST_DIR names; without either, a synthetic one.
 
 Prints a markdown table; writes bench/results/sweep_throughput.{json,md}. It measures; it asserts nothing.
 """
@@ -153,7 +155,7 @@ def main(
         "points": n,
         "epochs": epochs,
         "workers": jobs,
-        "data": "synthetic (1200 train)" if synthetic else f"MNIST mirror {mirror}",
+        "data": "synthetic (1200 train)" if synthetic else "real MNIST",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "queue": {**queue, "experiments_per_hour": 3600 * queue["succeeded"] / queue["seconds"]},
         "sweep": {
