@@ -1,7 +1,8 @@
 """Reviewing results: experiment comparison, the regression gate and the pull-request review page.
 
 All three read DVC's own view of the results through its command line (`dvc exp show`,
-`dvc metrics diff`, `dvc params diff`), whose JSON output is its stable interface.
+`dvc metrics diff`, `dvc params diff`), whose JSON output is its stable interface; mnistlr.repo runs
+it, and mnistlr.stats tells whether a change of test accuracy is real.
 """
 
 from __future__ import annotations
