@@ -9,15 +9,32 @@ STAMP := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install repro test bench review storage-up storage-down clean
+.PHONY: install lock repro test bench review storage-up storage-down clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The exact versions (and sha256) of every package, direct and transitive, every extra included (test, cluster):
+# the environment that made the committed results. mnistlr itself goes on top, editable, with no dependency of its own.
+LOCK := requirements/lock.txt
+
+$(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
+
+# Re-resolve the lock from pyproject.toml's ranges with pip-tools (in a venv of its own, so .venv holds only the lock).
+# Pins that still fit the ranges are kept; LOCK_ARGS=--upgrade takes the newest releases instead. Either way, then
+# run `make repro` and commit what changed (README, "Reproducibility"). The hashes cover every file of each release.
+PIP_TOOLS := build/pip-tools
+LOCK_ARGS ?=
+lock:
+	$(PYTHON) -m venv $(PIP_TOOLS)
+	$(PIP_TOOLS)/bin/python -m pip install --quiet pip==26.3 pip-tools==7.7.0
+	CUSTOM_COMPILE_COMMAND='make lock' $(PIP_TOOLS)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
+		--strip-extras --all-extras --no-emit-index-url --no-emit-find-links $(LOCK_ARGS) --output-file $(LOCK) pyproject.toml
+	sed -i "6a # Resolved on $$(uname -s) $$(uname -m): the environment markers were evaluated for that platform only.\n#" $(LOCK)
 
 repro: $(STAMP)
 	$(BIN)/dvc repro
