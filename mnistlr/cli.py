@@ -75,18 +75,24 @@ def review(
 @app.command()
 @user_errors
 def compare(
-    out: Path = typer.Option("experiments", help="folder for compare.md, compare.json and compare.png"),
+    out: Path | None = typer.Option(
+        None,
+        help="also write compare.md, compare.json and compare.png into this folder; `--out experiments` puts the "
+        "comparison on record for the report stage (commit it)",
+    ),
     variant: str = typer.Option("full", help="variant whose metrics and curves the files compare"),
     metric: str = typer.Option("test.accuracy", help="sorts the table (best first); " + METRIC_HELP),
     rev: list[str] = typer.Option(None, help="git revisions whose experiments to include (default: HEAD)"),
     all_commits: bool = typer.Option(False, "--all-commits", help="experiments of every commit"),
 ) -> None:
-    """Compare DVC experiments: print every variant's METRIC per run; write a table, its JSON and a figure."""
+    """Compare DVC experiments: print every variant's METRIC per run (queued, running and failed runs by their state,
+    without numbers). Writes nothing unless given --out. Exit 1 when there is nothing to compare."""
     from mnistlr.review import compare_experiments
 
     table, summary = compare_experiments(out, variant, metric, rev or [], all_commits)
     typer.echo(summary)
-    typer.echo(f"compared {len(table)} runs on {variant}; wrote {out}/compare.md, compare.json, compare.png")
+    wrote = f"; wrote {out}/compare.md, compare.json, compare.png" if out is not None else ""
+    typer.echo(f"compared {len(table)} runs on {variant}{wrote}")
 
 
 DEFAULT_MODEL = Path("models/full.npz")

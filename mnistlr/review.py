@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import textwrap
 from dataclasses import dataclass, field
@@ -84,41 +85,62 @@ def paired_changes(base: str, variants: list[str], cwd: str | Path = ".") -> dic
 # --- compare ---------------------------------------------------------------------------------------
 
 
+# What `dvc exp show --json` says of an experiment that has no results of its own: its executor's state.
+# A running experiment's metrics there are those of the folder it runs in (the baseline's, or the workspace's
+# left by another run), a failed one's are its baseline's, a queued one has none: none of them are its own.
+UNFINISHED = ("queued", "running", "failed")
+DONE = "done"
+
+
 @dataclass
 class Run:
-    """One committed baseline or experiment: its params and every variant's metrics."""
+    """One committed baseline or experiment: its params, every variant's metrics, and whether it has finished
+    (`state`: done, or one of UNFINISHED; an unfinished run has no metrics)."""
 
     name: str
     rev: str
     params: dict[str, Any]
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # variant -> flat metrics
+    state: str = DONE
 
 
-def _run(name: str, data: dict) -> Run | None:
+def _run(name: str, entry: dict, state: str = DONE) -> Run | None:
+    """A Run from one rev of `dvc exp show --json`; None for a finished rev without metrics (not a pipeline run)."""
+    data = entry.get("data") or {}
+    params = flatten((data.get("params") or {}).get("params.yaml", {}).get("data") or {})
+    if state == DONE and entry.get("error"):
+        state = "failed"  # dvc could not read what the run left
+    if state != DONE:
+        return Run(name=name, rev=entry.get("rev") or "", params=params, state=state)
     files = data.get("metrics") or {}
-    params = (data.get("params") or {}).get("params.yaml", {}).get("data")
     by_variant = {variant_of(path): flatten(f["data"]) for path, f in files.items() if f.get("data")}
-    if not by_variant or params is None:
-        return None  # queued or failed: nothing to compare
-    return Run(name=name, rev=data["rev"], params=flatten(params), metrics=by_variant)
+    if not by_variant or not params:
+        return None
+    return Run(name=name, rev=entry["rev"], params=params, metrics=by_variant)
 
 
 def runs_from_exp_show(show: list[dict]) -> list[Run]:
-    """Baselines (commits) and their experiments from `dvc exp show --json`; the workspace is skipped
-    because its curves are not in git."""
+    """Baselines (commits) and their experiments from `dvc exp show --json`, finished or not (see UNFINISHED);
+    the workspace is skipped because its curves are not in git."""
     runs = []
     for commit in show:
         if commit.get("rev") == "workspace":
             continue
-        base = _run(commit.get("name") or commit["rev"][:7], commit.get("data") or {})
+        base = _run(commit.get("name") or commit["rev"][:7], commit)
         if base:
             runs.append(base)
         for exp in commit.get("experiments") or []:
+            state = ((exp.get("executor") or {}).get("state") or DONE).lower()
+            state = state if state in UNFINISHED else DONE
             for r in exp.get("revs") or []:
-                run = _run(r.get("name") or r["rev"][:7], r.get("data") or {})
+                run = _run(r.get("name") or exp.get("name") or r["rev"][:7], r, state)
                 if run:
                     runs.append(run)
     return runs
+
+
+def finished(runs: list[Run]) -> list[Run]:
+    return [r for r in runs if r.state == DONE]
 
 
 def param_text(v: Any) -> str:
@@ -166,18 +188,28 @@ def comparison_table(runs: list[Run], variant: str, metric: str) -> pd.DataFrame
 
 
 def terminal_table(runs: list[Run], metric: str = "test.accuracy") -> str:
-    """Plain text for the terminal: each run, the params that differ, and `metric` of every variant."""
+    """Plain text for the terminal: each run, the params that differ, and `metric` of every variant; a run that has
+    not finished shows its state (queued, running, failed) instead of numbers."""
     diff = differing_params(runs)
     variants = sorted(dict.fromkeys(v for r in runs for v in r.metrics), key=lambda v: v != "full")  # full first
     rows = [
         {
             "run": r.name,
             **{k: param_text(r.params.get(k)) for k in diff},
-            **{v: fmt(r.metrics.get(v, {}).get(metric)) for v in variants},
+            **{v: fmt(r.metrics.get(v, {}).get(metric)) if r.state == DONE else r.state for v in variants},
         }
         for r in runs
     ]
-    return f"{metric} of every variant:\n" + pd.DataFrame(rows).to_string(index=False)
+    text = f"{metric} of every variant:\n" + pd.DataFrame(rows).to_string(index=False)
+    failed = [r.name for r in runs if r.state == "failed"]
+    if failed:
+        text += "\n" + "; ".join(f"{n} failed: `dvc queue logs {n}` shows why" for n in failed)
+    return text
+
+
+def unfinished_note(runs: list[Run]) -> str:
+    """'third (running), bad (queued)'; '' when every run has finished."""
+    return ", ".join(f"{r.name} ({r.state})" for r in runs if r.state != DONE)
 
 
 def curves_at(rev: str, variant: str, cwd: str | Path = ".") -> pd.DataFrame | None:
@@ -253,26 +285,43 @@ def mark_indistinguishable(
     return table
 
 
-def compare_experiments(
-    out_dir: str | Path,
-    variant: str = "full",
-    metric: str = "test.accuracy",
-    revs: list[str] | None = None,
-    all_commits: bool = False,
-    cwd: str | Path = ".",
-) -> tuple[pd.DataFrame, str]:
-    """Read the experiments through dvc, write out_dir/compare.{md,json,png}; return the table and the
-    terminal summary (every variant's `metric` per run, and which runs the test set cannot tell from the best)."""
+# While a queue runs, dvc can remove an experiment's temp folder (.dvc/tmp/exps/tmpXXXX) between listing it and
+# reading it ("... .dvc/tmp/exps/tmpXXXX/.dvc does not exist"); the next `dvc exp show` no longer lists it.
+VANISHED_TEMP_DIR = re.compile(r"\.dvc/tmp/exps/tmp")
+NOTHING_TO_COMPARE = (
+    "no experiments to compare: run some with dvc exp run, e.g. dvc exp run -S optimizer=adam, "
+    "or a grid: dvc exp run --queue -S 'optimizer=sgd,adam' && dvc queue start"
+)
+
+
+def exp_show(args: list[str], cwd: str | Path = ".") -> list[dict]:
+    """`dvc exp show ARGS --json`, asked once more when a queued run's temp folder vanished under it."""
+    try:
+        return dvc_json("exp", "show", *args, cwd=cwd)
+    except MnistlrError as exc:
+        if not VANISHED_TEMP_DIR.search(str(exc)):
+            raise
+        return dvc_json("exp", "show", *args, cwd=cwd)
+
+
+def check_comparable(runs: list[Run]) -> None:
+    """A one-line error unless at least two runs have finished (the baseline alone compares nothing)."""
+    if len(finished(runs)) >= 2:
+        return
+    waiting = unfinished_note(runs)
+    if waiting:
+        raise MnistlrError(f"no finished experiment to compare yet: {waiting}; `dvc queue status` shows the queue")
+    raise MnistlrError(NOTHING_TO_COMPARE)
+
+
+def write_comparison(
+    out_dir: Path, table: pd.DataFrame, runs: list[Run], variant: str, metric: str, n_test: int | str, cwd: str | Path
+) -> None:
+    """out_dir/compare.{md,json,png}: the table of the runs with `variant`, its JSON, and a figure with the curves."""
     from mnistlr import figures
 
-    args = ["exp", "show"] + (["--all-commits"] if all_commits else [a for r in revs or [] for a in ("--rev", r)])
-    runs = runs_from_exp_show(dvc_json(*args, cwd=cwd))
     with_variant = [r for r in runs if variant in r.metrics]
-    table = mark_indistinguishable(comparison_table(runs, variant, metric), with_variant, variant, cwd)
     diff = differing_params(with_variant)
-    first = predictions_at(with_variant[0].rev, variant, cwd)
-    n_test = first[0].size if first is not None else ""
-    out_dir = Path(out_dir)
     labels = [run_label(row, diff) for _, row in table.iterrows()]
     by_name = {r.name: r for r in with_variant}
     curves = {
@@ -287,7 +336,34 @@ def compare_experiments(
     atomic.write_json(
         out_dir / "compare.json", {"variant": variant, "metric": metric, "differing_params": diff, "runs": records}
     )
-    atomic.write_text(out_dir / "compare.md", comparison_markdown(table, diff, variant, metric, "compare.png", n_test))
+    page = comparison_markdown(table, diff, variant, metric, "compare.png", n_test)
+    waiting = unfinished_note(runs)
+    if waiting:
+        page += f"\nNot finished when compared, so not in the table: {waiting}.\n"
+    atomic.write_text(out_dir / "compare.md", page)
+
+
+def compare_experiments(
+    out_dir: str | Path | None = None,
+    variant: str = "full",
+    metric: str = "test.accuracy",
+    revs: list[str] | None = None,
+    all_commits: bool = False,
+    cwd: str | Path = ".",
+) -> tuple[pd.DataFrame, str]:
+    """Read the experiments through dvc; return the table of the finished runs with `variant` and the terminal
+    summary (every run, every variant's `metric`, and which runs the test set cannot tell from the best). Writes
+    files only when given `out_dir` (compare.{md,json,png}): reading results never changes what the pipeline
+    depends on."""
+    args = ["--all-commits"] if all_commits else [a for r in revs or [] for a in ("--rev", r)]
+    runs = runs_from_exp_show(exp_show(args, cwd))
+    check_comparable(runs)
+    with_variant = [r for r in runs if variant in r.metrics]
+    table = mark_indistinguishable(comparison_table(runs, variant, metric), with_variant, variant, cwd)
+    first = predictions_at(with_variant[0].rev, variant, cwd)
+    n_test = first[0].size if first is not None else ""
+    if out_dir is not None:
+        write_comparison(Path(out_dir), table, runs, variant, metric, n_test, cwd)
     same = [str(n) for n, flag in zip(table["run"], table["same as best"], strict=True) if flag == "yes"]
     note = (
         f"Runs the {n_test} test images of {variant} cannot tell from the best test accuracy "

@@ -92,8 +92,10 @@ def test_gate_rejects_a_negative_allowance():
 
 
 def exp_show():
-    """A trimmed `dvc exp show --json`: the workspace, a baseline commit and three experiments (one queued);
-    each run has two variants."""
+    """A trimmed `dvc exp show --json` as dvc 3 writes it during a queue: the workspace, a baseline commit, two
+    finished experiments (one run by the queue, one in the workspace: no executor), and one queued, one running and
+    one failed experiment. As in dvc's own output, the running one carries the metrics of the folder it runs in (here
+    the best numbers of all) and the failed one its baseline's; each run has two variants."""
 
     def data(rev, opt, wd, acc):
         metrics = {
@@ -114,6 +116,15 @@ def exp_show():
             "metrics": metrics,
         }
 
+    def executor(state):
+        return {"state": state, "name": "dvc-task", "local": {"root": None, "pid": 1, "returncode": None}}
+
+    def exp(rev, name, state, d, error=None):
+        entry = {"rev": rev, "name": name, "data": d, "error": error, "experiments": None}
+        return {"revs": [entry], "executor": executor(state) if state else None, "name": name}
+
+    queued = data("e" * 40, "sgd", 0.001, 0.9)
+    queued["metrics"] = {}  # dvc drops a queued run's metrics
     return [
         {"rev": "workspace", "name": None, "data": data("workspace", "sgd", 0.0, 0.9)},
         {
@@ -121,21 +132,59 @@ def exp_show():
             "name": "main",
             "data": data("a" * 40, "sgd", 0.0, 0.9),
             "experiments": [
-                {"revs": [{"rev": "b" * 40, "name": "exp-adam", "data": data("b" * 40, "adam", 0, 0.93)}]},
-                {"revs": [{"rev": "c" * 40, "name": "exp-wd", "data": data("c" * 40, "sgd", 0.0001, 0.89)}]},
-                {"revs": [{"rev": "d" * 40, "name": "queued", "data": {"rev": "d" * 40, "params": {}, "metrics": {}}}]},
+                exp("f" * 40, "busy", "running", data("f" * 40, "sgd", 0.0001, 0.97)),
+                exp("b" * 40, "exp-adam", "success", data("b" * 40, "adam", 0, 0.93)),
+                exp("c" * 40, "exp-wd", None, data("c" * 40, "sgd", 0.0001, 0.89)),
+                exp("e" * 40, "waiting", "queued", queued),
+                exp("d" * 40, "broken", "failed", data("d" * 40, "sgd", 0.01, 0.9), {"msg": "Experiment run failed"}),
             ],
         },
     ]
 
 
 def test_runs_from_exp_show_keep_every_variants_metrics():
-    runs = review.runs_from_exp_show(exp_show())
-    assert [r.name for r in runs] == ["main", "exp-adam", "exp-wd"]  # workspace and queued left out
+    runs = review.finished(review.runs_from_exp_show(exp_show()))
+    assert [r.name for r in runs] == ["main", "exp-adam", "exp-wd"]  # workspace and unfinished ones left out
     assert set(runs[1].metrics) == {"full", "noise10"}
     assert runs[1].metrics["full"]["test.accuracy"] == 0.93
     assert runs[1].metrics["noise10"]["test.accuracy"] == pytest.approx(0.898766)
     assert runs[1].rev == "b" * 40 and runs[1].params["optimizer"] == "adam"
+
+
+def test_queued_running_and_failed_runs_are_listed_by_state_without_the_metrics_dvc_shows_for_them():
+    runs = review.runs_from_exp_show(exp_show())
+    states = {r.name: r.state for r in runs}
+    assert states == {
+        "main": "done",
+        "busy": "running",
+        "exp-adam": "done",
+        "exp-wd": "done",
+        "waiting": "queued",
+        "broken": "failed",
+    }
+    for r in runs:
+        assert (r.metrics == {}) == (r.state != "done"), r
+    # their params are theirs: the overrides they run with
+    assert {r.name: r.params["train.weight_decay"] for r in runs if r.state != "done"} == {
+        "busy": 0.0001,
+        "waiting": 0.001,
+        "broken": 0.01,
+    }
+    # the comparison table holds finished runs only: the running one's borrowed 0.97 is not its result
+    table = review.comparison_table(runs, "full", "test.accuracy")
+    assert list(table["run"]) == ["exp-adam", "main", "exp-wd"] and 0.97 not in list(table["test.accuracy"])
+
+
+def test_terminal_summary_shows_the_state_of_unfinished_runs_in_place_of_numbers():
+    text = review.terminal_table(review.runs_from_exp_show(exp_show()))
+    lines = text.splitlines()
+    rows = {ln.split()[0]: ln.split() for ln in lines[2:-1]}
+    assert rows["busy"][-2:] == ["running", "running"]
+    assert rows["waiting"][-2:] == ["queued", "queued"]
+    assert rows["broken"][-2:] == ["failed", "failed"]
+    assert rows["exp-adam"][-2:] == ["0.9300", "0.8988"]
+    assert "0.9700" not in text and "0.9388" not in text  # the running run's borrowed numbers, nowhere
+    assert lines[-1] == "broken failed: `dvc queue logs broken` shows why"
 
 
 def test_compare_table_keeps_differing_params_and_sorts_best_first():
@@ -173,7 +222,7 @@ def test_compare_by_a_lower_is_better_metric_sorts_ascending():
 
 
 def test_terminal_summary_has_every_variants_accuracy_in_full():
-    runs = review.runs_from_exp_show(exp_show())
+    runs = review.finished(review.runs_from_exp_show(exp_show()))
     text = review.terminal_table(runs)
     lines = text.splitlines()
     assert lines[0] == "test.accuracy of every variant:"
@@ -211,6 +260,73 @@ def test_compare_without_runs_or_metric_is_a_user_error():
         review.comparison_table(runs, "frac10", "test.accuracy")
     with pytest.raises(MnistlrError, match="'nope'.*accepted: test.accuracy, test.ece, test.loss"):
         review.comparison_table(runs, "full", "nope")
+
+
+def only_baseline(*experiments) -> list[dict]:
+    """`dvc exp show --json` of a workspace and its baseline `main`, with the given experiment ranges."""
+    show = exp_show()
+    show[1]["experiments"] = list(experiments) or None
+    return show
+
+
+def test_nothing_to_compare_is_one_line_saying_how_to_run_experiments():
+    with pytest.raises(MnistlrError) as caught:
+        review.check_comparable(review.runs_from_exp_show(only_baseline()))
+    assert str(caught.value).startswith("no experiments to compare: run some with dvc exp run")
+    waiting = exp_show()[1]["experiments"][3]  # the queued one
+    with pytest.raises(MnistlrError, match=r"no finished experiment to compare yet: waiting \(queued\); "):
+        review.check_comparable(review.runs_from_exp_show(only_baseline(waiting)))
+    review.check_comparable(review.runs_from_exp_show(exp_show()))  # three finished runs: fine
+
+
+def fake_dvc(monkeypatch, answers: list) -> list[tuple]:
+    """Replace review's dvc_json: each call takes the next answer (an exception is raised); returns the calls."""
+    calls = []
+
+    def dvc_json(*args, cwd="."):
+        calls.append(args)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(review, "dvc_json", dvc_json)
+    return calls
+
+
+VANISHED = (
+    "`dvc exp show --json` failed: ERROR: unexpected error - '/home/u/p/.dvc/tmp/exps/tmpk3j2x9f1/.dvc' does not exist"
+)
+
+
+def test_exp_show_asks_again_once_when_a_queued_runs_temp_folder_vanished(monkeypatch):
+    calls = fake_dvc(monkeypatch, [MnistlrError(VANISHED), exp_show()])
+    assert review.exp_show([]) == exp_show()
+    assert calls == [("exp", "show"), ("exp", "show")]
+    fake_dvc(monkeypatch, [MnistlrError(VANISHED), MnistlrError(VANISHED)])
+    with pytest.raises(MnistlrError, match="does not exist"):  # twice: it is not transient, say so
+        review.exp_show([])
+    calls = fake_dvc(monkeypatch, [MnistlrError("`dvc exp show --json` failed: ERROR: not a git repository")])
+    with pytest.raises(MnistlrError, match="not a git repository"):
+        review.exp_show([])
+    assert len(calls) == 1  # any other failure is reported at once
+
+
+def test_compare_writes_files_only_when_given_a_folder(monkeypatch, tmp_path):
+    y = np.arange(300) % 10
+    monkeypatch.setattr(review, "predictions_at", lambda rev, variant, cwd=".": (y, y))
+    monkeypatch.setattr(review, "curves_at", lambda rev, variant, cwd=".": None)
+    monkeypatch.chdir(tmp_path)
+    fake_dvc(monkeypatch, [exp_show()])
+    table, summary = review.compare_experiments(variant="full", cwd=tmp_path)
+    assert list(table["run"]) == ["exp-adam", "main", "exp-wd"]
+    assert "busy" in summary and list(tmp_path.iterdir()) == []  # printed, nothing written
+    fake_dvc(monkeypatch, [exp_show()])
+    review.compare_experiments(tmp_path / "out", variant="full", cwd=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["compare.json", "compare.md", "compare.png"]
+    page = (tmp_path / "out" / "compare.md").read_text()
+    assert "Not finished when compared, so not in the table: busy (running), waiting (queued), broken (failed)." in page
+    assert "| busy" not in page
 
 
 # --- the review page -------------------------------------------------------------------------------

@@ -1,13 +1,17 @@
 """Reviewing results end to end in a temp git + DVC project: plots render in headless Chromium,
 `make review` on an Adam branch (with a variant main lacks) writes real diffs, the gate fails on a
-worse branch and passes on main."""
+worse branch and passes on main; `mnistlr compare` during a queue shows unfinished runs by their state,
+and no compare changes what the pipeline depends on unless told to write."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -230,3 +234,51 @@ def test_gate_fails_on_a_worse_branch_and_passes_on_main(project):
         passed = mnistlr(proj, env, "gate", "--base", "main", "--metric", metric)
         assert passed.returncode == 0, passed.stdout + passed.stderr
         assert passed.stdout.startswith(f"gate passed: {metric} of 2 variant(s)"), passed.stdout
+
+
+def stop_queue_workers(project: Path) -> None:
+    """Stop the queue's workers by the PIDs their records in .dvc/tmp/exps/celery hold (an idle one would linger)."""
+    for record in (project / ".dvc" / "tmp" / "exps" / "celery").glob("dvc-exp-worker-*.json"):
+        pid = json.loads(record.read_text()).get("pid")
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        if pid and cmdline.exists() and b"queue-worker" in cmdline.read_bytes():  # alive, PID not reused
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+
+def untouched(project: Path, env: dict) -> None:
+    """git sees no change and `dvc status` of the pipeline says it is up to date."""
+    assert git(project, env, "status", "--porcelain") == ""
+    status = dvc("status", "dvc.yaml", cwd=project, env=env).stdout
+    assert "Data and pipelines are up to date." in status, status
+
+
+def test_compare_lists_unfinished_runs_by_state_and_changes_nothing_the_pipeline_reads(project):
+    proj, env = project
+    assert (proj / "experiments" / "compare.json").is_file()  # a committed comparison, a dep of the report stage
+    # nothing to compare yet: one line, exit 1, nothing written
+    alone = mnistlr(proj, env, "compare")
+    assert alone.returncode == 1 and alone.stdout == "", alone.stdout + alone.stderr
+    assert alone.stderr.startswith("error: no experiments to compare: run some with dvc exp run"), alone.stderr
+    untouched(proj, env)
+
+    dvc("exp", "run", "--queue", "-n", "slow-wd", "-S", "train.weight_decay=0.001", cwd=proj, env=env)
+    with open(proj.parent / "queue.log", "w") as log:  # the worker keeps its output open: a file, not a pipe
+        subprocess.run([str(BIN / "dvc"), "queue", "start"], cwd=proj, env=env, stdout=log, stderr=log, check=True)
+    try:
+        during = mnistlr(proj, env, "compare")
+        # the baseline alone has finished: nothing to compare yet, and the run is named with its state
+        assert during.returncode == 1, during.stdout + during.stderr
+        assert re.match(r"error: no finished experiment to compare yet: slow-wd \((queued|running)\); ", during.stderr)
+        dvc("exp", "run", "--run-all", cwd=proj, env=env)  # waits for the queue
+    finally:
+        stop_queue_workers(proj)
+    done = mnistlr(proj, env, "compare")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1] == "compared 2 runs on full"
+    shown = json.loads(dvc("exp", "show", "--json", cwd=proj, env=env).stdout)
+    exp = next(r for c in shown for e in c.get("experiments") or [] for r in e["revs"] if r["name"] == "slow-wd")
+    acc = exp["data"]["metrics"]["metrics/full.json"]["data"]["test"]["accuracy"]
+    row = next(ln.split() for ln in done.stdout.splitlines() if ln.startswith("slow-wd "))
+    assert row[1:] == ["0.001", f"{acc:.4f}", row[3]], done.stdout  # its weight decay and its own accuracy
+    untouched(proj, env)  # a read-only command: the committed comparison and the pipeline are as they were

@@ -102,7 +102,11 @@ def test_queued_sweep_then_compare_gives_a_grid_and_the_report_links_it(tmp_path
         stop_queue_workers(project)
     assert status.count("Success") == 2, status
 
-    proc = run([str(Path(sys.executable).with_name("mnistlr")), "compare"], project, {**env, "COLUMNS": "120"})
+    proc = run(
+        [str(Path(sys.executable).with_name("mnistlr")), "compare", "--out", "experiments"],
+        project,
+        {**env, "COLUMNS": "120"},
+    )
     printed = proc.stdout.splitlines()
     assert all(len(line) <= 120 for line in printed), proc.stdout
     assert "…" not in proc.stdout and "..." not in proc.stdout, proc.stdout
