@@ -1,4 +1,5 @@
-"""The train stage: fit `nn.Linear(784, 10)` on every training-set variant, in one process.
+"""The train stage: fit `nn.Linear(784, 10)` on every training-set variant, in one process; and grids of
+points (a sweep's) in one pass.
 
 The only module (with mnistlr.studies) that imports torch. Read top to bottom:
 
@@ -6,11 +7,13 @@ The only module (with mnistlr.studies) that imports torch. Read top to bottom:
 2. the gradient, written out: cross-entropy and least squares have closed-form gradients, so a step is
    two matrix products and a softmax instead of a trip through autograd;
 3. the optimizers: SGD (momentum) and Adam with the update rules of torch.optim;
-4. fitting: K models that share their input batches train as one program (`fit_models`), one epoch at a
-   time, each epoch replayed as a CUDA graph on a GPU; `fit` and `fit_batched` are its two uses;
+4. fitting: K models that share their input batches train as programs (`fit_models`), one per CPU thread,
+   one epoch at a time, each epoch replayed as a CUDA graph on a GPU; each model's bits are those it gets
+   trained alone; `fit` and `fit_batched` are two uses;
 5. L-BFGS (full batch, through autograd: not a hot loop);
 6. learning curves and early stopping;
-7. the stage: every variant, models and curves written once all trained.
+7. the stage and grids: `train` (every variant of params.yaml), `train_grid` (every variant of many points
+   that share `group_key`, which a sweep calls, then `save_fitted` per point).
 
 Whole tensors live on the device, each epoch draws a seeded permutation and slices batches from it (no
 DataLoader), and nothing in the inner loop reads a value back to the host.
@@ -20,11 +23,14 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +38,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mnistlr import atomic, metrics
+from mnistlr import atomic
 from mnistlr.data import (
     IN_FEATURES,
     NUM_CLASSES,
@@ -139,11 +145,6 @@ def predict_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """(cross-entropy, accuracy) of the model on (x, y), computed by mnistlr.metrics like every other score."""
-    return metrics.loss_and_accuracy(predict_logits(model, x).cpu().numpy(), y.cpu().numpy())
-
-
 def resolve_device(name: str) -> torch.device:
     """'auto' -> CUDA when present else CPU; 'cuda' without a GPU is an error."""
     if name == "auto":
@@ -165,11 +166,37 @@ def lr_schedule(schedule: str, lr: float, total_steps: int) -> list[float]:
 
 # --- 2. the gradient, written out -----------------------------------------------------------------
 
+# K models train as one program: each model's parameters are 10 rows of a [K * 10, STRIDE] tensor, its
+# [10, 785] block (weights | bias) and then zeros. The zeros make each model's share of the tensor a whole
+# number of vector registers (8000 floats), so an elementwise pass treats every model's floats alike, never
+# some through the vector code and others through a scalar tail: a model's bits do not depend on how many
+# models train beside it (tests/test_train.py checks that).
+STRIDE = 800
+
+
+def with_ones(x: torch.Tensor) -> torch.Tensor:
+    """Inputs [N, 784] (or images) as [max(N, 2), 785] rows (pixels | 1), the 1 multiplying the bias column.
+    A lone input gets a zero row beside it: a product with a single column goes another BLAS way (a
+    matrix-vector product), whose rounding of each model's row depends on how many models there are."""
+    n = x.shape[0]
+    out = torch.zeros(max(n, 2), COLS, dtype=torch.float32, device=x.device)
+    out[:n, :IN_FEATURES] = x.flatten(1)
+    out[:n, IN_FEATURES] = 1
+    return out
+
+
+def logits_t(theta: torch.Tensor, xp: torch.Tensor, n: int) -> torch.Tensor:
+    """Every model's logits, transposed, [K, 10, n], of theta [K * 10, 785] on the first n rows of xp (with_ones).
+
+    One product for all K models; each row of theta is multiplied on its own, so a model's logits are the same
+    bits for any K (the BLAS this project pins does not change a row's rounding with the number of rows)."""
+    z = torch.mm(theta, xp.t())
+    return (z if z.shape[1] == n else z[:, :n]).reshape(-1, NUM_CLASSES, n)
+
 
 def gradient(
     theta: torch.Tensor,
-    xb: torch.Tensor,
-    targets: torch.Tensor,
+    xp: torch.Tensor,
     yb: torch.Tensor,
     loss: str,
     out: torch.Tensor,
@@ -181,42 +208,36 @@ def gradient(
     the batch's running scores: each example's log-probability of its label into `nll` [K, 1, B], its
     predicted class into `predicted` [K, B] (its top logit into `top`), read once at the epoch's end.
 
-    theta: [K * 10, 785] (weights | bias); xb: [B, 785] (inputs | 1); targets: [K, 10, B] one-hot of the
-    labels yb [K, B]. With logits Z = theta · xbᵀ, cross-entropy's gradient by Z is softmax(Z) - onehot(y)
+    theta: [K * 10, 785] (weights | bias); xp: the batch's B inputs (with_ones: B + 1 rows when B = 1); yb: each
+    model's labels [K, B]. With logits Z = theta · xbᵀ, cross-entropy's gradient by Z is softmax(Z) - onehot(y)
     and least squares' is Z - onehot(y); either way the gradient by theta is that residual · xb / B.
     Stored [10, 785] and multiplied this way round, both products are the fast layouts of these skinny
-    shapes (with the weight transposed MKL takes about twice the time here).
+    shapes (with the weight transposed MKL takes about twice the time here). Every operation is one per model
+    and class column (the softmaxes run over the 10 classes of one model and example), so no model's result
+    depends on the others.
     """
-    k, b = targets.shape[0], xb.shape[0]
-    z = torch.mm(theta, xb.t()).view(k, NUM_CLASSES, b)
-    logp = torch.log_softmax(z, dim=1)
-    torch.gather(logp, 1, yb.unsqueeze(1), out=nll)
+    k, b = yb.shape
+    z = logits_t(theta, xp, b)
+    labels = yb.unsqueeze(1)
+    torch.gather(torch.log_softmax(z, dim=1), 1, labels, out=nll)
     torch.max(z, dim=1, out=(top, predicted))  # argmax's first maximum, at half argmax()'s cost here
-    residual = (logp.exp_() if loss == "ce" else z).sub_(targets)
-    return out.addmm_(residual.view(k * NUM_CLASSES, b), xb, beta=0, alpha=1.0 / b)
+    residual = torch.softmax(z, dim=1) if loss == "ce" else z
+    # - onehot(y): minus 1 at each label, the same rounding as subtracting the one-hot matrix
+    residual.scatter_add_(1, labels, torch.full_like(labels, -1.0, dtype=z.dtype))
+    return out.addmm_(residual.view(k * NUM_CLASSES, b), xp[:b], beta=0, alpha=1.0 / b)
 
 
-def add_penalties(
-    grad: torch.Tensor, theta: torch.Tensor, l1: float | torch.Tensor | None, clip: float, k: int
-) -> None:
-    """L1's subgradient l1 * sign(W) (0 at 0, as autograd's abs; l1 None: off), then each model's gradient
-    clipped to a global norm of `clip` (torch.nn.utils.clip_grad_norm_'s rule), in place. The bias is not
-    penalized."""
+def add_penalties(grad: torch.Tensor, theta: torch.Tensor, l1: torch.Tensor | None, clip: float, k: int) -> None:
+    """On padded [K * 10, STRIDE] tensors, in place: L1's subgradient l1 * sign(W) (0 at 0, as autograd's abs)
+    with each model's l1 from the column `l1` [K * 10, 1] (None: off), then each model's gradient clipped to a
+    global norm of `clip` (torch.nn.utils.clip_grad_norm_'s rule; 0: off). The bias is not penalized."""
     if l1 is not None:
-        _add_scaled(grad[:, :IN_FEATURES], torch.sign(theta[:, :IN_FEATURES]), l1)
+        grad[:, :IN_FEATURES].addcmul_(torch.sign(theta[:, :IN_FEATURES]), l1)
     if clip > 0:
         per_model = grad.view(k, -1)
         norms = torch.linalg.vector_norm(per_model, dim=1, keepdim=True)
         # no host read: the coefficient is min(1, clip / norm) on the device
         per_model.mul_((clip / (norms + 1e-6)).clamp_(max=1.0))
-
-
-def _add_scaled(target: torch.Tensor, update: torch.Tensor, scale: float | torch.Tensor, alpha: float = 1.0) -> None:
-    """target += alpha * scale * update, where scale is a number or a per-row column [rows, 1]."""
-    if isinstance(scale, torch.Tensor):
-        target.addcmul_(update, scale, value=alpha)
-    else:
-        target.add_(update, alpha=alpha * scale)
 
 
 # --- 3. the optimizers ------------------------------------------------------------------------------
@@ -236,8 +257,8 @@ def fused_adam_step(
     its gradient and moments, at step `step` (a 0-d float tensor, counted from 1, already advanced).
 
     The project's one private torch call: torch.optim.Adam(fused=True) runs this kernel, but its step() imports
-    torch's dynamo compiler (seconds per process), and the same update in public tensor operations takes seven passes
-    over the parameters instead of one (the train stage with optimizer adam: about a fifth more time).
+    torch's dynamo compiler (seconds per process), and the same update in public tensor operations takes seven
+    passes over the parameters instead of one (bench/results/trainer_scaling.md measures the difference).
     tests/test_train.py checks it against torch.optim.Adam(fused=True) and fails, naming this function, when a
     torch release changes it.
     """
@@ -259,53 +280,69 @@ def fused_adam_step(
 
 
 class Optimizer:
-    """SGD (with momentum) or Adam on a block of parameters, with torch.optim.SGD's and Adam's update rules
-    (L2 as weight decay added to the gradient of the weights, not the bias).
+    """SGD (with momentum) or Adam on K models' padded parameters [K * 10, STRIDE], with torch.optim.SGD's and
+    Adam's update rules (L2 as weight decay added to the gradient of the weights, not the bias), each model
+    with its own learning rate and weight decay.
 
-    Per-model settings are numbers when all K models share them, else [K * 10, 1] columns. Each step
-    takes its scalars (the schedule's factor and Adam's two bias corrections, see `scalars`) as numbers in
-    eager mode, or as 0-d device tensors when a CUDA graph replays the step (a graph reads its arguments
-    from fixed addresses).
+    Per step, `rates(factors, steps)` gives each model's signed step size [S, K] for a run of steps (the
+    schedule's factor times its learning rate, and for Adam divided by the first bias correction), and Adam's
+    second bias correction; `step` reads them from those tables, so that a CUDA graph can replay it. On the
+    CPU, Adam runs as torch's fused kernel (fused_adam_step), one call per distinct learning rate.
     """
 
     BETAS, EPS = (0.9, 0.999), 1e-8  # Adam's defaults in torch.optim.Adam
 
     def __init__(
         self,
-        theta: torch.Tensor,
+        params: torch.Tensor,
         name: str,
-        lr: float | torch.Tensor,
+        lrs: Sequence[float],
         momentum: float = 0.0,
-        weight_decay: float | torch.Tensor = 0.0,
+        weight_decays: Sequence[float] | None = None,
+        fused: bool | None = None,
     ) -> None:
         if name not in ("sgd", "adam"):
             raise MnistlrError(f"optimizer {name!r} is not accepted here; accepted: sgd, adam (lbfgs has its own loop)")
-        self.theta, self.name, self.lr, self.momentum = theta, name, lr, momentum
-        self.weight_decay = weight_decay if isinstance(weight_decay, torch.Tensor) or weight_decay > 0 else None
+        k = params.shape[0] // NUM_CLASSES
+        weight_decays = [0.0] * k if weight_decays is None else list(weight_decays)
+        self.params, self.name, self.lrs, self.momentum, self.k = params, name, list(lrs), momentum, k
+        self.weight_decay = per_model_column(weight_decays, params.device) if any(weight_decays) else None
         self.buffer: torch.Tensor | None = None  # SGD momentum
+        self.fused = name == "adam" and (params.device.type == "cpu" if fused is None else fused)
         if name == "adam":
-            self.exp_avg, self.exp_avg_sq = torch.zeros_like(theta), torch.zeros_like(theta)
-            # the fused kernel takes each model's block as its own tensor, so that no model's rounding depends
-            # on how many models it trains beside (a vectorized loop ends each tensor on a scalar tail)
-            self.blocks = [t.split(NUM_CLASSES) for t in (theta, self.exp_avg, self.exp_avg_sq)]
+            self.exp_avg, self.exp_avg_sq = torch.zeros_like(params), torch.zeros_like(params)
+            self.denom = torch.empty_like(params)
+            # the fused kernel takes each model's [10, STRIDE] block as its own tensor, and the models that
+            # share a learning rate in one call
+            blocks = [t.split(NUM_CLASSES) for t in (params, self.exp_avg, self.exp_avg_sq)]
+            self.groups = {lr: [i for i in range(k) if self.lrs[i] == lr] for lr in dict.fromkeys(self.lrs)}
+            self.blocks = {lr: [[b[i] for i in idx] for b in blocks] for lr, idx in self.groups.items()}
             self.step_count = torch.zeros((), dtype=torch.float32)  # the fused kernel's step counter, t
 
-    def scalars(self, factor: float, step: int) -> tuple[float, float, float]:
-        """(schedule factor, 1 - beta1^t, sqrt(1 - beta2^t)) of step t (counted from 1), in float64 on the host."""
+    def rates(self, factors: Sequence[float], first_step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """([S, K] signed step sizes, [S] sqrt of Adam's second bias correction or None) for steps first_step,
+        first_step + 1, ... (counted from 1) with the schedule's `factors`, as float32 on the device: each
+        product computed in float64 and rounded once, as torch rounds a Python scalar."""
+        lrs = np.asarray(self.lrs, dtype=np.float64)
+        factors = np.asarray(factors, dtype=np.float64)[:, None]
+        if self.name == "sgd":
+            return torch.from_numpy(-(factors * lrs)).float().to(self.params.device), None
         b1, b2 = self.BETAS
-        return factor, 1 - b1**step, math.sqrt(1 - b2**step)
+        t = np.arange(first_step, first_step + len(factors), dtype=np.float64)[:, None]
+        size = -(factors * lrs) / (1 - b1**t)
+        bc2 = np.sqrt(1 - b2 ** t[:, 0])
+        return torch.from_numpy(size).float().to(self.params.device), torch.from_numpy(bc2).float().to(
+            self.params.device
+        )
 
     @torch.no_grad()
-    def step(
-        self,
-        grad: torch.Tensor,
-        factor: float | torch.Tensor,
-        bc1: float | torch.Tensor = 1.0,
-        bc2_sqrt: float | torch.Tensor = 1.0,
-    ) -> None:
-        theta, eager = self.theta, not isinstance(factor, torch.Tensor)
+    def step(self, grad: torch.Tensor, rate: torch.Tensor, bc2: torch.Tensor | None, factor: float) -> None:
+        """One step with each model's signed step size `rate` [K] and Adam's sqrt(second bias correction)
+        `bc2` (0-d) from the tables of `rates`; the fused kernel takes the schedule's `factor` instead."""
+        params, k = self.params, self.k
         if self.weight_decay is not None:
-            _add_scaled(grad[:, :IN_FEATURES], theta[:, :IN_FEATURES], self.weight_decay)
+            grad[:, :IN_FEATURES].addcmul_(params[:, :IN_FEATURES], self.weight_decay)
+        flat = params.view(k, -1)
         if self.name == "sgd":
             update = grad
             if self.momentum > 0:
@@ -314,21 +351,20 @@ class Optimizer:
                 else:
                     self.buffer.mul_(self.momentum).add_(grad)
                 update = self.buffer
-            if eager:
-                _add_scaled(theta, update, self.lr, alpha=-factor)
-            else:
-                theta.sub_(update * (factor * self.lr))
+            flat.addcmul_(update.view(k, -1), rate.view(k, 1))
             return
         b1, b2 = self.BETAS
-        if eager and not isinstance(self.lr, torch.Tensor) and theta.device.type == "cpu":
+        if self.fused:
             self.step_count.add_(1)  # the kernel corrects the bias from the step counter, advanced first
-            params, exp_avgs, exp_avg_sqs = self.blocks
-            fused_adam_step(params, grad.split(NUM_CLASSES), exp_avgs, exp_avg_sqs, self.step_count, self.lr * factor)
+            grads = grad.split(NUM_CLASSES)
+            for lr, idx in self.groups.items():
+                params_g, exp_avgs, exp_avg_sqs = self.blocks[lr]
+                fused_adam_step(params_g, [grads[i] for i in idx], exp_avgs, exp_avg_sqs, self.step_count, lr * factor)
             return
         self.exp_avg.lerp_(grad, 1 - b1)
         self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        denom = (self.exp_avg_sq.sqrt() / bc2_sqrt).add_(self.EPS)
-        theta.sub_(self.exp_avg / denom * (factor / bc1 * self.lr))
+        denom = torch.sqrt(self.exp_avg_sq, out=self.denom).div_(bc2).add_(self.EPS)
+        flat.addcmul_(torch.div(self.exp_avg, denom, out=denom).view(k, -1), rate.view(k, 1))
 
 
 # --- 4. fitting --------------------------------------------------------------------------------------
@@ -344,10 +380,8 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _per_model(values: Sequence[float], device: torch.device) -> float | torch.Tensor:
-    """One number when every model has it, else a [K * 10, 1] column (each model's 10 rows)."""
-    if len(set(values)) <= 1:
-        return float(values[0])
+def per_model_column(values: Sequence[float], device: torch.device) -> torch.Tensor:
+    """Each model's value on its 10 rows: a [K * 10, 1] float32 column."""
     return torch.tensor(values, dtype=torch.float32, device=device).repeat_interleave(NUM_CLASSES).view(-1, 1)
 
 
@@ -367,8 +401,12 @@ def to_module(block: torch.Tensor) -> LogisticRegression:
     return model.eval()
 
 
-def _diverged(epoch: int, loss: float, optimizer: str, lr: float) -> MnistlrError:
-    return MnistlrError(
+class Diverged(MnistlrError):
+    """A model's training loss or weights became nan or infinite."""
+
+
+def _diverged(epoch: int, loss: float, optimizer: str, lr: float) -> str:
+    return (
         f"training diverged: the training loss became {loss} at epoch {epoch} with "
         f"train.lr.{optimizer} = {lr}; lower the learning rate or set train.grad_clip (e.g. 1.0)"
     )
@@ -376,10 +414,163 @@ def _diverged(epoch: int, loss: float, optimizer: str, lr: float) -> MnistlrErro
 
 @dataclass
 class Fitted:
-    """One model of a fit_models program: its parameters and learning curve."""
+    """One model of a fit_models program: its parameters and learning curve; or, when it diverged, no model,
+    its curve up to then and `error`, one line naming the epoch and its learning rate."""
 
-    model: LogisticRegression
+    model: LogisticRegression | None
     history: list[EpochRecord]
+    error: str | None = None
+
+
+class Program:
+    """K models that train on one thread: their parameters, gradients and optimizer state as padded
+    [K * 10, STRIDE] tensors, their labels in this epoch's batch order and their running scores. Each step is
+    one product for the logits of all K models, one for their gradients, and elementwise passes."""
+
+    def __init__(
+        self,
+        init: torch.Tensor,
+        labels: torch.Tensor,
+        cfg: TrainParams,
+        optimizer: str,
+        lrs: Sequence[float],
+        weight_decays: Sequence[float],
+        l1s: Sequence[float],
+    ) -> None:
+        k, n = labels.shape
+        device = init.device
+        self.k, self.labels, self.cfg = k, labels, cfg
+        self.storage = torch.zeros(k * NUM_CLASSES, STRIDE, device=device)
+        self.theta = self.storage[:, :COLS]  # the product's view: rows of 785 at a stride of STRIDE
+        self.theta.copy_(init.expand(k, -1, -1).reshape(k * NUM_CLASSES, COLS))
+        self.grad_storage = torch.zeros_like(self.storage)
+        self.grad = self.grad_storage[:, :COLS]
+        self.opt = Optimizer(self.storage, optimizer, lrs, cfg.momentum, weight_decays)
+        self.l1 = per_model_column(l1s, device) if any(l1s) else None
+        self.ys = torch.empty(k, n, dtype=torch.int64, device=device)
+        self.nll = torch.empty(k, 1, n, device=device)
+        self.top = torch.empty(k, n, device=device)
+        self.predicted = torch.empty(k, n, dtype=torch.int64, device=device)
+
+    def block(self, i: int) -> torch.Tensor:
+        """Model i's [10, 785] parameters (a view)."""
+        return self.theta[i * NUM_CLASSES : (i + 1) * NUM_CLASSES]
+
+    def run_step(self, xs: torch.Tensor, lo: int, hi: int, rate, bc2, factor: float) -> None:
+        """One step on the batch of rows lo..hi of this epoch's inputs xs (with_ones)."""
+        gradient(
+            self.theta,
+            xs[lo : max(hi, lo + 2)],
+            self.ys[:, lo:hi],
+            self.cfg.loss,
+            self.grad,
+            self.nll[:, :, lo:hi],
+            self.top[:, lo:hi],
+            self.predicted[:, lo:hi],
+        )
+        add_penalties(self.grad_storage, self.storage, self.l1, self.cfg.grad_clip, self.k)
+        self.opt.step(self.grad_storage, rate, bc2, factor)
+
+    def epoch(
+        self,
+        xs: torch.Tensor,
+        perm: torch.Tensor,
+        bounds: Sequence[tuple[int, int]],
+        factors: Sequence[float],
+        first_step: int,
+        graph: _EpochGraph | None,
+    ) -> tuple[list[float], list[float], list[bool]]:
+        """One epoch of steps over xs (this epoch's inputs in batch order; perm: the order): each model's
+        running training loss and accuracy, and whether its parameters are all finite."""
+        torch.index_select(self.labels, 1, perm, out=self.ys)
+        rates, bc2 = self.opt.rates(factors, first_step)
+        if graph is not None:
+            graph.run(self, xs, bounds, rates, bc2)
+        else:
+            for s, (lo, hi) in enumerate(bounds):
+                self.run_step(xs, lo, hi, rates[s], None if bc2 is None else bc2[s], factors[s])
+        loss, accuracy = _running_scores(self.nll, self.predicted == self.ys)
+        finite = torch.isfinite(self.storage).view(self.k, -1).all(dim=1).tolist()
+        return loss, accuracy, finite
+
+    def scores(self, xp: torch.Tensor, y: torch.Tensor, models: Sequence[int]) -> dict[int, tuple[float, float]]:
+        """(cross-entropy, accuracy) on (xp, y) of each model in `models`, by `scores`, a few models per product."""
+        out: dict[int, tuple[float, float]] = {}
+        for lo in range(0, self.k, SCORE_CHUNK):
+            wanted = [i for i in models if lo <= i < lo + SCORE_CHUNK]
+            if wanted:
+                hi = min(lo + SCORE_CHUNK, self.k)
+                found = scores(self.theta[lo * NUM_CLASSES : hi * NUM_CLASSES], xp, y)
+                out.update((i, found[i - lo]) for i in wanted)
+        return out
+
+
+SCORE_CHUNK = 8  # models scored per product: [8 * 10, N] logits at a time keep the validation pass in cache
+
+
+def scores(theta: torch.Tensor, xp: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float]]:
+    """(cross-entropy, accuracy) of each model of theta [K * 10, 785] on inputs xp (with_ones) with labels y:
+    the mean of each example's float32 log-probability of its label, summed in float64 model by model (the
+    training curve's own rule), and the share whose first top logit is the label. A model's scores are the
+    same bits for any K."""
+    n = y.shape[0]
+    z = logits_t(theta, xp, n)
+    k = z.shape[0]
+    nll = torch.gather(torch.log_softmax(z, dim=1), 1, y.view(1, 1, n).expand(k, 1, n))
+    correct = torch.max(z, dim=1).indices == y
+    loss, accuracy = _running_scores(nll, correct)
+    return list(zip(loss, accuracy, strict=True))
+
+
+def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(cross-entropy, accuracy) of the model on (x, y) by `scores`: the same bits as the validation columns of
+    the learning curve that trained it."""
+    block = torch.cat([model.fc.weight.detach(), model.fc.bias.detach()[:, None]], 1)
+    return scores(block, with_ones(x), y)[0]
+
+
+def _running_scores(nll: torch.Tensor, correct: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Each model's mean loss (from each example's log-probability of its label, nll [K, 1, N]) and accuracy
+    (correct [K, N]), summed in float64 model by model (the same sums as alone): the epoch's one wait for the
+    device."""
+    n = correct.shape[1]
+    return [-float(row.double().sum()) / n for row in nll], [int(row.sum()) / n for row in correct]
+
+
+class _EpochGraph:
+    """On CUDA: the first epoch runs eagerly (it also warms up the kernels), then one epoch of steps is
+    captured as a CUDA graph and replayed for every later epoch, with each step's rates copied into device
+    tables first. Capturing records kernels without running them, so capture costs no epoch."""
+
+    def __init__(self) -> None:
+        self.tables: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def run(self, program: Program, xs: torch.Tensor, bounds, rates: torch.Tensor, bc2: torch.Tensor | None) -> None:
+        if self.tables is None:
+            self.tables = (rates.clone(), None if bc2 is None else bc2.clone())
+        table, bc2_table = self.tables
+        table.copy_(rates)
+        if bc2_table is not None:
+            bc2_table.copy_(bc2)
+
+        def steps() -> None:
+            for s, (lo, hi) in enumerate(bounds):
+                program.run_step(xs, lo, hi, table[s], None if bc2_table is None else bc2_table[s], 1.0)
+
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        steps()  # eager, reading the same tables the graph will read
+        self.graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize()
+        with torch.cuda.graph(self.graph):
+            steps()
+
+
+def _split(n: int, parts: int) -> list[tuple[int, int]]:
+    """0..n in `parts` contiguous ranges of near-equal length."""
+    return [(i * n // parts, (i + 1) * n // parts) for i in range(parts)]
 
 
 def fit_models(
@@ -394,143 +585,129 @@ def fit_models(
     l1s: Sequence[float] | None = None,
     seed: int = 0,
     rows: torch.Tensor | None = None,
+    patiences: Sequence[int] | None = None,
+    on_divergence: str = "raise",
 ) -> list[Fitted]:
     """K models trained at once on the same inputs in the same batch order, each with its own labels
-    (labels [K, N]), learning rate, weight decay and L1: what K calls of `fit` compute, with one product per
-    step for all of them. Same initial weights and seeded batch order as `fit`. The training inputs are
-    x [N, 784], or with `rows` the rows of x at those positions (no copy of the subset is made).
+    (labels [K, N]), learning rate, weight decay, L1 and patience (PER_MODEL_KEYS; None: cfg's for every
+    model): each model's weights and curve are the bits that `fit` gives it alone. Same initial weights and
+    seeded batch order as `fit`; everything else (epochs, batch size, schedule, momentum, loss, gradient
+    clipping, device) is cfg's for all. The training inputs are x [N, 784], or with `rows` the rows of x at
+    those positions (no copy of the subset is made).
 
     Each epoch's learning-curve row has the running mean of the training loss and accuracy over its
     batches, each scored before its update (the tutorial's train_epoch), and with val_x the validation
-    scores after the epoch; cfg.patience > 0 stops each model after that many epochs without a val-accuracy
+    scores after the epoch; a patience > 0 stops its model after that many epochs without a val-accuracy
     gain, keeping its best epoch's weights.
+
+    On the CPU the models are split into one program per torch thread (torch.get_num_threads()), each
+    stepping on its own thread with single-threaded kernels: a model's arithmetic is then the same at any
+    thread count and beside any other models. A model whose loss or weights become nan or infinite raises
+    Diverged (on_divergence "raise"), or (on_divergence "report") stops with its Fitted.error set while the
+    others train on.
     """
     if optimizer not in ("sgd", "adam"):
         raise MnistlrError(f"optimizer {optimizer!r} is not accepted; accepted: {', '.join(OPTIMIZERS)}")
+    if on_divergence not in ("raise", "report"):
+        raise MnistlrError(f"on_divergence {on_divergence!r} is not accepted; accepted: raise, report")
     k = labels.shape[0]
     weight_decays = [cfg.weight_decay] * k if weight_decays is None else list(weight_decays)
     l1s = [cfg.l1] * k if l1s is None else list(l1s)
-    if not k == len(rates) == len(weight_decays) == len(l1s):
+    patiences = [cfg.patience] * k if patiences is None else list(patiences)
+    if not k == len(rates) == len(weight_decays) == len(l1s) == len(patiences):
         raise MnistlrError(
-            f"fit_models needs one label row, learning rate, weight decay and L1 per model; got "
-            f"{k}, {len(rates)}, {len(weight_decays)} and {len(l1s)}"
+            f"fit_models needs one label row, learning rate, weight decay, L1 and patience per model; got "
+            f"{k}, {len(rates)}, {len(weight_decays)}, {len(l1s)} and {len(patiences)}"
         )
-    if cfg.patience > 0 and val_x is None:
+    if any(patiences) and val_x is None:
         raise MnistlrError("train.patience needs validation data to stop on; none was given")
     device, x = x.device, x.flatten(1)
-    theta = initial_parameters(seed).to(device).repeat(k, 1)  # [K * 10, 785]
-    opt = Optimizer(theta, optimizer, _per_model(rates, device), cfg.momentum, _per_model(weight_decays, device))
-    l1 = _per_model(l1s, device)
-    l1 = l1 if isinstance(l1, torch.Tensor) or l1 > 0 else None
     n = x.shape[0] if rows is None else rows.shape[0]
     bs = min(cfg.batch_size, n)
     steps = math.ceil(n / bs)
+    bounds = [(s * bs, min((s + 1) * bs, n)) for s in range(steps)]
     factors = lr_schedule(cfg.schedule, 1.0, cfg.epochs * steps)
     order = torch.Generator().manual_seed(derive_seed(seed, "batches"))  # on the CPU: the same on every device
-    xs = torch.empty(n, COLS, dtype=x.dtype, device=device)  # this epoch's inputs in batch order, and a 1
-    xs[:, IN_FEATURES] = 1
-    ys = torch.empty(k, n, dtype=torch.int64, device=device)
-    targets = torch.empty(k, NUM_CLASSES, n, dtype=x.dtype, device=device)
-    nll = torch.empty(k, 1, n, dtype=x.dtype, device=device)
-    top = torch.empty(k, n, dtype=x.dtype, device=device)
-    predicted = torch.empty(k, n, dtype=torch.int64, device=device)
-    # every step's slices of the epoch buffers, made once: the buffers are refilled, never reallocated
-    batches = [
-        (xs[lo:hi], targets[:, :, lo:hi], ys[:, lo:hi], nll[:, :, lo:hi], top[:, lo:hi], predicted[:, lo:hi])
-        for lo, hi in ((s * bs, min((s + 1) * bs, n)) for s in range(steps))
+    cuda = device.type == "cuda"
+    workers = 1 if cuda else max(1, min(torch.get_num_threads(), k))
+    parts = _split(k, workers)
+    init = initial_parameters(seed).to(device)
+    programs = [
+        Program(init, labels[lo:hi], cfg, optimizer, rates[lo:hi], weight_decays[lo:hi], l1s[lo:hi]) for lo, hi in parts
     ]
-    grad = torch.empty_like(theta)
-    graph = _EpochGraph(steps, device) if device.type == "cuda" and cfg.cuda_graph else None
-    val_y_np = None if val_y is None else val_y.cpu().numpy()
+    graphs = [_EpochGraph() if cuda and cfg.cuda_graph else None for _ in programs]
+    xs = torch.zeros(n + 1, COLS, device=device)  # this epoch's inputs in batch order (with_ones), a zero row last
+    xs[:n, IN_FEATURES] = 1
+    val_xp = None if val_x is None else with_ones(val_x)
     histories: list[list[EpochRecord]] = [[] for _ in range(k)]
-    stoppers = [EarlyStopping(cfg.patience) for _ in range(k)]
-    active = list(range(k))
+    stoppers = [EarlyStopping(p) for p in patiences]
+    errors: list[str | None] = [None] * k
+    active = set(range(k))
 
-    def run_step(s: int, *scalars) -> None:
-        xb, tb, yb, nb, topb, pb = batches[s]
-        gradient(theta, xb, tb, yb, cfg.loss, grad, nb, topb, pb)
-        add_penalties(grad, theta, l1, cfg.grad_clip, k)
-        opt.step(grad, *scalars)
+    def fill(rows_range: tuple[int, int], src: torch.Tensor) -> None:
+        lo, hi = rows_range
+        torch.index_select(x, 0, src[lo:hi], out=xs[lo:hi, :IN_FEATURES])
 
-    for epoch in range(1, cfg.epochs + 1):
-        started = time.perf_counter()
-        base = (epoch - 1) * steps
-        perm = torch.randperm(n, generator=order).to(device)
-        # one permuted copy per epoch, on every thread: gathering each batch's rows at its step instead
-        # waits on memory every time (measured here: 37 us a batch, against 15 for its share of this copy)
-        torch.index_select(x, 0, perm if rows is None else rows[perm], out=xs[:, :IN_FEATURES])
-        torch.index_select(labels, 1, perm, out=ys)
-        targets.zero_().scatter_(1, ys.unsqueeze(1), 1.0)
-        scalars = [opt.scalars(factors[base + s], base + s + 1) for s in range(steps)]
-        if graph is not None:
-            graph.run(scalars, run_step)
-        else:
-            with _threads(1):  # batch-sized products are too small to share: OpenMP hand-offs cost more than they save
-                for s, step_scalars in enumerate(scalars):
-                    run_step(s, *step_scalars)
-        train_loss, train_accuracy = _running_scores(nll, predicted == ys)
-        val = _val_scores(theta, val_x, val_y_np) if val_x is not None else None
-        seconds = time.perf_counter() - started
-        for i in list(active):
-            if not (
-                math.isfinite(train_loss[i])
-                and bool(torch.isfinite(theta[i * NUM_CLASSES : (i + 1) * NUM_CLASSES]).all())
-            ):
-                raise _diverged(epoch, train_loss[i], optimizer, rates[i])
-            if val is None:
-                continue
-            record = EpochRecord(
-                epoch, train_loss[i], train_accuracy[i], *val[i], factors[epoch * steps] * rates[i], seconds
-            )
-            histories[i].append(record)
-            if stoppers[i].update(epoch, record.val_accuracy, theta[i * NUM_CLASSES : (i + 1) * NUM_CLASSES]):
-                active.remove(i)
-        if not active:
-            break
+    def train_epoch(j: int, perm: torch.Tensor, first: int) -> tuple | None:
+        program, lo = programs[j], parts[j][0]
+        if not any(lo + i in active for i in range(program.k)):
+            return None  # every model of this program has stopped
+        loss, accuracy, finite = program.epoch(
+            xs, perm, bounds, factors[first - 1 : first - 1 + steps], first, graphs[j]
+        )
+        good = [i for i in range(program.k) if lo + i in active and finite[i] and math.isfinite(loss[i])]
+        val = program.scores(val_xp, val_y, good) if val_xp is not None else {}
+        return loss, accuracy, finite, val
+
+    with ExitStack() as stack:
+        if not cuda:
+            stack.enter_context(_threads(1))  # each program on one thread, its kernels single-threaded
+        pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 1 else None
+
+        def run(f, items) -> list:
+            return list(pool.map(f, items)) if pool is not None else [f(item) for item in items]
+
+        for epoch in range(1, cfg.epochs + 1):
+            started = time.perf_counter()
+            base = (epoch - 1) * steps
+            perm = torch.randperm(n, generator=order).to(device)
+            src = perm if rows is None else rows[perm]
+            # one permuted copy per epoch, shared by every program: gathering each batch's rows at its step
+            # instead waits on memory every time (measured here: 37 us a batch, against 15 for its share of this copy)
+            run(partial(fill, src=src), _split(n, workers))
+            results = run(partial(train_epoch, perm=perm, first=base + 1), range(len(programs)))
+            seconds = time.perf_counter() - started
+            for j, result in enumerate(results):
+                if result is None:
+                    continue
+                loss, accuracy, finite, val = result
+                for i in range(programs[j].k):
+                    m = parts[j][0] + i
+                    if m not in active:
+                        continue
+                    if not (math.isfinite(loss[i]) and finite[i]):
+                        errors[m] = _diverged(epoch, loss[i], optimizer, rates[m])
+                        if on_divergence == "raise":
+                            raise Diverged(errors[m])
+                        active.discard(m)
+                        continue
+                    if val_xp is None:
+                        continue
+                    record = EpochRecord(
+                        epoch, loss[i], accuracy[i], *val[i], factors[epoch * steps] * rates[m], seconds
+                    )
+                    histories[m].append(record)
+                    if stoppers[m].update(epoch, record.val_accuracy, programs[j].block(i)):
+                        active.discard(m)
+            if not active:
+                break
     fitted = []
-    for i in range(k):
-        block = stoppers[i].best(theta[i * NUM_CLASSES : (i + 1) * NUM_CLASSES])
-        fitted.append(Fitted(to_module(block), histories[i]))
+    for j, program in enumerate(programs):
+        for i in range(program.k):
+            m = parts[j][0] + i
+            model = None if errors[m] else to_module(stoppers[m].best(program.block(i)))
+            fitted.append(Fitted(model, histories[m], errors[m]))
     return fitted
-
-
-def _running_scores(nll: torch.Tensor, correct: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Each model's mean training loss and accuracy over the epoch's batches, summed in float64, model by
-    model (the same sums as alone): the epoch's one wait for the device."""
-    n = correct.shape[1]
-    return [-float(row.double().sum()) / n for row in nll], [int(row.sum()) / n for row in correct]
-
-
-def _val_scores(theta: torch.Tensor, val_x: torch.Tensor, val_y: np.ndarray) -> list[tuple[float, float]]:
-    """(cross-entropy, accuracy) of each of the K models on the validation set, by mnistlr.metrics."""
-    scores = []
-    for block in theta.split(NUM_CLASSES):  # one product per model: its scores never depend on the others
-        logits = torch.addmm(block[:, IN_FEATURES], val_x.flatten(1), block[:, :IN_FEATURES].t())
-        scores.append(metrics.loss_and_accuracy(logits.cpu().numpy(), val_y))
-    return scores
-
-
-class _EpochGraph:
-    """On CUDA: the first epoch runs eagerly (it also warms up the kernels), then one epoch of steps is
-    captured as a CUDA graph and replayed for every later epoch, with each step's scalars copied into a
-    device table first. Capturing records kernels without running them, so capture costs no epoch."""
-
-    def __init__(self, steps: int, device: torch.device) -> None:
-        self.table = torch.empty(steps, 3, device=device)
-        self.graph: torch.cuda.CUDAGraph | None = None
-
-    def run(self, scalars: list[tuple[float, float, float]], run_step) -> None:
-        self.table.copy_(torch.tensor(scalars, dtype=torch.float32))
-        if self.graph is not None:
-            self.graph.replay()
-            return
-        for s in range(len(scalars)):  # eager, reading the same table the graph will read
-            run_step(s, *self.table[s])
-        self.graph = torch.cuda.CUDAGraph()
-        torch.cuda.synchronize()
-        with torch.cuda.graph(self.graph):
-            for s in range(len(scalars)):
-                run_step(s, *self.table[s])
 
 
 def fit(
@@ -627,7 +804,7 @@ def fit_lbfgs(
         started = time.perf_counter()
         value = float(opt.step(closure))
         if not math.isfinite(value):
-            raise MnistlrError(
+            raise Diverged(
                 f"training diverged: objective became {value} at epoch {epoch} with train.lr.lbfgs = {lr}; "
                 "lower the learning rate"
             )
@@ -727,7 +904,25 @@ def write_history(path: str | Path, history: Sequence[EpochRecord], best: int | 
     atomic.write_text(path, history_csv(history, best))
 
 
-# --- 7. the stage ----------------------------------------------------------------------------------------
+# --- 7. the stage, and grids of points -------------------------------------------------------------------
+
+# The train params that may differ between the models of one batched program (fit_models). Points of a grid
+# that agree on everything else training reads (group_key) train in one pass (train_grid).
+PER_MODEL_KEYS = ("lr", "weight_decay", "l1", "patience")
+
+
+def group_key(params: Params) -> tuple[tuple[str, object], ...]:
+    """What points must share to train in one pass (train_grid): the seed, optimizer, data and variants, and
+    every train param but PER_MODEL_KEYS. The other optimizers' learning rates, which training does not read,
+    are left out too; evaluate, report and studies params do not touch training."""
+    train = params.train.model_dump(exclude=set(PER_MODEL_KEYS))
+    return (
+        ("seed", params.seed),
+        ("optimizer", params.optimizer),
+        ("data", json.dumps(params.data.model_dump(), sort_keys=True)),
+        ("variants", json.dumps({name: v.model_dump() for name, v in params.variants.items()})),
+        ("train", json.dumps(train, sort_keys=True)),
+    )
 
 
 def to_device(device: torch.device, *arrays: np.ndarray) -> list[torch.Tensor]:
@@ -735,12 +930,29 @@ def to_device(device: torch.device, *arrays: np.ndarray) -> list[torch.Tensor]:
     return [torch.from_numpy(a).to(device) for a in arrays]
 
 
-def train_variants(params: Params, prepared: str | Path) -> dict[str, tuple[LogisticRegression, list[EpochRecord]]]:
-    """Every variant of params.yaml fitted with the params' optimizer, in params order.
+def train_grid(
+    points: Sequence[Params], prepared: str | Path, on_divergence: str = "report"
+) -> list[dict[str, Fitted]]:
+    """Every variant of every point fitted with the points' optimizer: for each point, its variants in params
+    order. The points must share group_key; each model's weights and curve are the bits that training its
+    point alone (train_variants) gives.
 
-    Variants that train on the same images in the same order (e.g. a noisy copy of `full`) share their
-    input batches and train as one program; each still has its own labels, curve and weights.
+    Variants that train on the same images in the same order (e.g. a noisy copy of `full`), of every point,
+    share their input batches and train as one program (fit_models); each still has its own labels, learning
+    rate, weight decay, L1, patience, curve and weights. A model that diverges has its Fitted.error set
+    (on_divergence "report") or raises Diverged ("raise").
     """
+    if not points:
+        return []
+    keys = [group_key(p) for p in points]
+    differ = sorted(
+        {name for key in keys for (name, value), (_, first) in zip(key, keys[0], strict=True) if value != first}
+    )
+    if differ:
+        raise MnistlrError(
+            f"train_grid trains points that share train.group_key; these points differ in {', '.join(differ)}"
+        )
+    params = points[0]
     device = resolve_device(params.train.device)
     pixels, _ = load_split(prepared, "train")  # the train split, read once: each variant is a set of its rows
     val_x, val_y = to_device(device, *load_split(prepared, "val"))
@@ -752,31 +964,59 @@ def train_variants(params: Params, prepared: str | Path) -> dict[str, tuple[Logi
             groups.append((index, [(name, labels)]))
         else:
             same[1].append((name, labels))
-    fitted: dict[str, tuple[LogisticRegression, list[EpochRecord]]] = {}
+    fitted: list[dict[str, Fitted]] = [{} for _ in points]
     x = torch.from_numpy(pixels).to(device)
     for index, members in groups:
         rows = torch.from_numpy(index).to(device)
-        if params.optimizer == "lbfgs":  # full batch: the subset itself
-            for name, labels in members:
-                fitted[name] = fit_lbfgs(
-                    x[rows], torch.from_numpy(labels).to(device), val_x, val_y, params.train, params.lr, params.seed
-                )
+        models = [(point, name, labels) for point in points for name, labels in members]
+        if params.optimizer == "lbfgs":  # full batch: the subset itself, one model at a time
+            for i, (point, name, labels) in enumerate(models):
+                y = torch.from_numpy(labels).to(device)
+                try:
+                    fitted[i // len(members)][name] = Fitted(
+                        *fit_lbfgs(x[rows], y, val_x, val_y, point.train, point.lr, point.seed)
+                    )
+                except Diverged as exc:
+                    if on_divergence == "raise":
+                        raise
+                    fitted[i // len(members)][name] = Fitted(None, [], str(exc))
             continue
-        labels = torch.from_numpy(np.stack([labels for _, labels in members])).to(device)
         programs = fit_models(
             x,
-            labels,
+            torch.from_numpy(np.stack([labels for _, _, labels in models])).to(device),
             val_x,
             val_y,
             params.train,
             params.optimizer,
-            [params.lr] * len(members),
+            [point.lr for point, _, _ in models],
+            [point.train.weight_decay for point, _, _ in models],
+            [point.train.l1 for point, _, _ in models],
             seed=params.seed,
             rows=rows,
+            patiences=[point.train.patience for point, _, _ in models],
+            on_divergence=on_divergence,
         )
-        for (name, _), one in zip(members, programs, strict=True):
-            fitted[name] = (one.model, one.history)
-    return {name: fitted[name] for name in params.variants}
+        for i, ((_, name, _), one) in enumerate(zip(models, programs, strict=True)):
+            fitted[i // len(members)][name] = one
+    return [{name: f[name] for name in params.variants} for f in fitted]
+
+
+def train_variants(params: Params, prepared: str | Path) -> dict[str, tuple[LogisticRegression, list[EpochRecord]]]:
+    """Every variant of params.yaml fitted with the params' optimizer, in params order: train_grid of one
+    point; a diverging variant raises Diverged."""
+    (fitted,) = train_grid([params], prepared, on_divergence="raise")
+    return {name: (one.model, one.history) for name, one in fitted.items()}
+
+
+def save_fitted(
+    params: Params, fitted: dict[str, Fitted], pre: Preprocessing, models_dir: str | Path, curves_dir: str | Path
+) -> None:
+    """models/<variant>.npz and its learning curve <variant>.csv for each fitted variant of one point."""
+    for name, one in fitted.items():
+        one.model.to_model(pre).save(Path(models_dir) / f"{name}.npz")
+        # Only with early stopping are the saved weights the best epoch's rather than the last's.
+        best = best_epoch(one.history) if params.train.patience > 0 else None
+        write_history(Path(curves_dir) / f"{name}.csv", one.history, best)
 
 
 def train(
@@ -787,11 +1027,6 @@ def train(
     Nothing is written until every variant has trained, so a failure leaves no partial set.
     """
     pre = load_preprocessing(prepared)  # every model file carries it
-    fitted = train_variants(params, prepared)
-    for name, (model, history) in fitted.items():
-        model.to_model(pre).save(Path(models_dir) / f"{name}.npz")
-        # Only with early stopping are the saved weights the best epoch's rather than the last's.
-        write_history(
-            Path(curves_dir) / f"{name}.csv", history, best_epoch(history) if params.train.patience > 0 else None
-        )
-    return {name: history for name, (_, history) in fitted.items()}
+    (fitted,) = train_grid([params], prepared, on_divergence="raise")
+    save_fitted(params, fitted, pre, models_dir, curves_dir)
+    return {name: one.history for name, one in fitted.items()}

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -14,25 +15,35 @@ import torch
 from torch import nn
 
 from mnistlr import metrics
-from mnistlr.data import derive_seed
+from mnistlr.data import MD5SUMS_ENV, MIRROR_ENV, derive_seed
 from mnistlr.errors import MnistlrError
 from mnistlr.params import TrainParams, parse_params
 from mnistlr.train import (
+    PER_MODEL_KEYS,
+    STRIDE,
+    Diverged,
     LogisticRegression,
     OneHotMSELoss,
     Optimizer,
     add_penalties,
+    best_epoch,
     fit,
     fit_models,
     gradient,
+    group_key,
     initial_parameters,
     lr_schedule,
     make_criterion,
     objective_value,
+    per_model_column,
     predict_logits,
     regularized_objective,
     resolve_device,
     score,
+    scores,
+    train_grid,
+    train_variants,
+    with_ones,
 )
 from tests.conftest import REPO
 
@@ -100,16 +111,14 @@ def test_the_written_out_gradient_is_autograds_for_every_model_of_a_batch(loss):
     torch.manual_seed(0)
     models = [LogisticRegression(), LogisticRegression()]
     theta = torch.cat([torch.cat([m.fc.weight.detach(), m.fc.bias.detach()[:, None]], 1) for m in models])
-    xb = torch.cat([x, torch.ones(len(x), 1)], 1)
     labels = torch.stack([y, y2])
-    targets = torch.nn.functional.one_hot(labels, 10).float().transpose(1, 2).contiguous()
     out, nll, top, predicted = (
         torch.empty_like(theta),
         torch.empty(2, 1, 48),
         torch.empty(2, 48),
         torch.empty(2, 48, dtype=torch.int64),
     )
-    gradient(theta, xb, targets, labels, loss, out, nll, top, predicted)
+    gradient(theta, with_ones(x), labels, loss, out, nll, top, predicted)
     for i, (model, labels_i) in enumerate(zip(models, labels, strict=True)):
         make_criterion(loss)(model(x), labels_i).backward()
         block = out[10 * i : 10 * (i + 1)]
@@ -122,21 +131,24 @@ def test_the_written_out_gradient_is_autograds_for_every_model_of_a_batch(loss):
         assert torch.equal(predicted[i], logits.argmax(1))
 
 
-def test_penalties_add_l1s_sign_to_the_weights_and_clip_each_model_to_its_norm():
+def test_penalties_add_each_models_l1_sign_to_its_weights_and_clip_each_model_to_its_norm():
     torch.manual_seed(0)
-    theta = torch.randn(20, 785)
+    theta = torch.zeros(20, STRIDE)
+    theta[:, :785] = torch.randn(20, 785)
     theta[0, 0] = 0.0  # sign(0) = 0, as autograd's abs
-    grad = torch.randn(20, 785) * 10
+    grad = torch.zeros(20, STRIDE)
+    grad[:, :785] = torch.randn(20, 785) * 10
     before = grad.clone()
-    add_penalties(grad, theta, 1e-3, 0.0, 2)
-    torch.testing.assert_close(grad[:, :784] - before[:, :784], 1e-3 * torch.sign(theta[:, :784]))
-    assert torch.equal(grad[:, 784], before[:, 784]) and grad[0, 0] == before[0, 0]  # no penalty on the bias
+    add_penalties(grad, theta, per_model_column([1e-3, 1e-2], torch.device("cpu")), 0.0, 2)
+    l1 = torch.tensor([1e-3] * 10 + [1e-2] * 10)[:, None]
+    torch.testing.assert_close(grad[:, :784] - before[:, :784], l1 * torch.sign(theta[:, :784]))
+    assert torch.equal(grad[:, 784:], before[:, 784:]) and grad[0, 0] == before[0, 0]  # no penalty on the bias
     add_penalties(grad, theta, None, 1.0, 2)
     norms = grad.view(2, -1).norm(dim=1)
     assert torch.allclose(norms, torch.ones(2), atol=1e-5)  # each model clipped to its own norm 1
-    small = torch.full((10, 785), 1e-4)
+    small = torch.full((10, STRIDE), 1e-4)
     add_penalties(small, theta[:10], None, 1.0, 1)
-    assert torch.equal(small, torch.full((10, 785), 1e-4))  # under the norm: untouched
+    assert torch.equal(small, torch.full((10, STRIDE), 1e-4))  # under the norm: untouched
 
 
 def test_mse_gradient_is_least_squares_on_one_hot():
@@ -283,7 +295,7 @@ def test_rows_select_the_training_inputs_without_a_copy_and_train_as_the_subset(
 
 def test_unknown_optimizer_is_a_clear_error():
     with pytest.raises(MnistlrError, match=r"optimizer 'rmsprop' is not accepted here; accepted: sgd, adam"):
-        Optimizer(torch.zeros(10, 785), "rmsprop", lr=0.1)
+        Optimizer(torch.zeros(10, STRIDE), "rmsprop", [0.1])
     x, y = blobs(20)
     with pytest.raises(MnistlrError, match=r"^optimizer 'rmsprop' is not accepted; accepted: sgd, adam, lbfgs$"):
         fit(x, y, x, y, TrainParams(epochs=1), "rmsprop", 0.1, seed=0)
@@ -337,10 +349,12 @@ def test_the_one_private_torch_call_is_torch_optims_fused_adam():
 
 def test_l2_weight_decay_adds_lambda_times_w_to_the_weight_step_only():
     torch.manual_seed(0)
-    theta, grad = torch.randn(10, 785), torch.randn(10, 785)
+    theta, grad = torch.randn(10, STRIDE), torch.randn(10, STRIDE)
     plain, decayed = theta.clone(), theta.clone()
-    Optimizer(plain, "sgd", lr=1.0).step(grad.clone(), 1.0)
-    Optimizer(decayed, "sgd", lr=1.0, weight_decay=0.1).step(grad.clone(), 1.0)
+    for params, decay in ((plain, 0.0), (decayed, 0.1)):
+        opt = Optimizer(params, "sgd", [1.0], weight_decays=[decay])
+        rates, _ = opt.rates([1.0], 1)
+        opt.step(grad.clone(), rates[0], None, 1.0)
     # SGD with lr 1: w' = w - (g + wd * w); the bias column gets b' = b - g
     torch.testing.assert_close(plain[:, :784] - decayed[:, :784], 0.1 * theta[:, :784])
     assert torch.equal(plain[:, 784], decayed[:, 784])
@@ -531,11 +545,129 @@ def test_batched_models_train_as_each_would_alone(optimizer, rates):
     models = fit_batched(x, y, cfg, optimizer, rates, decays, seed=3, l1s=l1s)
     for model, lr, wd, l1 in zip(models, rates, decays, l1s, strict=True):
         alone, _ = fit(x, y, x[:10], y[:10], cfg.model_copy(update={"weight_decay": wd, "l1": l1}), optimizer, lr, 3)
-        # per-model rates take another rounding path than one shared rate; L1's sign() is discontinuous at 0:
-        # a weight rounding to the other side of 0 may drift by ~lr * l1
-        torch.testing.assert_close(model.fc.weight, alone.fc.weight, atol=2e-6 if l1 == 0 else 1e-4, rtol=1e-5)
-        torch.testing.assert_close(model.fc.bias, alone.fc.bias, atol=2e-6, rtol=1e-5)
+        assert torch.equal(model.fc.weight, alone.fc.weight) and torch.equal(model.fc.bias, alone.fc.bias)
     assert not torch.equal(models[0].fc.weight, models[1].fc.weight)  # each its own lr, weight decay and L1
+
+
+@contextmanager
+def torch_threads(n: int):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def same_fit(a, b) -> bool:
+    """Bit for bit the same weights and bias, and the same learning curve."""
+    return (
+        torch.equal(a.model.fc.weight, b.model.fc.weight)
+        and torch.equal(a.model.fc.bias, b.model.fc.bias)
+        and a.history == b.history
+    )
+
+
+# Everything a batched program shares (cfg), with models that differ in learning rate, weight decay and L1.
+IDENTITY_CASES = {
+    "sgd-momentum-clip-cosine": ("sgd", [0.1, 0.05, 0.2, 0.1, 0.03, 0.1, 0.07, 0.3], dict(momentum=0.9, grad_clip=1.0)),
+    "sgd-mse-constant": (
+        "sgd",
+        [2e-3, 1e-3, 3e-3, 2e-3, 5e-4, 1e-3, 2e-3, 3e-3],
+        dict(loss="mse", schedule="constant"),
+    ),
+    "adam-clip-cosine": ("adam", [1e-2, 3e-3, 1e-2, 2e-2, 1e-3, 5e-3, 1e-2, 3e-2], dict(grad_clip=0.5)),
+    "adam-mse-constant": (
+        "adam",
+        [1e-3, 3e-3, 1e-3, 2e-3, 5e-4, 1e-3, 2e-3, 3e-4],
+        dict(loss="mse", schedule="constant"),
+    ),
+}
+
+
+@pytest.mark.parametrize("k", [3, 8])
+@pytest.mark.parametrize("case", IDENTITY_CASES)
+def test_each_model_of_a_batch_is_bit_for_bit_the_model_trained_alone(case, k):
+    """K models on shared batches, each its own learning rate, weight decay and L1: every model, at every
+    position, has exactly the weights and learning curve it gets trained alone, at one or two torch threads.
+    257 images in batches of 32: the last batch holds a single image."""
+    optimizer, rates, extra = IDENTITY_CASES[case]
+    x, y = blobs(257)
+    x = x * 2  # inputs large enough that clipping binds
+    labels = torch.stack([torch.roll(y, i) for i in range(k)])  # each model its own labels
+    decays, l1s = [0.0, 1e-3, 1e-2, 0.0, 1e-4, 0.0, 3e-3, 1e-3][:k], [0.0, 0.0, 1e-4, 1e-3, 0.0, 1e-5, 0.0, 1e-4][:k]
+    cfg = TrainParams(epochs=2, batch_size=32, **extra)
+    args = (x[:40], y[:40], cfg, optimizer)
+    for threads in (1, 2):
+        with torch_threads(threads):
+            together = fit_models(x, labels, *args, rates[:k], decays, l1s, seed=1)
+        for i in range(k):
+            with torch_threads(2 - i % 2):
+                (alone,) = fit_models(x, labels[i : i + 1], *args, [rates[i]], [decays[i]], [l1s[i]], seed=1)
+            assert same_fit(together[i], alone), (threads, i)
+    assert not torch.equal(together[0].model.fc.weight, together[1].model.fc.weight)
+
+
+@pytest.mark.parametrize("b", [1, 2, 20, 64])
+def test_a_models_products_are_the_same_bits_beside_any_number_of_models(b):
+    """What batched training rests on: on one thread, a model's gradient, logits and scores are the same bits
+    whether it is multiplied alone or as any row block of 2 to 40 models (the BLAS might block the product by
+    its number of rows; this one does not). A batch of one input takes the padded path (with_ones)."""
+    torch.manual_seed(0)
+    theta = torch.randn(400, STRIDE)[:, :785] * 0.1  # 40 models, laid out as in training
+    xp, labels = with_ones(torch.randn(b, 784)), torch.randint(0, 10, (40, b))
+    val_xp, val_y = with_ones(torch.randn(50, 784)), torch.randint(0, 10, (50,))
+
+    def products(lo: int, k: int):
+        out = torch.zeros(k * 10, STRIDE)[:, :785]
+        nll, top, predicted = torch.empty(k, 1, b), torch.empty(k, b), torch.empty(k, b, dtype=torch.int64)
+        block = theta[lo * 10 : (lo + k) * 10]
+        gradient(block, xp, labels[lo : lo + k], "ce", out, nll, top, predicted)
+        return out, nll, predicted, scores(block, val_xp, val_y)
+
+    with torch_threads(1):
+        alone = [products(i, 1) for i in range(40)]
+        for k in (2, 3, 5, 8, 16, 24, 40):
+            for lo in sorted({0, 1, 7, 40 - k} - set(range(41 - k, 41))):
+                out, nll, predicted, found = products(lo, k)
+                for i in range(k):
+                    grad, nll_i, predicted_i, found_i = alone[lo + i]
+                    assert torch.equal(out[i * 10 : (i + 1) * 10], grad), (k, lo, i)
+                    assert torch.equal(nll[i], nll_i[0]) and torch.equal(predicted[i], predicted_i[0])
+                    assert found[i] == found_i[0]
+
+
+def test_each_model_stops_on_its_own_patience_as_it_would_alone():
+    x, y = blobs(300)
+    vx, vy = x[:20], y[:20]  # all right from an early epoch on: no later epoch can do strictly better
+    cfg = TrainParams(epochs=8, batch_size=50, schedule="constant")
+    patiences, rates = [0, 1, 3], [0.1, 0.05, 0.1]
+    together = fit_models(x, y.expand(3, -1), vx, vy, cfg, "sgd", rates, patiences=patiences, seed=0)
+    for i, (patience, lr) in enumerate(zip(patiences, rates, strict=True)):
+        alone, history = fit(x, y, vx, vy, cfg.model_copy(update={"patience": patience}), "sgd", lr, seed=0)
+        assert torch.equal(together[i].model.fc.weight, alone.fc.weight) and together[i].history == history
+    assert [len(f.history) for f in together] == [
+        8,
+        best_epoch(together[1].history) + 1,
+        best_epoch(together[2].history) + 3,
+    ]
+
+
+def test_a_diverging_model_is_reported_alone_and_the_others_train_on():
+    x, y = blobs(200)
+    cfg = TrainParams(epochs=2, batch_size=20)
+    rates = [0.1, 1e38, 0.05]  # the second overflows float32 in its first steps
+    together = fit_models(x, y.expand(3, -1), x[:20], y[:20], cfg, "sgd", rates, on_divergence="report")
+    assert together[1].model is None and together[1].history == []
+    assert together[1].error == (
+        "training diverged: the training loss became nan at epoch 1 with train.lr.sgd = 1e+38; "
+        "lower the learning rate or set train.grad_clip (e.g. 1.0)"
+    )
+    for i in (0, 2):
+        (alone,) = fit_models(x, y[None], x[:20], y[:20], cfg, "sgd", [rates[i]])
+        assert together[i].error is None and same_fit(together[i], alone)
+    with pytest.raises(Diverged, match=r"^training diverged: .* train\.lr\.sgd = 1e\+38;"):
+        fit_models(x, y.expand(3, -1), x[:20], y[:20], cfg, "sgd", rates)
 
 
 def test_batched_training_refuses_what_it_cannot_do():
@@ -547,3 +679,86 @@ def test_batched_training_refuses_what_it_cannot_do():
     with pytest.raises(MnistlrError, match="batched training takes sgd or adam without patience"):
         fit_batched(x, y, cfg, "adam", [0.001], [0.0], 0)
     assert not batchable(TrainParams(), "lbfgs") and batchable(TrainParams(momentum=0.9, l1=1e-4), "sgd")
+
+
+# --- grids of points (train_grid) ----------------------------------------------------------------------
+
+
+def test_group_key_separates_what_one_pass_cannot_vary():
+    base = parse_params({})
+    key = group_key(base)
+    per_model = {"train": {"lr": {"sgd": 0.5}, "weight_decay": 1e-5, "l1": 1e-6, "patience": 2}}
+    unread = [{"train": {"lr": {"adam": 0.01}}}, {"evaluate": {"ece_bins": 10}}, {"report": {"top_confusions": 3}}]
+    assert PER_MODEL_KEYS == ("lr", "weight_decay", "l1", "patience")
+    assert all(group_key(parse_params(raw)) == key for raw in [per_model, *unread])
+    shared = [
+        {"seed": 1},
+        {"optimizer": "adam"},
+        {"data": {"deskew": True}},
+        {"variants": {"full": {}, "half": {"fraction": 0.5}}},
+        {"train": {"batch_size": 32}},
+        {"train": {"epochs": 3}},
+        {"train": {"momentum": 0.9}},
+        {"train": {"schedule": "constant"}},
+        {"train": {"loss": "mse"}},
+        {"train": {"grad_clip": 1.0}},
+    ]
+    assert all(group_key(parse_params(raw)) != key for raw in shared)
+
+
+@pytest.fixture(scope="module")
+def small_prepared(tmp_path_factory, synthetic_mirror):
+    """A prepared folder of the synthetic mirror: 1000 training images, variants full, half (a subset) and
+    noisy (full's images, other labels)."""
+    from mnistlr.prepare import prepare
+
+    raw = {
+        "data": {"val_size": 200},
+        "variants": {"full": {}, "half": {"fraction": 0.5}, "noisy": {"noise": 0.2}},
+        "train": {"epochs": 2, "batch_size": 64},
+    }
+    folder = tmp_path_factory.mktemp("grid")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(MIRROR_ENV, str(synthetic_mirror))
+        mp.setenv(MD5SUMS_ENV, str(synthetic_mirror / "MD5SUMS"))
+        prepare(parse_params(raw), folder / "prepared", folder / "raw")
+    return raw, folder / "prepared"
+
+
+def test_a_grid_trains_in_one_pass_and_writes_each_points_files_as_training_it_alone(small_prepared, tmp_path):
+    from mnistlr.data import load_preprocessing
+    from mnistlr.train import save_fitted, train
+
+    raw, prepared = small_prepared
+    grid = [(0.1, 0.0, 0.0, 0), (0.2, 1e-4, 0.0, 0), (0.05, 0.0, 1e-5, 1), (0.1, 1e-5, 1e-6, 0)]
+    points = [
+        parse_params({**raw, "train": {**raw["train"], "lr": {"sgd": lr}, "weight_decay": wd, "l1": l1, "patience": p}})
+        for lr, wd, l1, p in grid
+    ]
+    fitted = train_grid(points, prepared)
+    pre = load_preprocessing(prepared)
+    for i, (point, variants) in enumerate(zip(points, fitted, strict=True)):
+        assert list(variants) == ["full", "half", "noisy"]
+        alone = tmp_path / f"alone{i}"
+        train(point, prepared, alone / "models", alone / "curves")
+        together = tmp_path / f"together{i}"
+        save_fitted(point, variants, pre, together / "models", together / "curves")
+        for name in variants:
+            for sub, suffix in (("models", "npz"), ("curves", "csv")):
+                a, b = (root / sub / f"{name}.{suffix}" for root in (alone, together))
+                assert a.read_bytes() == b.read_bytes(), (i, name, sub)
+    assert (tmp_path / "together0/models/full.npz").read_bytes() != (
+        tmp_path / "together1/models/full.npz"
+    ).read_bytes()
+    one = train_variants(points[1], prepared)
+    assert torch.equal(one["noisy"][0].fc.weight, fitted[1]["noisy"].model.fc.weight)
+
+
+def test_a_grid_refuses_points_that_cannot_share_a_pass(small_prepared):
+    raw, prepared = small_prepared
+    points = [parse_params(raw), parse_params({**raw, "train": {**raw["train"], "batch_size": 32}})]
+    with pytest.raises(
+        MnistlrError, match=r"^train_grid trains points that share train\.group_key; these points differ in train$"
+    ):
+        train_grid(points, prepared)
+    assert train_grid([], prepared) == []
