@@ -23,7 +23,7 @@ from mnistlr import atomic
 from mnistlr.errors import MnistlrError
 from mnistlr.metrics import higher_is_better
 from mnistlr.repo import dvc_json, git_show, run_dvc
-from mnistlr.stats import CONFIDENCE, PairedChange, paired_change
+from mnistlr.stats import CONFIDENCE, PairedChange, paired_change, read_predictions
 
 HEADLINE = ("test.accuracy", "test.loss", "val.accuracy")
 # Lets the CI find and update its one comment instead of adding a new one per push.
@@ -50,16 +50,6 @@ def fmt(value: float | None) -> str:
 
 
 # --- is a change real? two models' predictions on the same test images ---------------------------------
-
-
-def read_predictions(text: str, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """(actual, predicted) from an evaluate stage's actual,predicted CSV."""
-    rows = [line.split(",") for line in text.strip().splitlines()[1:]]
-    try:
-        table = np.array(rows, dtype=np.int64).reshape(-1, 2)
-    except ValueError:
-        raise MnistlrError(f"{source}: not an actual,predicted CSV of integers") from None
-    return table[:, 0], table[:, 1]
 
 
 def predictions_at(rev: str | None, variant: str, cwd: str | Path = ".") -> tuple[np.ndarray, np.ndarray] | None:

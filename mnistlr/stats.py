@@ -3,7 +3,7 @@
 Both exact tests come from scipy.special's regularized incomplete beta function and its inverse, the
 functions under scipy.stats' binomial distribution: the same values as scipy.stats.binomtest(k, n).pvalue
 and .proportion_ci(method="exact"), without importing scipy.stats, which takes about a second. scipy.special
-itself is imported only when a test is computed.
+itself is imported only when a test is computed. read_predictions parses the predictions those tests read.
 """
 
 from __future__ import annotations
@@ -82,6 +82,16 @@ class PairedChange:
             f"({100 * self.change:+.2f} points, {CONFIDENCE:.0%} CI [{100 * lo:+.2f}, {100 * hi:+.2f}], "
             f"McNemar p = {self.p_value:.3g}; {self.fixed} fixed, {self.broken} broken)"
         )
+
+
+def read_predictions(text: str, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(actual, predicted) from an evaluate stage's actual,predicted CSV; `source` names it in the error."""
+    rows = [line.split(",") for line in text.strip().splitlines()[1:]]
+    try:
+        table = np.array(rows, dtype=np.int64).reshape(-1, 2)
+    except ValueError:
+        raise MnistlrError(f"{source}: not an actual,predicted CSV of integers") from None
+    return table[:, 0], table[:, 1]
 
 
 def paired_change(
