@@ -136,25 +136,46 @@ SET_HELP = "KEY=V1,V2,... of params.yaml, as `dvc exp run --queue -S`; repeat fo
 @user_errors
 def sweep(
     set_param: list[str] = typer.Option(..., "--set-param", "-S", help=SET_HELP),
-    scheduler: str | None = typer.Option(
-        None, help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: a local cluster of --workers processes)"
+    yes: bool = typer.Option(False, "--yes", help="run a grid of more than 1000 points without asking"),
+    jobs: int | None = typer.Option(
+        None, min=1, help="processes that score the points and draw their figures (default: one per core, at most 4)"
     ),
-    workers: int = typer.Option(2, help="processes of the local cluster (without --scheduler)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    scheduler: str | None = typer.Option(
+        None, help="run on this Dask scheduler instead of here, e.g. tcp://10.0.0.5:8786 (needs a git remote)"
+    ),
+    workers: int | None = typer.Option(
+        None, min=1, help="run on a local Dask cluster of this many processes (the cluster path, tried on one machine)"
+    ),
     name_prefix: str = typer.Option("sweep", help="experiment names are PREFIX-<hash of the params and commit>"),
-    origin: str = typer.Option("origin", help="git remote the workers clone from and push their experiments to"),
-    out: Path = typer.Option("experiments", help="folder for compare.md, compare.json and compare.png"),
-    variant: str = typer.Option("full", help="variant the comparison is of"),
-    metric: str = typer.Option("test.accuracy", help="sorts the comparison (best first); " + METRIC_HELP),
+    origin: str = typer.Option("origin", help="cluster path: git remote the workers clone from and push to"),
+    out: Path = typer.Option("experiments", help="cluster path: folder for compare.md, compare.json, compare.png"),
+    variant: str = typer.Option("full", help="cluster path: variant the comparison is of"),
+    metric: str = typer.Option("test.accuracy", help="cluster path: sorts the comparison; " + METRIC_HELP),
     connect_timeout: float | None = typer.Option(
-        None, min=0.1, help="seconds to reach --scheduler before giving up (default: 10)"
+        None, min=0.1, help="cluster path: seconds to reach --scheduler before giving up (default: 10)"
     ),
 ) -> None:
-    """Run a grid of DVC experiments on a Dask cluster (one task per point, each in a fresh clone of the pushed
-    commit), pull the results and compare them. Points already on the remote are skipped. No credentials are
-    sent: a --scheduler's workers need their own (MNISTLR_DVC_CONFIG_LOCAL naming a DVC config.local on the
-    worker, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the worker's environment); a local cluster's
-    workers read this repository's .dvc/config.local. Needs dask and distributed, the optional cluster extra of
-    mnistlr. Exit status: the number of failed points (0 when all pass)."""
+    """Run a grid of DVC experiments in one pass on this machine: the points that share a training pass train
+    together, each point is scored and recorded as an experiment of HEAD, the same as `dvc exp run -S <point>`
+    records it (see them with `dvc exp show`). Points already recorded are skipped. The summary names the best
+    point by validation accuracy and reports its test accuracy. With --scheduler or --workers, the grid runs on
+    a Dask cluster instead (the optional cluster extra). Exit status: the number of failed points (0: all
+    passed)."""
+    if scheduler is None and workers is None:
+        from mnistlr.grid import run_grid
+
+        outcome = run_grid(set_param, ".", name_prefix, yes=yes, jobs=jobs, quiet=quiet, log=typer.echo)
+        for o in outcome.failed:
+            typer.echo(f"failed: {o.point.name} ({o.point.label}): {o.error}", err=True)
+        ran = sum(o.status != "skipped" for o in outcome.outcomes)
+        if ran:
+            typer.echo(
+                f"training: {ran} points in {outcome.train_seconds:.1f} s ({outcome.train_seconds / ran:.2f} s a point)"
+            )
+        typer.echo(outcome.summary)
+        raise typer.Exit(min(len(outcome.failed), 100))
+
     from mnistlr.sweep import run_sweep
 
     outcome = run_sweep(
@@ -162,7 +183,7 @@ def sweep(
         scheduler,
         name_prefix,
         origin,
-        workers,
+        workers or 2,
         out,
         variant,
         metric,

@@ -30,6 +30,8 @@ FLOORS = [
     "evaluate",
     "report",
     "studies_page",
+    "record",
+    "grid",
     "review",
     "sweep",
     "studies",
@@ -66,6 +68,27 @@ def test_stage_deps_list_exactly_the_code_it_imports(stage, entry, deps):
     listed = {d for d in deps if d.endswith(".py")}
     assert not needed - listed, f"{stage} imports but does not list in deps: {sorted(needed - listed)}"
     assert not listed - needed, f"{stage} lists code it never imports: {sorted(listed - needed)}"
+
+
+def test_the_studies_are_a_dvc_project_that_writes_only_inside_studies():
+    """studies/ has a .dvc of its own, so the root project's dvc commands never list its stages; it reads the
+    root project's files through ../ and writes nothing outside studies/ (DVC keeps an output outside a
+    project out of its run cache)."""
+    assert (REPO / "studies" / ".dvc" / "config").is_file()
+    studies = REPO / "studies"
+    for name, stage in yaml.safe_load((studies / "dvc.yaml").read_text())["stages"].items():
+        body = stage.get("do", stage)
+        assert "wdir" not in body, f"studies/dvc.yaml:{name} runs outside studies/"
+        written = [
+            next(iter(o)) if isinstance(o, dict) else o
+            for key in ("outs", "metrics", "plots")
+            for o in body.get(key, [])
+        ]
+        assert written, name
+        for path in written:
+            assert (studies / path).resolve().is_relative_to(studies), f"studies/dvc.yaml:{name} writes {path}"
+    root = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert not [d for s in root.values() for d in s.get("deps", []) if d.startswith("studies/")]
 
 
 def test_the_report_stages_read_no_figure_model_or_evaluate_code():

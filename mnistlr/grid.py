@@ -1,0 +1,422 @@
+"""A grid in one pass: every point of a `-S` grid trained at once on this machine, each point then
+recorded as a DVC experiment of this repository, the same as `dvc exp run -S <point>` would record it.
+
+`dvc exp run --queue` runs the whole pipeline once per point: seconds of DVC machinery, imports and
+stage processes around a second of training. Here the grid is expanded as DVC expands it (its Hydra
+parser), each point's params.yaml is written by DVC's own override writer, and the points are grouped
+by everything the trainer cannot vary per model (data, variants, seed, optimizer, batch size, epochs,
+schedule, ...). Each group trains as one program: every variant of every point on shared batches, each
+model with its own learning rate, weight decay and L1, bit for bit what training it alone gives. Then
+each point is scored and its figures drawn in a pool of processes, and `mnistlr.record` records it.
+
+A point already recorded (same params, same baseline commit: same name) is skipped, so a rerun does
+only what is missing. A point whose model diverges fails alone; the others are recorded.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from mnistlr.errors import MnistlrError
+from mnistlr.params import Params, parse_params, read_yaml
+from mnistlr.record import PARAMS, Recorder, point_params, recorded
+from mnistlr.repo import git_show, run_git
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,27}$")
+CONFIRM_ABOVE = 1000  # points; a larger grid asks for --yes
+ALPHA = 0.05  # McNemar: "the test set cannot tell these apart" at this level
+
+
+# --- the grid ---------------------------------------------------------------------------------------
+
+
+def expand_grid(sets: list[str]) -> list[list[str]]:
+    """Every point of the `-S` options, as `dvc exp run --queue -S` queues them: each option KEY=V1,V2,...
+    (Hydra's override grammar), their cartesian product, a repeated key's last option wins. Each point is
+    its list of KEY=VALUE overrides; points that set the same values are kept once."""
+    from dvc.exceptions import DvcException
+    from dvc.utils.cli_parse import to_path_overrides
+    from dvc.utils.hydra import get_hydra_sweeps
+    from hydra.errors import HydraException
+
+    if not sets:
+        raise MnistlrError("no -S given; accepted: one or more -S KEY=V1,V2,... e.g. -S 'optimizer=sgd,adam'")
+    for s in sets:
+        if "=" not in s:
+            raise MnistlrError(f"-S {s!r} is not KEY=V1,V2,...; e.g. -S 'optimizer=sgd,adam'")
+    by_file = to_path_overrides(sets)
+    other = sorted(set(by_file) - {PARAMS})
+    if other:
+        raise MnistlrError(f"-S sets params of {', '.join(other)}; accepted: keys of params.yaml only")
+    try:
+        sweeps = get_hydra_sweeps(by_file)
+    except (HydraException, DvcException) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MnistlrError(f"cannot parse -S {' -S '.join(sets)}: {first}") from None
+    points: list[list[str]] = []
+    for sweep in sweeps:
+        point = list(sweep.get(PARAMS, []))
+        if point not in points:
+            points.append(point)
+    if not points or points == [[]]:
+        raise MnistlrError(f"-S {' -S '.join(sets)} gives an empty grid; accepted: KEY=V1,V2,... with a value")
+    return points
+
+
+def override_key(override: str) -> str:
+    """'train.weight_decay=0' -> 'train.weight_decay' (a leading + or ~ of Hydra's grammar dropped)."""
+    return override.partition("=")[0].lstrip("+~")
+
+
+def param_keys(params: dict, prefix: str = "") -> list[str]:
+    """Every key of params.yaml in dotted form, inner nodes included: 'train', 'train.lr', 'train.lr.sgd'."""
+    out = []
+    for k, v in params.items():
+        key = f"{prefix}{k}"
+        out.append(key)
+        if isinstance(v, dict):
+            out.extend(param_keys(v, key + "."))
+    return out
+
+
+def check_keys(points: list[list[str]], params_path: str | Path = PARAMS) -> None:
+    """Every key the points set must be in params.yaml: a typo would run a whole sweep of identical models."""
+    params = read_yaml(params_path) or {}
+    known = param_keys(params)
+    for point in points:
+        for override in point:
+            key = override_key(override)
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise MnistlrError(
+                    f"unknown param key {key!r} (not in {Path(params_path).name}){hint} "
+                    f"accepted: {', '.join(k for k in known if '.' not in k)} and their dotted sub-keys"
+                )
+
+
+def point_name(point: list[str], commit: str, prefix: str = "sweep") -> str:
+    """A short, deterministic experiment name (a valid git ref): prefix + hash of the sorted params and the commit."""
+    if not NAME_RE.match(prefix):
+        raise MnistlrError(
+            f"--name-prefix {prefix!r} is not accepted; accepted: up to 28 letters, digits, - or _, "
+            "starting with a letter or digit"
+        )
+    text = commit + "\n" + "\n".join(sorted(point, key=override_key))
+    return f"{prefix}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+
+
+@dataclass
+class Point:
+    """One point of the grid: its overrides, experiment name, params.yaml text and typed params."""
+
+    name: str
+    overrides: list[str]
+    text: str
+    params: Params
+
+    @property
+    def label(self) -> str:
+        return " ".join(self.overrides)
+
+
+def plan_points(
+    sets: list[str], root: Path, baseline: str, prefix: str, scratch: Path, yes: bool = False
+) -> list[Point]:
+    """The grid's points with their params.yaml text, each checked before anything runs."""
+    raw = expand_grid(sets)
+    if len(raw) > CONFIRM_ABOVE and not yes:
+        raise MnistlrError(f"the grid has {len(raw)} points (over {CONFIRM_ABOVE}); pass --yes to run them all")
+    check_keys(raw, root / PARAMS)
+    base_text = git_show(baseline, PARAMS, cwd=root)
+    if base_text is None:
+        raise MnistlrError(f"{PARAMS} is not committed at {baseline[:8]}; accepted: a commit with params.yaml")
+    points = []
+    for overrides in raw:
+        text = point_params(base_text, overrides, scratch)
+        params = parse_params(read_yaml(scratch / PARAMS), f"{PARAMS} with {' '.join(overrides)}")
+        points.append(Point(point_name(overrides, baseline, prefix), overrides, text, params))
+    return points
+
+
+# --- training ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Trained:
+    """A point's fitted variants (model, history) or the one line of its failure."""
+
+    fitted: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def train_group(points: list[Point], prepared: Path) -> dict[str, Trained]:
+    """Every variant of every point of one group, trained as one program per set of training images; a point
+    with a diverged model gets that model's error line instead of its models."""
+    from mnistlr import train
+
+    out = {}
+    for p, fitted in zip(points, train.train_grid([p.params for p in points], prepared), strict=True):
+        errors = [f"{name}: {one.error}" for name, one in fitted.items() if one.error]
+        out[p.name] = Trained(error=errors[0]) if errors else Trained(fitted=fitted)
+    return out
+
+
+# --- evaluate and report, one process per core ------------------------------------------------------------
+
+
+def finish_point(folder: str) -> str | None:
+    """In a pool process: score the point laid out in `folder` and write its report, as the evaluate and
+    report stages do from the repository root (relative paths, so the outputs' text is the same)."""
+    from mnistlr.evaluate import evaluate
+    from mnistlr.params import load_params
+    from mnistlr.report import build_report
+
+    os.chdir(folder)
+    try:
+        params = load_params(PARAMS)
+        evaluate(params, "data/prepared", "models", "plots/train", "metrics", "plots/predictions", "reports/figures")
+        build_report(
+            params,
+            "metrics",
+            "data/prepared/variants",
+            "plots/predictions",
+            "reports/report.md",
+            prepared_dir="data/prepared",
+            experiments_dir="experiments",
+        )
+    except MnistlrError as exc:
+        return str(exc)
+    return None
+
+
+def lay_out(point: Point, trained: Trained, folder: Path, worktree: Path) -> None:
+    """The point's params.yaml, models and curves in `folder`, with the worktree's data and experiments."""
+    from mnistlr import train
+    from mnistlr.data import load_preprocessing
+
+    folder.mkdir(parents=True)
+    (folder / PARAMS).write_text(point.text)
+    for shared in ("data", "experiments"):
+        if (worktree / shared).exists():
+            (folder / shared).symlink_to(worktree / shared)
+    pre = load_preprocessing(worktree / "data" / "prepared")
+    train.save_fitted(point.params, trained.fitted, pre, folder / "models", folder / "plots" / "train")
+
+
+# --- the sweep ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PointOutcome:
+    point: Point
+    status: str  # "recorded", "skipped" (recorded before), "failed"
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class GridOutcome:
+    baseline: str
+    outcomes: list[PointOutcome]
+    train_seconds: float = 0.0
+    summary: str = ""
+
+    @property
+    def failed(self) -> list[PointOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+def clean_head(root: Path) -> str:
+    """HEAD's commit, when the tracked files are as committed: the experiments are of that commit."""
+    dirty = run_git("status", "--porcelain", "--untracked-files=no", cwd=root).strip()
+    if dirty:
+        first = dirty.splitlines()[0].strip()
+        raise MnistlrError(
+            f"uncommitted changes ({first}{', ...' if len(dirty.splitlines()) > 1 else ''}): the sweep records "
+            "experiments of HEAD; commit them, or `git stash`, first"
+        )
+    return run_git("rev-parse", "HEAD", cwd=root).strip()
+
+
+def progress(total: int, disable: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="point", desc="sweep", disable=disable, dynamic_ncols=True, leave=True)
+
+
+def group_points(points: list[Point]) -> dict[str, list[Point]]:
+    """The points by training pass, in grid order; each pass named g-<hash of what its points share>."""
+    from mnistlr.train import group_key
+
+    groups: dict[str, list[Point]] = {}
+    for p in points:
+        key = json.dumps(group_key(p.params))
+        groups.setdefault(f"g-{hashlib.sha256(key.encode()).hexdigest()[:8]}", []).append(p)
+    return groups
+
+
+def plan(sets: list[str], root: Path, baseline: str, prefix: str = "sweep", yes: bool = False) -> list[Point]:
+    """plan_points with its scratch folder under .dvc/tmp, removed afterwards."""
+    scratch = root / ".dvc" / "tmp" / "sweeps" / f"plan-{os.getpid()}"
+    try:
+        return plan_points(sets, root, baseline, prefix, scratch, yes)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run_grid(
+    sets: list[str],
+    root: str | Path = ".",
+    prefix: str = "sweep",
+    yes: bool = False,
+    jobs: int | None = None,
+    quiet: bool = False,
+    log: Callable[[str], None] = print,
+) -> GridOutcome:
+    """Train, score and record every point of the grid that is not recorded yet; then the summary."""
+    root = Path(root).resolve()
+    baseline = clean_head(root)
+    points = plan(sets, root, baseline, prefix, yes)
+    return run_points(points, root, baseline, jobs, quiet, log)
+
+
+def run_points(
+    points: list[Point],
+    root: Path,
+    baseline: str,
+    jobs: int | None = None,
+    quiet: bool = False,
+    log: Callable[[str], None] = print,
+) -> GridOutcome:
+    """Record every point of `points` not recorded yet as an experiment of `baseline` in the repository at
+    `root`: one training pass per group, scoring in `jobs` processes. Then the summary over all of them."""
+    done = recorded(root, baseline)
+    todo = [p for p in points if p.name not in done]
+    outcomes = {p.name: PointOutcome(p, "skipped") for p in points if p.name in done}
+    groups = group_points(todo)
+    log(
+        f"sweep: {len(points)} points of {baseline[:8]}, {len(points) - len(todo)} recorded before, "
+        f"{len(todo)} to run in {len(groups)} training pass(es)"
+    )
+    train_s = 0.0
+    if todo:
+        jobs = jobs or min(len(todo), os.cpu_count() or 1, 4)
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
+        with Recorder(root, baseline) as rec, progress(len(todo), quiet) as bar, pool:
+            for i, group in enumerate(groups.values(), 1):
+                bar.set_postfix_str(f"pass {i}/{len(groups)}: data")
+                rec.prepare(group[0].text)
+                bar.set_postfix_str(f"pass {i}/{len(groups)}: training {len(group)} point(s)")
+                t0 = time.perf_counter()
+                trained = train_group(group, rec.prepared)
+                train_s += time.perf_counter() - t0
+                bar.set_postfix_str(f"pass {i}/{len(groups)}: scoring and recording")
+                outcomes.update(_finish_group(group, trained, rec, pool, bar))
+    ordered = [outcomes[p.name] for p in points]
+    result = GridOutcome(baseline, ordered, train_s)
+    result.summary = summarize(root, baseline, ordered)
+    return result
+
+
+def _finish_group(
+    group: list[Point], trained: dict[str, Trained], rec: Recorder, pool: ProcessPoolExecutor, bar: Any
+) -> dict[str, PointOutcome]:
+    staging = rec.wt.parent / f"points-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    outcomes: dict[str, PointOutcome] = {}
+    futures = {}
+    try:
+        for p in group:
+            if trained[p.name].error:
+                outcomes[p.name] = PointOutcome(p, "failed", trained[p.name].error)
+                bar.update(1)
+                continue
+            folder = staging / p.name
+            lay_out(p, trained[p.name], folder, rec.wt)
+            futures[pool.submit(finish_point, str(folder))] = p
+        trained.clear()  # the models are on disk now
+        for future in as_completed(futures):
+            p = futures[future]
+            error = future.result()
+            if error is None:
+                for shared in ("data", "experiments"):
+                    link = staging / p.name / shared
+                    if link.is_symlink():
+                        link.unlink()
+                rec.record(p.name, p.text, staging / p.name)
+                outcomes[p.name] = PointOutcome(p, "recorded")
+            else:
+                outcomes[p.name] = PointOutcome(p, "failed", error)
+            bar.update(1)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return outcomes
+
+
+# --- the summary -------------------------------------------------------------------------------------------
+
+
+def _scores(root: Path, baseline: str, name: str, variant: str) -> tuple[dict, Any] | None:
+    from mnistlr.record import exp_ref
+    from mnistlr.stats import read_predictions
+
+    ref = exp_ref(baseline, name)
+    metrics = git_show(ref, f"metrics/{variant}.json", cwd=root)
+    predictions = git_show(ref, f"plots/predictions/{variant}.csv", cwd=root)
+    if metrics is None or predictions is None:
+        return None
+    return json.loads(metrics), read_predictions(predictions, f"{name}:plots/predictions/{variant}.csv")
+
+
+def summarize(root: Path, baseline: str, outcomes: list[PointOutcome]) -> str:
+    """The best point by validation accuracy of the reference variant; the test set reports that point
+    only, and names the points it cannot tell from it (exact McNemar test, p >= 0.05)."""
+    import numpy as np
+
+    from mnistlr.stats import mcnemar_p
+
+    ok = [o for o in outcomes if o.status != "failed"]
+    failed = len(outcomes) - len(ok)
+    counts = (
+        f"{sum(o.status == 'recorded' for o in outcomes)} recorded now, "
+        f"{sum(o.status == 'skipped' for o in outcomes)} before, {failed} failed"
+    )
+    if not ok:
+        return f"no point to compare ({counts})"
+    variant = ok[0].point.params.reference_variant()
+    scored = {o.point.name: s for o in ok if (s := _scores(root, baseline, o.point.name, variant)) is not None}
+    if not scored:
+        return f"no recorded point has metrics/{variant}.json ({counts})"
+    by_name = {o.point.name: o.point for o in ok}
+    best = max(scored, key=lambda n: (scored[n][0]["val"]["accuracy"], -list(scored).index(n)))
+    metrics, (actual, pred) = scored[best]
+    ties = []
+    for name, (_, (_, other)) in scored.items():
+        if name == best:
+            continue
+        right, right_other = pred == actual, other == actual
+        p = mcnemar_p(int(np.sum(right_other & ~right)), int(np.sum(right & ~right_other)))
+        if p >= ALPHA:
+            ties.append(f"{name} ({by_name[name].label})")
+    lines = [
+        f"{len(scored)} points compared on validation accuracy of {variant} ({counts}).",
+        f"best: {best} ({by_name[best].label}): val accuracy {metrics['val']['accuracy']:.4f}, "
+        f"test accuracy {metrics['test']['accuracy']:.4f} (the test set reports this point only)",
+        f"the test set cannot tell it from {len(ties)} of the other {len(scored) - 1} "
+        f"(exact McNemar, p >= {ALPHA:g}){': ' if ties else ''}" + ", ".join(ties),
+        f"see them with: dvc exp show --only-changed; apply the best with: dvc exp apply {best}",
+    ]
+    return "\n".join(lines)
