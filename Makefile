@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install lock repro test bench review storage-up storage-down clean
+.PHONY: install lock repro studies test bench review storage-up storage-down clean
 
 install: $(STAMP)
 
@@ -38,6 +38,12 @@ lock:
 
 repro: $(STAMP)
 	$(BIN)/dvc repro
+
+# The studies (docs/studies.md): a DVC project of their own in studies/, on the root prepare stage's data.
+# REPRO_ARGS=-f reruns every study, whatever the run cache holds.
+studies: $(STAMP)
+	$(BIN)/dvc repro prepare
+	$(BIN)/dvc --cd studies repro $(REPRO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -340,7 +340,7 @@ def build_report(
         "## Studies",
         "",
         "Linear-regression baseline, the L-BFGS optimum, the best linear model (plain and deskewed) and L1 vs L2: "
-        "[studies.md](studies.md) (`dvc repro studies/dvc.yaml`).",
+        "[studies/report.md](../studies/report.md) (`make studies`).",
         "",
     ]
     text = "\n".join(lines)

@@ -1,13 +1,13 @@
-"""The studies pipeline (studies/dvc.yaml): baselines and limits of the linear model, and their report.
+"""The studies (studies/dvc.yaml, a DVC project of its own): baselines and limits of the linear model, and their report.
 
 mse      - linear regression (least squares on one-hot targets) beside logistic regression
 optimum  - full-batch L-BFGS minimum of the regularized objective vs SGD/Adam after N epochs
 l1l2     - test accuracy and weight sparsity, L1 against L2 over the same strengths
 sweep    - the best linear model, chosen on validation accuracy only, refitted on train + val
-deskew   - the same selection on deskewed digits (data/prepared_deskewed)
+deskew   - the same selection on deskewed digits (studies/data/prepared_deskewed)
 
 Each study is one process looping over its grid (one `import torch` instead of one per run) and
-writes a small JSON; mnistlr.studies_page turns them into reports/studies.md (without torch, so its stage
+writes a small JSON; mnistlr.studies_page turns them into studies/report.md (without torch, so its stage
 starts fast). Candidates that share an optimizer, batch size and epochs train together as one batched program
 (train.fit_batched).
 """
@@ -323,7 +323,7 @@ def run_study(
         raise MnistlrError(
             f"study {name!r} needs {'deskewed' if name == 'deskew' else 'plain'} inputs, but {prepared} "
             f"holds inputs with {pre.describe()}; accepted: --prepared "
-            f"{'data/prepared_deskewed' if name == 'deskew' else 'data/prepared'}"
+            f"{'data/prepared_deskewed' if name == 'deskew' else '../data/prepared'} (from studies/, where it runs)"
         )
     data = _data(prepared, resolve_device(params.train.device))
     if name == "mse":

@@ -1,4 +1,4 @@
-"""DVC stage of studies/dvc.yaml: run one study (mse, optimum, l1l2, sweep, deskew) and write its JSON."""
+"""DVC stage of studies/dvc.yaml, run in studies/: one study (mse, optimum, l1l2, sweep, deskew) and its JSON."""
 
 from pathlib import Path
 
@@ -15,7 +15,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 def main(
     study: str = typer.Argument(..., help="mse | optimum | l1l2 | sweep | deskew"),
     params: Path = typer.Option("params.yaml", help="params file (reads studies.<study>)"),
-    prepared: Path = typer.Option("data/prepared", help="prepared inputs (deskew: data/prepared_deskewed)"),
+    prepared: Path = typer.Option("data/prepared", help="prepared inputs (deskew: studies/data/prepared_deskewed)"),
     out: Path = typer.Option(..., help="result JSON to write"),
     figure: Path | None = typer.Option(None, help="l1l2: weight-grid PNG to write"),
     optimum: Path | None = typer.Option(None, help="sweep: the optimum study's JSON"),

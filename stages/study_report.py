@@ -1,4 +1,4 @@
-"""DVC stage of studies/dvc.yaml: reports/studies.md from the studies' JSON results."""
+"""DVC stage of studies/dvc.yaml (run in studies/): studies/report.md from the studies' JSON results."""
 
 from pathlib import Path
 
@@ -14,7 +14,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 @user_errors
 def main(
     results: Path = typer.Option("studies/results", help="folder of the studies' JSON"),
-    out: Path = typer.Option("reports/studies.md", help="markdown page to write"),
+    out: Path = typer.Option("studies/report.md", help="markdown page to write"),
 ) -> None:
     """Write the studies report."""
     write_studies_report(results, out)

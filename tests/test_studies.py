@@ -1,9 +1,11 @@
-"""The studies pipeline: each study on a tiny problem, its report, and its separation from `dvc repro`."""
+"""The studies: each study on a tiny problem, its report, and their DVC project of its own in studies/."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +13,10 @@ import yaml
 
 from mnistlr.errors import MnistlrError
 from mnistlr.params import parse_params
+from mnistlr.repo import exe
 from mnistlr.studies import run_study, study_deskew, study_l1l2, study_mse, study_optimum, study_sweep
 from mnistlr.studies_page import write_studies_report
-from tests.conftest import copy_project, dvc
+from tests.conftest import REPO, copy_project, dvc, run
 
 TINY = {
     "train": {"device": "cpu", "epochs": 2, "batch_size": 32},
@@ -95,7 +98,7 @@ def test_a_study_on_the_wrong_inputs_is_a_one_line_error(tmp_path, study, deskew
         run_study(study, parse_params(TINY), tmp_path, tmp_path / "x.json")
     msg = str(info.value)
     assert "\n" not in msg and f"study {study!r} needs" in msg
-    assert ("--prepared data/prepared_deskewed" if study == "deskew" else "--prepared data/prepared") in msg
+    assert ("--prepared data/prepared_deskewed" if study == "deskew" else "--prepared ../data/prepared") in msg
     assert not (tmp_path / "x.json").exists()
 
 
@@ -105,37 +108,69 @@ def test_studies_params_are_strict():
 
 
 RUNNING = re.compile(r"Running stage '([^']+)'")
+STAGES = ("prepare_deskewed", "study@mse", "study@optimum", "l1l2", "sweep", "deskew", "report")
+UP_TO_DATE = "Data and pipelines are up to date."
 
 
-def test_plain_repro_runs_only_the_root_pipeline_and_the_studies_run_on_its_data(tmp_path, reproduced):
+def make_studies(project: Path, env: dict) -> None:
+    """What `make studies` runs, line by line, with the venv's dvc (the copy has no .venv of its own)."""
+    makefile = (REPO / "Makefile").read_text()
+    recipe = re.search(r"^studies:.*\n((?:\t.*\n)+)", makefile, re.M).group(1)
+    for line in recipe.strip().splitlines():
+        argv = line.strip().replace("$(BIN)/", "").replace("$(REPRO_ARGS)", "").split()
+        run([exe(argv[0]), *argv[1:]], project, env)
+
+
+def test_the_studies_are_a_dvc_project_of_their_own_on_the_root_pipelines_data(tmp_path, reproduced):
     root = set(RUNNING.findall(reproduced[2]))
     assert root == {"prepare", "train", "evaluate", "report"}  # no studies stage
     project, env = copy_project(reproduced, tmp_path / "p"), reproduced[1]
+    studies = project / "studies"
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["studies"] = TINY["studies"]  # no root stage reads studies: the root pipeline stays up to date
+    params["studies"] = copy.deepcopy(TINY["studies"])  # no root stage reads them: the root pipeline stays up to date
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    png = (project / "reports/figures/reliability.png").read_bytes()
-    assert png.startswith(b"\x89PNG") and len(png) > 10_000
-    listed = dvc("stage", "list", "studies/dvc.yaml", cwd=project, env=env).stdout
-    for stage in ("prepare_deskewed", "study@mse", "study@optimum", "l1l2", "sweep", "deskew", "report"):
-        assert f"studies/dvc.yaml:{stage}" in listed or stage in listed.split()
-    # not yet run: dvc status of the studies pipeline reports them, the root pipeline is up to date
-    assert "study@mse" in dvc("status", "studies/dvc.yaml", cwd=project, env=env).stdout
-    assert "up to date" in dvc("status", "dvc.yaml", cwd=project, env=env).stdout
+    # the root project never lists the studies' stages, run or not
+    assert dvc("status", cwd=project, env=env).stdout.strip() == UP_TO_DATE
+    assert sorted(dvc("stage", "list", "--name-only", cwd=studies, env=env).stdout.split()) == sorted(STAGES)
+    assert "study@mse" in dvc("status", cwd=studies, env=env).stdout  # not yet run here
 
-    # the studies pipeline reads the root pipeline's prepared arrays and never reruns it
-    ran = RUNNING.findall(dvc("repro", "studies/dvc.yaml", cwd=project, env=env).stdout)
-    assert sorted(ran) == sorted(
-        f"studies/dvc.yaml:{s}"
-        for s in ("prepare_deskewed", "study@mse", "study@optimum", "l1l2", "sweep", "deskew", "report")
-    ), ran
-    sweep = json.loads((project / "studies/results/sweep.json").read_text())
+    # the studies read the root prepare stage's arrays and the root params.yaml, and never rerun the root stages
+    log = dvc("repro", cwd=studies, env=env).stdout
+    assert sorted(RUNNING.findall(log)) == sorted(STAGES), log
+    sweep = json.loads((studies / "results/sweep.json").read_text())
     assert sweep["n_val"] == 200 and len(sweep["rows"]) == 2 + 3  # two candidates, the optimum's three runs
-    deskew = json.loads((project / "studies/results/deskew.json").read_text())
+    deskew = json.loads((studies / "results/deskew.json").read_text())
     assert deskew["preprocessing"].startswith("deskew on") and len(deskew["rows"]) == 3
-    assert json.loads((project / "data/prepared_deskewed/preprocessing.json").read_text())["deskew"] is True
-    text = (project / "reports/studies.md").read_text()
+    assert json.loads((studies / "data/prepared_deskewed/preprocessing.json").read_text())["deskew"] is True
+    text = (studies / "report.md").read_text()
     assert "on 200 validation images" in text and text.count("**(selected)**") == 2
-    png = (project / "reports/studies/l1l2_weights.png").read_bytes()
+    assert "![L1 vs L2 weights](figures/l1l2_weights.png)" in text
+    png = (studies / "figures/l1l2_weights.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
-    assert "up to date" in dvc("status", "dvc.yaml", cwd=project, env=env).stdout
+    assert dvc("status", cwd=studies, env=env).stdout.strip() == UP_TO_DATE
+    assert dvc("status", cwd=project, env=env).stdout.strip() == UP_TO_DATE
+    assert not (project / "data" / "prepared_deskewed").exists()  # every output of the studies is in studies/
+
+    # their deps outside studies/ are hashed: an edit of the code they import makes them stale, and only them
+    code = project / "mnistlr" / "studies.py"
+    original = code.read_text()
+    code.write_text(original + "\n# an edit\n")
+    stale = json.loads(dvc("status", "--json", cwd=studies, env=env).stdout)
+    assert sorted(stale) == sorted(set(STAGES) - {"prepare_deskewed", "report"}), stale
+    assert dvc("status", cwd=project, env=env).stdout.strip() == UP_TO_DATE
+    code.write_text(original)
+
+    # the run cache: a config that already ran restores its results without running again
+    mse = (studies / "results/mse.json").read_bytes()
+    params["studies"]["mse"]["epochs"] = 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert sorted(RUNNING.findall(dvc("repro", cwd=studies, env=env).stdout)) == ["report", "study@mse"]
+    params["studies"]["mse"]["epochs"] = TINY["studies"]["mse"]["epochs"]  # back to the config that ran
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    log = dvc("repro", cwd=studies, env=env).stdout
+    assert "Stage 'study@mse' is cached - skipping run" in log and RUNNING.findall(log) == ["report"], log
+    assert (studies / "results/mse.json").read_bytes() == mse
+
+    # the one command (`make studies`): the root prepare stage, then the studies; here both are up to date
+    make_studies(project, env)
+    assert dvc("status", cwd=studies, env=env).stdout.strip() == UP_TO_DATE
