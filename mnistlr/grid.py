@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mnistlr.errors import MnistlrError
-from mnistlr.params import Params, parse_params, read_yaml
+from mnistlr.params import Params, group_key, parse_params, read_yaml
 from mnistlr.record import PARAMS, Recorder, point_params, recorded
 from mnistlr.repo import git_show, run_git
 
@@ -177,13 +178,31 @@ def train_group(points: list[Point], prepared: Path) -> dict[str, Trained]:
 # --- evaluate and report, one process per core ------------------------------------------------------------
 
 
-def finish_point(folder: str) -> str | None:
-    """In a pool process: score the point laid out in `folder` and write its report, as the evaluate and
-    report stages do from the repository root (relative paths, so the outputs' text is the same)."""
+_RECORDER: Recorder | None = None  # a pool process's own worktree
+_PREPARED_FOR: str | None = None  # the training pass whose data that worktree holds
+
+
+def start_worker(root: str, baseline: str) -> None:
+    """Pool initializer: this process records into a worktree of its own, removed when the pool shuts down."""
+    from multiprocessing import util
+
+    global _RECORDER
+    _RECORDER = Recorder(root, baseline).__enter__()
+    util.Finalize(None, _RECORDER.close, exitpriority=10)
+
+
+def finish_point(folder: str, name: str, text: str, data: str) -> str | None:
+    """In a pool process: score the point laid out in `folder` and write its report, as the evaluate and report
+    stages do from the repository root (relative paths, so the outputs' text is the same); then record it as
+    experiment `name`. `data` names the training pass, whose prepared data the worktree must hold. Returns the
+    one line of a failure, or None."""
     from mnistlr.evaluate import evaluate
     from mnistlr.params import load_params
     from mnistlr.report import build_report
 
+    global _PREPARED_FOR
+    assert _RECORDER is not None, "finish_point runs in a pool started with start_worker"
+    here = os.getcwd()
     os.chdir(folder)
     try:
         params = load_params(PARAMS)
@@ -199,6 +218,16 @@ def finish_point(folder: str) -> str | None:
         )
     except MnistlrError as exc:
         return str(exc)
+    finally:
+        os.chdir(here)
+    for shared in ("data", "experiments"):
+        link = Path(folder) / shared
+        if link.is_symlink():
+            link.unlink()
+    if data != _PREPARED_FOR:
+        _RECORDER.prepare(text)
+        _PREPARED_FOR = data
+    _RECORDER.record(name, text, Path(folder))
     return None
 
 
@@ -259,8 +288,6 @@ def progress(total: int, disable: bool) -> Any:
 
 def group_points(points: list[Point]) -> dict[str, list[Point]]:
     """The points by training pass, in grid order; each pass named g-<hash of what its points share>."""
-    from mnistlr.train import group_key
-
     groups: dict[str, list[Point]] = {}
     for p in points:
         key = json.dumps(group_key(p.params))
@@ -275,6 +302,79 @@ def plan(sets: list[str], root: Path, baseline: str, prefix: str = "sweep", yes:
         return plan_points(sets, root, baseline, prefix, scratch, yes)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+# --- tasks: a group, or a slice of one, by name (the cluster's tasks, a CI matrix's jobs) ------------------
+
+TASK_RE = re.compile(r"^(g-[0-9a-f]{8})(?:\.([1-9][0-9]*)of([1-9][0-9]*))?$")
+
+
+def task_name(group: str, i: int = 1, k: int = 1) -> str:
+    """g-1a2b3c4d for a whole group, g-1a2b3c4d.2of3 for the 2nd of its 3 slices."""
+    return group if k == 1 else f"{group}.{i}of{k}"
+
+
+def slice_of(points: list[Point], i: int, k: int) -> list[Point]:
+    """Slice i of k of a group: every k-th point from the i-th, so that the points a killed run left to do are
+    shared out about evenly too. Each slice is still one training pass."""
+    return points[i - 1 :: k]
+
+
+def split_groups(groups: dict[str, list[Point]], todo: set[str], workers: int) -> dict[str, list[Point]]:
+    """The tasks that run the points named in `todo` on `workers` workers: each group whole, or, when it has
+    more such points than a worker's share, ceil(len(todo) / workers), in the fewest slices that hold at most
+    a share each, so that every worker gets work. Tasks with nothing to do are left out."""
+    share = max(1, math.ceil(len(todo) / max(1, workers)))
+    tasks: dict[str, list[Point]] = {}
+    for group, points in groups.items():
+        k = math.ceil(sum(p.name in todo for p in points) / share)
+        while k < len(points) and any(
+            sum(p.name in todo for p in slice_of(points, i, k)) > share for i in range(1, k + 1)
+        ):
+            k += 1
+        for i in range(1, k + 1):
+            part = slice_of(points, i, k)
+            if any(p.name in todo for p in part):
+                tasks[task_name(group, i, k)] = part
+    return tasks
+
+
+def select(groups: dict[str, list[Point]], name: str) -> list[Point]:
+    """The points of task `name` (a group, or a slice I of K of one: NAME.IofK) of this grid's groups."""
+    m = TASK_RE.match(name)
+    if not m or m.group(1) not in groups:
+        first = next(iter(groups))
+        raise MnistlrError(
+            f"--group {name!r} is not a group of this grid; accepted: {', '.join(groups)}, or a slice of one "
+            f"such as {first}.1of2 (`mnistlr sweep --plan` with the same -S lists them)"
+        )
+    points = groups[m.group(1)]
+    i, k = int(m.group(2) or 1), int(m.group(3) or 1)
+    if i > k or k > len(points):
+        raise MnistlrError(
+            f"--group {name!r}: slice {i} of {k} of a group of {len(points)} point(s); "
+            f"accepted: NAME.IofK with 1 <= I <= K <= {len(points)}"
+        )
+    return slice_of(points, i, k)
+
+
+def plan_text(tasks: dict[str, list[Point]], baseline: str) -> str:
+    """What `mnistlr sweep --plan` prints: each task (a group or a slice), its number of points, the points."""
+    n = sum(len(points) for points in tasks.values())
+    lines = [f"{n} points of {baseline[:8]} in {len(tasks)} task(s), each one training pass:"]
+    for name, points in tasks.items():
+        lines.append(f"{name}: {len(points)} point(s)")
+        lines += [f"  {p.name}  {p.label}" for p in points]
+    lines.append("run one task (a CI job, an array task) with: mnistlr sweep-point <the same -S options> --group NAME")
+    return "\n".join(lines)
+
+
+def plan_json(tasks: dict[str, list[Point]]) -> list[dict[str, Any]]:
+    """The plan as data: [{"group": NAME, "points": [{"name": ..., "overrides": [...]}, ...]}, ...]."""
+    return [
+        {"group": name, "points": [{"name": p.name, "overrides": p.overrides} for p in points]}
+        for name, points in tasks.items()
+    ]
 
 
 def run_grid(
@@ -314,9 +414,11 @@ def run_points(
     train_s = 0.0
     if todo:
         jobs = jobs or min(len(todo), os.cpu_count() or 1, 4)
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
+        pool = ProcessPoolExecutor(
+            max_workers=jobs, mp_context=get_context("spawn"), initializer=start_worker, initargs=(str(root), baseline)
+        )
         with Recorder(root, baseline) as rec, progress(len(todo), quiet) as bar, pool:
-            for i, group in enumerate(groups.values(), 1):
+            for i, (name, group) in enumerate(groups.items(), 1):
                 bar.set_postfix_str(f"pass {i}/{len(groups)}: data")
                 rec.prepare(group[0].text)
                 bar.set_postfix_str(f"pass {i}/{len(groups)}: training {len(group)} point(s)")
@@ -324,7 +426,7 @@ def run_points(
                 trained = train_group(group, rec.prepared)
                 train_s += time.perf_counter() - t0
                 bar.set_postfix_str(f"pass {i}/{len(groups)}: scoring and recording")
-                outcomes.update(_finish_group(group, trained, rec, pool, bar))
+                outcomes.update(_finish_group(name, group, trained, rec, pool, bar))
     ordered = [outcomes[p.name] for p in points]
     result = GridOutcome(baseline, ordered, train_s)
     result.summary = summarize(root, baseline, ordered)
@@ -332,8 +434,9 @@ def run_points(
 
 
 def _finish_group(
-    group: list[Point], trained: dict[str, Trained], rec: Recorder, pool: ProcessPoolExecutor, bar: Any
+    data: str, group: list[Point], trained: dict[str, Trained], rec: Recorder, pool: ProcessPoolExecutor, bar: Any
 ) -> dict[str, PointOutcome]:
+    """Lay out each trained point, score and record it in the pool; the outcome of each as it completes."""
     staging = rec.wt.parent / f"points-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     outcomes: dict[str, PointOutcome] = {}
@@ -346,20 +449,12 @@ def _finish_group(
                 continue
             folder = staging / p.name
             lay_out(p, trained[p.name], folder, rec.wt)
-            futures[pool.submit(finish_point, str(folder))] = p
+            futures[pool.submit(finish_point, str(folder), p.name, p.text, data)] = p
         trained.clear()  # the models are on disk now
         for future in as_completed(futures):
             p = futures[future]
             error = future.result()
-            if error is None:
-                for shared in ("data", "experiments"):
-                    link = staging / p.name / shared
-                    if link.is_symlink():
-                        link.unlink()
-                rec.record(p.name, p.text, staging / p.name)
-                outcomes[p.name] = PointOutcome(p, "recorded")
-            else:
-                outcomes[p.name] = PointOutcome(p, "failed", error)
+            outcomes[p.name] = PointOutcome(p, "failed", error) if error else PointOutcome(p, "recorded")
             bar.update(1)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

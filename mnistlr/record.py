@@ -17,6 +17,7 @@ worktree that the next sweep removes.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -113,11 +114,14 @@ class Recorder:
 
     def __enter__(self) -> Recorder:
         logging.getLogger("dvc").setLevel(logging.WARNING)  # not DVC's "Updating lock file" for every point
-        remove_stale_worktrees(self.root)
-        if self.wt.exists():
-            shutil.rmtree(self.wt)
         self.wt.parent.mkdir(parents=True, exist_ok=True)
-        run_git("worktree", "add", "--detach", "--quiet", str(self.wt), self.baseline, cwd=self.root)
+        # one process at a time adds or prunes worktrees (a sweep's pool processes each add their own)
+        with open(self.wt.parent / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            remove_stale_worktrees(self.root)
+            if self.wt.exists():
+                shutil.rmtree(self.wt)
+            run_git("worktree", "add", "--detach", "--quiet", str(self.wt), self.baseline, cwd=self.root)
         # The worktree shares this repository's cache (and so its run cache); links keep checkouts cheap.
         cache = run_dvc("cache", "dir", cwd=self.root).strip()
         (self.wt / ".dvc" / "config.local").write_text(
@@ -134,7 +138,9 @@ class Recorder:
             self._repo.close()
             self._repo = None
         shutil.rmtree(self.wt, ignore_errors=True)
-        run_git("worktree", "prune", cwd=self.root)
+        with open(self.wt.parent / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            run_git("worktree", "prune", cwd=self.root)
 
     @property
     def prepared(self) -> Path:
@@ -168,7 +174,7 @@ class Recorder:
 
     # --- one point ---------------------------------------------------------------------------------------
 
-    def record(self, name: str, params_text: str, outputs: Path, after: str = "prepare") -> str:
+    def record(self, name: str, params_text: str, outputs: Path) -> str:
         """Record `outputs` (a folder laid out like the worktree: models/, metrics/, ...) as experiment
         `name` with this params.yaml; returns its commit. `outputs` is consumed (moved)."""
         from dvc.repo.experiments.executor.base import BaseExecutor
@@ -186,12 +192,15 @@ class Recorder:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(source, target)
         repo = self._repo
-        repo._reset()
-        committed = []
+        repo._reset()  # params.yaml and the outputs changed under it
+        logging.getLogger("dvc").setLevel(logging.WARNING)  # Repo() may have set it up again
+        committed: list = []
         with _cwd(self.wt):  # DVC builds run-cache stages relative to the working directory
-            for stage_name in self.stages:
-                if stage_name != after:  # saves the outputs to the cache and the run to the run cache
-                    committed += repo.commit(self._target(stage_name), force=True, relink=False)
+            # Saves each stage's outputs to the cache and its run to the run cache. One call for the last stage
+            # and its upstream: DVC rewrites dvc.lock once per call (a YAML round trip: most of the cost).
+            for stage_name in reversed(self.stages):
+                if stage_name not in {s.name for s in committed}:
+                    committed += repo.commit(self._target(stage_name), with_deps=True, force=True, relink=False)
         changed = [s for s in committed if _lock_entry(s) != self._base_lock.get(s.name)]
         exp_hash = BaseExecutor.hash_exp(changed)
         paths = sorted({p for s in committed for p in _get_stage_files(s)} | set(_top_level_paths(repo)))
