@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -50,7 +49,7 @@ from mnistlr.data import (
 )
 from mnistlr.errors import MnistlrError
 from mnistlr.model import Model
-from mnistlr.params import Params, TrainParams
+from mnistlr.params import Params, TrainParams, group_key
 
 OPTIMIZERS = ("sgd", "adam", "lbfgs")
 LOSSES = ("ce", "mse")
@@ -194,37 +193,71 @@ def logits_t(theta: torch.Tensor, xp: torch.Tensor, n: int) -> torch.Tensor:
     return (z if z.shape[1] == n else z[:, :n]).reshape(-1, NUM_CLASSES, n)
 
 
-def gradient(
-    theta: torch.Tensor,
-    xp: torch.Tensor,
-    yb: torch.Tensor,
-    loss: str,
-    out: torch.Tensor,
-    nll: torch.Tensor,
-    top: torch.Tensor,
-    predicted: torch.Tensor,
-) -> torch.Tensor:
-    """The gradient of the mean loss over the batch, for K models at once, into `out` [K * 10, 785]; and
-    the batch's running scores: each example's log-probability of its label into `nll` [K, 1, B], its
-    predicted class into `predicted` [K, B] (its top logit into `top`), read once at the epoch's end.
+@dataclass(frozen=True)
+class Batch:
+    """One step's tensors for K models, views made once per program (its buffers are refilled each epoch, never
+    reallocated), so that a step does no slicing: the B inputs `xb` [B, 785] (with_ones) and the rows `xz` the
+    logits product multiplies (xb, or xb and a zero row when B = 1); each model's labels [K, 1, B] and a -1 for
+    each; and where the step writes: the logits `z` [K * 10, rows of xz] (seen as [K, 10, B] by `z3`), each
+    example's log-probability of its label `nll` [K, 1, B], its top logit and predicted class [K, B]."""
 
-    theta: [K * 10, 785] (weights | bias); xp: the batch's B inputs (with_ones: B + 1 rows when B = 1); yb: each
-    model's labels [K, B]. With logits Z = theta · xbᵀ, cross-entropy's gradient by Z is softmax(Z) - onehot(y)
-    and least squares' is Z - onehot(y); either way the gradient by theta is that residual · xb / B.
-    Stored [10, 785] and multiplied this way round, both products are the fast layouts of these skinny
-    shapes (with the weight transposed MKL takes about twice the time here). Every operation is one per model
-    and class column (the softmaxes run over the 10 classes of one model and example), so no model's result
-    depends on the others.
+    xb: torch.Tensor
+    xz: torch.Tensor
+    labels: torch.Tensor
+    minus_one: torch.Tensor
+    z: torch.Tensor
+    z3: torch.Tensor
+    nll: torch.Tensor
+    top: torch.Tensor
+    predicted: torch.Tensor
+
+    @staticmethod
+    def of(
+        xz: torch.Tensor,
+        ys: torch.Tensor,
+        nll: torch.Tensor | None = None,
+        top: torch.Tensor | None = None,
+        predicted: torch.Tensor | None = None,
+        z: torch.Tensor | None = None,
+    ) -> Batch:
+        """The batch of inputs xz (with_ones: B rows, or B + 1 when B = 1) and labels ys [K, B], writing into the
+        given buffers (new ones where None)."""
+        k, b = ys.shape
+        device = ys.device
+        z = torch.empty(k * NUM_CLASSES, xz.shape[0], device=device) if z is None else z
+        return Batch(
+            xb=xz[:b],
+            xz=xz,
+            labels=ys.unsqueeze(1),
+            minus_one=torch.full((k, 1, b), -1.0, device=device),
+            z=z,
+            z3=(z if z.shape[1] == b else z[:, :b]).view(k, NUM_CLASSES, b),
+            nll=torch.empty(k, 1, b, device=device) if nll is None else nll,
+            top=torch.empty(k, b, device=device) if top is None else top,
+            predicted=torch.empty(k, b, dtype=torch.int64, device=device) if predicted is None else predicted,
+        )
+
+
+def gradient(theta: torch.Tensor, batch: Batch, loss: str, out: torch.Tensor) -> torch.Tensor:
+    """The gradient of the mean loss over the batch, for K models at once, into `out` [K * 10, 785]; and
+    the batch's running scores into batch.nll, batch.top and batch.predicted, read once at the epoch's end.
+
+    theta: [K * 10, 785] (weights | bias). With logits Z = theta · xbᵀ, cross-entropy's gradient by Z is
+    softmax(Z) - onehot(y) and least squares' is Z - onehot(y); either way the gradient by theta is that
+    residual · xb / B. Stored [10, 785] and multiplied this way round, both products are the fast layouts of
+    these skinny shapes (with the weight transposed MKL takes about twice the time here). Every other
+    operation is one per model and example (the softmaxes run over the 10 classes of one model and example),
+    so no model's result depends on the others.
     """
-    k, b = yb.shape
-    z = logits_t(theta, xp, b)
-    labels = yb.unsqueeze(1)
-    torch.gather(torch.log_softmax(z, dim=1), 1, labels, out=nll)
-    torch.max(z, dim=1, out=(top, predicted))  # argmax's first maximum, at half argmax()'s cost here
+    z = batch.z3
+    torch.mm(theta, batch.xz.t(), out=batch.z)
+    torch.gather(torch.log_softmax(z, dim=1), 1, batch.labels, out=batch.nll)
+    torch.max(z, dim=1, out=(batch.top, batch.predicted))  # argmax's first maximum, at half argmax()'s cost here
     residual = torch.softmax(z, dim=1) if loss == "ce" else z
     # - onehot(y): minus 1 at each label, the same rounding as subtracting the one-hot matrix
-    residual.scatter_add_(1, labels, torch.full_like(labels, -1.0, dtype=z.dtype))
-    return out.addmm_(residual.view(k * NUM_CLASSES, b), xp[:b], beta=0, alpha=1.0 / b)
+    residual.scatter_add_(1, batch.labels, batch.minus_one)
+    b = residual.shape[2]
+    return out.addmm_(residual.view(-1, b), batch.xb, beta=0, alpha=1.0 / b)
 
 
 def add_penalties(grad: torch.Tensor, theta: torch.Tensor, l1: torch.Tensor | None, clip: float, k: int) -> None:
@@ -306,6 +339,7 @@ class Optimizer:
         k = params.shape[0] // NUM_CLASSES
         weight_decays = [0.0] * k if weight_decays is None else list(weight_decays)
         self.params, self.name, self.lrs, self.momentum, self.k = params, name, list(lrs), momentum, k
+        self.flat = params.view(k, -1)  # a model per row
         self.weight_decay = per_model_column(weight_decays, params.device) if any(weight_decays) else None
         self.buffer: torch.Tensor | None = None  # SGD momentum
         self.fused = name == "adam" and (params.device.type == "cpu" if fused is None else fused)
@@ -320,29 +354,28 @@ class Optimizer:
             self.step_count = torch.zeros((), dtype=torch.float32)  # the fused kernel's step counter, t
 
     def rates(self, factors: Sequence[float], first_step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """([S, K] signed step sizes, [S] sqrt of Adam's second bias correction or None) for steps first_step,
+        """([S, K, 1] signed step sizes, [S] sqrt of Adam's second bias correction or None) for steps first_step,
         first_step + 1, ... (counted from 1) with the schedule's `factors`, as float32 on the device: each
         product computed in float64 and rounded once, as torch rounds a Python scalar."""
         lrs = np.asarray(self.lrs, dtype=np.float64)
         factors = np.asarray(factors, dtype=np.float64)[:, None]
         if self.name == "sgd":
-            return torch.from_numpy(-(factors * lrs)).float().to(self.params.device), None
+            return torch.from_numpy(-(factors * lrs)[:, :, None]).float().to(self.params.device), None
         b1, b2 = self.BETAS
         t = np.arange(first_step, first_step + len(factors), dtype=np.float64)[:, None]
-        size = -(factors * lrs) / (1 - b1**t)
+        size = (-(factors * lrs) / (1 - b1**t))[:, :, None]
         bc2 = np.sqrt(1 - b2 ** t[:, 0])
         return torch.from_numpy(size).float().to(self.params.device), torch.from_numpy(bc2).float().to(
             self.params.device
         )
 
-    @torch.no_grad()
     def step(self, grad: torch.Tensor, rate: torch.Tensor, bc2: torch.Tensor | None, factor: float) -> None:
-        """One step with each model's signed step size `rate` [K] and Adam's sqrt(second bias correction)
+        """One step with each model's signed step size `rate` [K, 1] and Adam's sqrt(second bias correction)
         `bc2` (0-d) from the tables of `rates`; the fused kernel takes the schedule's `factor` instead."""
         params, k = self.params, self.k
         if self.weight_decay is not None:
             grad[:, :IN_FEATURES].addcmul_(params[:, :IN_FEATURES], self.weight_decay)
-        flat = params.view(k, -1)
+        flat = self.flat
         if self.name == "sgd":
             update = grad
             if self.momentum > 0:
@@ -351,7 +384,7 @@ class Optimizer:
                 else:
                     self.buffer.mul_(self.momentum).add_(grad)
                 update = self.buffer
-            flat.addcmul_(update.view(k, -1), rate.view(k, 1))
+            flat.addcmul_(update.view(k, -1), rate)
             return
         b1, b2 = self.BETAS
         if self.fused:
@@ -364,7 +397,7 @@ class Optimizer:
         self.exp_avg.lerp_(grad, 1 - b1)
         self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         denom = torch.sqrt(self.exp_avg_sq, out=self.denom).div_(bc2).add_(self.EPS)
-        flat.addcmul_(torch.div(self.exp_avg, denom, out=denom).view(k, -1), rate.view(k, 1))
+        flat.addcmul_(torch.div(self.exp_avg, denom, out=denom).view(k, -1), rate)
 
 
 # --- 4. fitting --------------------------------------------------------------------------------------
@@ -431,12 +464,16 @@ class Program:
         self,
         init: torch.Tensor,
         labels: torch.Tensor,
+        xs: torch.Tensor,
+        bounds: Sequence[tuple[int, int]],
         cfg: TrainParams,
         optimizer: str,
         lrs: Sequence[float],
         weight_decays: Sequence[float],
         l1s: Sequence[float],
     ) -> None:
+        """K models from the [10, 785] block `init`, with labels [K, N], stepping over the batches `bounds` of the
+        epoch's inputs `xs` [N + 1, 785] (with_ones, a zero row last)."""
         k, n = labels.shape
         device = init.device
         self.k, self.labels, self.cfg = k, labels, cfg
@@ -451,44 +488,43 @@ class Program:
         self.nll = torch.empty(k, 1, n, device=device)
         self.top = torch.empty(k, n, device=device)
         self.predicted = torch.empty(k, n, dtype=torch.int64, device=device)
+        logits: dict[int, torch.Tensor] = {}  # one logits buffer per batch width
+        self.batches = [
+            Batch.of(
+                xs[lo : max(hi, lo + 2)],
+                self.ys[:, lo:hi],
+                self.nll[:, :, lo:hi],
+                self.top[:, lo:hi],
+                self.predicted[:, lo:hi],
+                logits.setdefault(max(hi - lo, 2), torch.empty(k * NUM_CLASSES, max(hi - lo, 2), device=device)),
+            )
+            for lo, hi in bounds
+        ]
 
     def block(self, i: int) -> torch.Tensor:
         """Model i's [10, 785] parameters (a view)."""
         return self.theta[i * NUM_CLASSES : (i + 1) * NUM_CLASSES]
 
-    def run_step(self, xs: torch.Tensor, lo: int, hi: int, rate, bc2, factor: float) -> None:
-        """One step on the batch of rows lo..hi of this epoch's inputs xs (with_ones)."""
-        gradient(
-            self.theta,
-            xs[lo : max(hi, lo + 2)],
-            self.ys[:, lo:hi],
-            self.cfg.loss,
-            self.grad,
-            self.nll[:, :, lo:hi],
-            self.top[:, lo:hi],
-            self.predicted[:, lo:hi],
-        )
+    def run_step(self, s: int, rate: torch.Tensor, bc2: torch.Tensor | None, factor: float) -> None:
+        """Step s of the epoch, with each model's signed step size `rate` [K, 1] (and Adam's `bc2`, `factor`)."""
+        gradient(self.theta, self.batches[s], self.cfg.loss, self.grad)
         add_penalties(self.grad_storage, self.storage, self.l1, self.cfg.grad_clip, self.k)
         self.opt.step(self.grad_storage, rate, bc2, factor)
 
     def epoch(
-        self,
-        xs: torch.Tensor,
-        perm: torch.Tensor,
-        bounds: Sequence[tuple[int, int]],
-        factors: Sequence[float],
-        first_step: int,
-        graph: _EpochGraph | None,
+        self, perm: torch.Tensor, factors: Sequence[float], first_step: int, graph: _EpochGraph | None
     ) -> tuple[list[float], list[float], list[bool]]:
-        """One epoch of steps over xs (this epoch's inputs in batch order; perm: the order): each model's
-        running training loss and accuracy, and whether its parameters are all finite."""
+        """One epoch of steps over the epoch's inputs (filled in the order `perm`), the schedule's `factors`
+        from step `first_step` (counted from 1): each model's running training loss and accuracy, and whether
+        its parameters are all finite."""
         torch.index_select(self.labels, 1, perm, out=self.ys)
         rates, bc2 = self.opt.rates(factors, first_step)
         if graph is not None:
-            graph.run(self, xs, bounds, rates, bc2)
+            graph.run(self, rates, bc2)
         else:
-            for s, (lo, hi) in enumerate(bounds):
-                self.run_step(xs, lo, hi, rates[s], None if bc2 is None else bc2[s], factors[s])
+            bc2s = [None] * len(factors) if bc2 is None else bc2.unbind(0)
+            for s, (rate, bc2_s, factor) in enumerate(zip(rates.unbind(0), bc2s, factors, strict=True)):
+                self.run_step(s, rate, bc2_s, factor)
         loss, accuracy = _running_scores(self.nll, self.predicted == self.ys)
         finite = torch.isfinite(self.storage).view(self.k, -1).all(dim=1).tolist()
         return loss, accuracy, finite
@@ -546,7 +582,7 @@ class _EpochGraph:
         self.tables: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
 
-    def run(self, program: Program, xs: torch.Tensor, bounds, rates: torch.Tensor, bc2: torch.Tensor | None) -> None:
+    def run(self, program: Program, rates: torch.Tensor, bc2: torch.Tensor | None) -> None:
         if self.tables is None:
             self.tables = (rates.clone(), None if bc2 is None else bc2.clone())
         table, bc2_table = self.tables
@@ -555,8 +591,8 @@ class _EpochGraph:
             bc2_table.copy_(bc2)
 
         def steps() -> None:
-            for s, (lo, hi) in enumerate(bounds):
-                program.run_step(xs, lo, hi, table[s], None if bc2_table is None else bc2_table[s], 1.0)
+            for s in range(table.shape[0]):
+                program.run_step(s, table[s], None if bc2_table is None else bc2_table[s], 1.0)
 
         if self.graph is not None:
             self.graph.replay()
@@ -631,13 +667,14 @@ def fit_models(
     cuda = device.type == "cuda"
     workers = 1 if cuda else max(1, min(torch.get_num_threads(), k))
     parts = _split(k, workers)
-    init = initial_parameters(seed).to(device)
-    programs = [
-        Program(init, labels[lo:hi], cfg, optimizer, rates[lo:hi], weight_decays[lo:hi], l1s[lo:hi]) for lo, hi in parts
-    ]
-    graphs = [_EpochGraph() if cuda and cfg.cuda_graph else None for _ in programs]
     xs = torch.zeros(n + 1, COLS, device=device)  # this epoch's inputs in batch order (with_ones), a zero row last
     xs[:n, IN_FEATURES] = 1
+    init = initial_parameters(seed).to(device)
+    programs = [
+        Program(init, labels[lo:hi], xs, bounds, cfg, optimizer, rates[lo:hi], weight_decays[lo:hi], l1s[lo:hi])
+        for lo, hi in parts
+    ]
+    graphs = [_EpochGraph() if cuda and cfg.cuda_graph else None for _ in programs]
     val_xp = None if val_x is None else with_ones(val_x)
     histories: list[list[EpochRecord]] = [[] for _ in range(k)]
     stoppers = [EarlyStopping(p) for p in patiences]
@@ -652,9 +689,7 @@ def fit_models(
         program, lo = programs[j], parts[j][0]
         if not any(lo + i in active for i in range(program.k)):
             return None  # every model of this program has stopped
-        loss, accuracy, finite = program.epoch(
-            xs, perm, bounds, factors[first - 1 : first - 1 + steps], first, graphs[j]
-        )
+        loss, accuracy, finite = program.epoch(perm, factors[first - 1 : first - 1 + steps], first, graphs[j])
         good = [i for i in range(program.k) if lo + i in active and finite[i] and math.isfinite(loss[i])]
         val = program.scores(val_xp, val_y, good) if val_xp is not None else {}
         return loss, accuracy, finite, val
@@ -662,7 +697,13 @@ def fit_models(
     with ExitStack() as stack:
         if not cuda:
             stack.enter_context(_threads(1))  # each program on one thread, its kernels single-threaded
-        pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 1 else None
+        # each worker sets its own thread count: a new thread's first BLAS calls otherwise run MKL's default
+        # threading, several times slower on these small products (measured here: 180 us against 26)
+        pool = (
+            stack.enter_context(ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)))
+            if workers > 1
+            else None
+        )
 
         def run(f, items) -> list:
             return list(pool.map(f, items)) if pool is not None else [f(item) for item in items]
@@ -905,24 +946,6 @@ def write_history(path: str | Path, history: Sequence[EpochRecord], best: int | 
 
 
 # --- 7. the stage, and grids of points -------------------------------------------------------------------
-
-# The train params that may differ between the models of one batched program (fit_models). Points of a grid
-# that agree on everything else training reads (group_key) train in one pass (train_grid).
-PER_MODEL_KEYS = ("lr", "weight_decay", "l1", "patience")
-
-
-def group_key(params: Params) -> tuple[tuple[str, object], ...]:
-    """What points must share to train in one pass (train_grid): the seed, optimizer, data and variants, and
-    every train param but PER_MODEL_KEYS. The other optimizers' learning rates, which training does not read,
-    are left out too; evaluate, report and studies params do not touch training."""
-    train = params.train.model_dump(exclude=set(PER_MODEL_KEYS))
-    return (
-        ("seed", params.seed),
-        ("optimizer", params.optimizer),
-        ("data", json.dumps(params.data.model_dump(), sort_keys=True)),
-        ("variants", json.dumps({name: v.model_dump() for name, v in params.variants.items()})),
-        ("train", json.dumps(train, sort_keys=True)),
-    )
 
 
 def to_device(device: torch.device, *arrays: np.ndarray) -> list[torch.Tensor]:

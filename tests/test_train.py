@@ -17,10 +17,10 @@ from torch import nn
 from mnistlr import metrics
 from mnistlr.data import MD5SUMS_ENV, MIRROR_ENV, derive_seed
 from mnistlr.errors import MnistlrError
-from mnistlr.params import TrainParams, parse_params
+from mnistlr.params import PER_MODEL_KEYS, TrainParams, group_key, parse_params
 from mnistlr.train import (
-    PER_MODEL_KEYS,
     STRIDE,
+    Batch,
     Diverged,
     LogisticRegression,
     OneHotMSELoss,
@@ -30,7 +30,6 @@ from mnistlr.train import (
     fit,
     fit_models,
     gradient,
-    group_key,
     initial_parameters,
     lr_schedule,
     make_criterion,
@@ -112,13 +111,9 @@ def test_the_written_out_gradient_is_autograds_for_every_model_of_a_batch(loss):
     models = [LogisticRegression(), LogisticRegression()]
     theta = torch.cat([torch.cat([m.fc.weight.detach(), m.fc.bias.detach()[:, None]], 1) for m in models])
     labels = torch.stack([y, y2])
-    out, nll, top, predicted = (
-        torch.empty_like(theta),
-        torch.empty(2, 1, 48),
-        torch.empty(2, 48),
-        torch.empty(2, 48, dtype=torch.int64),
-    )
-    gradient(theta, with_ones(x), labels, loss, out, nll, top, predicted)
+    out, batch = torch.empty_like(theta), Batch.of(with_ones(x), labels)
+    gradient(theta, batch, loss, out)
+    nll, predicted = batch.nll, batch.predicted
     for i, (model, labels_i) in enumerate(zip(models, labels, strict=True)):
         make_criterion(loss)(model(x), labels_i).backward()
         block = out[10 * i : 10 * (i + 1)]
@@ -619,11 +614,10 @@ def test_a_models_products_are_the_same_bits_beside_any_number_of_models(b):
     val_xp, val_y = with_ones(torch.randn(50, 784)), torch.randint(0, 10, (50,))
 
     def products(lo: int, k: int):
-        out = torch.zeros(k * 10, STRIDE)[:, :785]
-        nll, top, predicted = torch.empty(k, 1, b), torch.empty(k, b), torch.empty(k, b, dtype=torch.int64)
+        out, batch = torch.zeros(k * 10, STRIDE)[:, :785], Batch.of(xp, labels[lo : lo + k])
         block = theta[lo * 10 : (lo + k) * 10]
-        gradient(block, xp, labels[lo : lo + k], "ce", out, nll, top, predicted)
-        return out, nll, predicted, scores(block, val_xp, val_y)
+        gradient(block, batch, "ce", out)
+        return out, batch.nll, batch.predicted, scores(block, val_xp, val_y)
 
     with torch_threads(1):
         alone = [products(i, 1) for i in range(40)]
