@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# DVC stages call `python`: make it the venv's.
+# DVC stages call `python`: make it the venv's. (A shell gets the venv's commands with `source .venv/bin/activate`.)
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 

@@ -65,6 +65,7 @@ def write_mirror(folder: Path, n_train: int = 1200, n_test: int = 300, seed: int
 # The longest modules first: xdist hands each worker a whole module (--dist loadfile) in collection order,
 # and a long one started last would leave the other worker idle at the end.
 LONGEST_FIRST = (
+    "test_docs.py",
     "test_sweep_dask.py",
     "test_review_e2e.py",
     "test_sweep_e2e.py",
