@@ -13,6 +13,7 @@ means to `dvc exp run -S` and `dvc params diff`: `1e-05`, as DVC writes 1e-5, is
 from __future__ import annotations
 
 import difflib
+import json
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -300,3 +301,22 @@ def load_params(path: str | Path = "params.yaml") -> Params:
             "e.g. `dvc repro`, or pass --params"
         ) from None
     return parse_params(raw, str(path))
+
+
+# The train params that may differ between the models of one batched training program (train.fit_models).
+# Points of a grid that agree on everything else training reads (group_key) train in one pass (train.train_grid).
+PER_MODEL_KEYS = ("lr", "weight_decay", "l1", "patience")
+
+
+def group_key(params: Params) -> tuple[tuple[str, object], ...]:
+    """What points must share to train in one pass (train.train_grid): the seed, optimizer, data and variants,
+    and every train param but PER_MODEL_KEYS. The other optimizers' learning rates, which training does not
+    read, are left out too; evaluate, report and studies params do not touch training."""
+    train = params.train.model_dump(exclude=set(PER_MODEL_KEYS))
+    return (
+        ("seed", params.seed),
+        ("optimizer", params.optimizer),
+        ("data", json.dumps(params.data.model_dump(), sort_keys=True)),
+        ("variants", json.dumps({name: v.model_dump() for name, v in params.variants.items()})),
+        ("train", json.dumps(train, sort_keys=True)),
+    )
