@@ -141,6 +141,13 @@ def sweep(
         None, min=1, help="processes that score the points and draw their figures (default: one per core, at most 4)"
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    show_plan: bool = typer.Option(
+        False,
+        "--plan",
+        help="print the grid's tasks (its groups of points that share a training pass, cut into slices for "
+        "--workers) and run nothing; `mnistlr sweep-point --group NAME` runs one",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="with --plan: print the plan as JSON"),
     scheduler: str | None = typer.Option(
         None, help="run on this Dask scheduler instead of here, e.g. tcp://10.0.0.5:8786 (needs a git remote)"
     ),
@@ -160,8 +167,15 @@ def sweep(
     together, each point is scored and recorded as an experiment of HEAD, the same as `dvc exp run -S <point>`
     records it (see them with `dvc exp show`). Points already recorded are skipped. The summary names the best
     point by validation accuracy and reports its test accuracy. With --scheduler or --workers, the grid runs on
-    a Dask cluster instead (the optional cluster extra). Exit status: the number of failed points (0: all
-    passed)."""
+    a Dask cluster instead (the optional cluster extra), one task per training pass. Exit status: the number of
+    failed points (0: all passed)."""
+    if show_plan:
+        from mnistlr.grid import plan_json, plan_text
+        from mnistlr.sweep import plan_tasks
+
+        commit, tasks = plan_tasks(set_param, workers, name_prefix)
+        typer.echo(json.dumps(plan_json(tasks), indent=2) if as_json else plan_text(tasks, commit))
+        return
     if scheduler is None and workers is None:
         from mnistlr.grid import run_grid
 
@@ -188,14 +202,17 @@ def sweep(
         variant,
         metric,
         log=lambda line: typer.echo(line),
+        yes=yes,
         **({} if connect_timeout is None else {"connect_timeout_s": connect_timeout}),
     )
+    if outcome.comparison:
+        typer.echo(outcome.comparison)
+        typer.echo(f"compared {outcome.compared} runs on {variant}; wrote {out}/compare.md, compare.json, compare.png")
     if outcome.summary:
         typer.echo(outcome.summary)
-        typer.echo(f"compared {outcome.compared} runs on {variant}; wrote {out}/compare.md, compare.json, compare.png")
     failed = outcome.failed
     for r in failed:
-        typer.echo(f"failed: {r.name} ({' '.join(r.point)}): {r.error}", err=True)
+        typer.echo(f"failed: {r.name} ({' '.join(r.overrides)}): {r.error}", err=True)
     typer.echo(
         f"sweep: {len(outcome.results) - len(failed)} of {len(outcome.results)} points passed, {len(failed)} failed",
         err=bool(failed),
@@ -205,10 +222,22 @@ def sweep(
 
 @app.command("sweep-point")
 def sweep_point(
-    set_param: list[str] = typer.Option([], "--set-param", "-S", help="KEY=VALUE of params.yaml (one point: no lists)"),
+    set_param: list[str] = typer.Option(
+        [],
+        "--set-param",
+        "-S",
+        help="KEY=VALUE of params.yaml (one point); with --group, the grid's KEY=V1,V2,... as given to `mnistlr sweep`",
+    ),
+    group: str | None = typer.Option(
+        None,
+        help="run this task of the grid: a group of points that share a training pass, or a slice of one "
+        "(NAME.IofK), as `mnistlr sweep --plan` with the same -S names them",
+    ),
     commit: str | None = typer.Option(None, help="commit to run (default: HEAD of this repository)"),
-    name: str | None = typer.Option(None, help="experiment name (default: the name `mnistlr sweep` gives it)"),
-    name_prefix: str = typer.Option("sweep", help="prefix of the default name"),
+    name: str | None = typer.Option(
+        None, help="experiment name of the one point (default: the one `mnistlr sweep` gives it)"
+    ),
+    name_prefix: str = typer.Option("sweep", help="prefix of the experiment names, as given to `mnistlr sweep`"),
     origin: str = typer.Option("origin", help="git remote name of this repository, or a URL"),
     config_local: Path | None = typer.Option(
         None,
@@ -219,16 +248,28 @@ def sweep_point(
         "environment)",
     ),
     workdir: Path | None = typer.Option(None, help="where the temporary clone goes (default: the temp folder)"),
+    results: Path | None = typer.Option(None, help="also write each point's outcome to this JSON file"),
 ) -> None:
-    """Run one point of a sweep: clone the commit from the git remote, dvc pull, dvc exp run -n NAME -S ...,
-    dvc push, dvc exp push. Skips when the experiment is already on the remote. Exit 1 when the experiment
-    fails, 75 when git or storage does (worth retrying)."""
+    """Run one group of a sweep's points (or one point) in a fresh clone of the commit from the git remote: dvc pull
+    of the prepared data, one training pass, each point recorded as an experiment (as `dvc exp run -S` records it),
+    then the experiments' data pushed to the DVC remote and their refs to the git remote. Points already on the
+    remote are skipped. Exit 1 when a point fails (the others are pushed), 75 when git or storage does (worth
+    retrying)."""
     from mnistlr.errors import MnistlrError
     from mnistlr.sweep import TEMPFAIL, TransientError, point_from_here
 
     try:
-        point_from_here(
-            set_param, commit, name, name_prefix, origin, config_local, workdir, log=lambda line: typer.echo(line)
+        outcome = point_from_here(
+            set_param,
+            group,
+            commit,
+            name,
+            name_prefix,
+            origin,
+            config_local,
+            workdir,
+            results,
+            log=lambda line: typer.echo(line),
         )
     except TransientError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -236,3 +277,8 @@ def sweep_point(
     except MnistlrError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    failed = [r for r in outcome if r.status == "failed"]
+    for r in failed:
+        typer.echo(f"error: {r.name} ({' '.join(r.overrides)}): {r.error}", err=True)
+    if failed:
+        raise typer.Exit(1)

@@ -1,19 +1,22 @@
-"""Sweeps on a Dask cluster: one task per grid point, git and the DVC remote the only shared state.
+"""Sweeps on a Dask cluster: one task per training pass, git and the DVC remote the only shared state.
 
-The driver (`mnistlr sweep`) expands `-S` grids exactly as `dvc exp run --queue -S` does (DVC's own
-Hydra parser), names every point from its params and the commit, skips the points whose experiment
-ref is already on the git remote, and submits one task per remaining point. A task runs the
-per-point command (`mnistlr sweep-point`) in a fresh clone of the commit: `dvc pull`, `dvc exp run`,
-`dvc push` (the cache first), then `dvc exp push` (the ref last, so a ref never exists without its
-data). The same per-point command runs unchanged as a CI matrix job or a SLURM array task.
+The driver (`mnistlr sweep --scheduler/--workers`) plans the grid as the one-machine sweep does (mnistlr.grid:
+DVC's Hydra parser, each point named from its params and the commit, the points grouped by what one training
+pass shares), skips the points whose experiment ref is already on the git remote, cuts a group into slices
+when it holds more of the points left to run than a worker's share, and submits one task per group or slice.
+A task runs `mnistlr sweep-point --group NAME` in a fresh clone of the commit: one `dvc pull` of the prepared
+data, one training pass of its points (mnistlr.grid.run_points: each point recorded as an experiment of the
+commit, the same as `dvc exp run -S <point>` records it), then one push of all its experiments: their DVC
+cache and run cache first, their git refs last, so that a ref never exists on the remote without its data.
+The same command runs a group alone, as a CI matrix job or a SLURM array task.
 
-A task's arguments are the git URL, the commit, the point's name and its overrides: no credentials.
-Anyone who can reach the scheduler can read them, so each worker takes the DVC remote's credentials
-from its own machine: a DVC config.local named by MNISTLR_DVC_CONFIG_LOCAL in the worker's environment
-(copied into each clone), else the standard AWS variables of that environment (AWS_ACCESS_KEY_ID,
-AWS_SECRET_ACCESS_KEY, and AWS_ENDPOINT_URL for a store whose endpoint .dvc/config does not name) or
-the worker's ~/.aws files. A local cluster (no --scheduler) runs on this machine: its workers are
-given the path of this repository's .dvc/config.local, never its text.
+A task's arguments are the git URL, the commit, the grid's -S options, the name prefix and the group's name:
+no credentials. Anyone who can reach the scheduler can read them, so each worker takes the DVC remote's
+credentials from its own machine: a DVC config.local named by MNISTLR_DVC_CONFIG_LOCAL in the worker's
+environment (copied into each clone), else the standard AWS variables of that environment (AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, and AWS_ENDPOINT_URL for a store whose endpoint .dvc/config does not name) or the
+worker's ~/.aws files. A local cluster (no --scheduler) runs on this machine: its workers are given the path
+of this repository's .dvc/config.local, never its text.
 
 dask and distributed are the optional `cluster` extra; only the driver and the workers need them.
 """
@@ -21,138 +24,67 @@ dask and distributed are the optional `cluster` extra; only the driver and the w
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
+import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from mnistlr import atomic
 from mnistlr.errors import MnistlrError
+from mnistlr.grid import (
+    TASK_RE,
+    Point,
+    PointOutcome,
+    expand_grid,
+    group_points,
+    plan,
+    point_name,
+    run_points,
+    select,
+    split_groups,
+    summarize,
+)
+from mnistlr.record import exp_ref, recorded
 from mnistlr.repo import beside_python, failure_line, git_answer, run_dvc, run_git
-from mnistlr.review import compare_experiments
 
 CONNECT_TIMEOUT_S = 10
 CONFIG_LOCAL_ENV = "MNISTLR_DVC_CONFIG_LOCAL"  # a worker's own DVC config.local (credentials) for its clones
 CLUSTER_INSTALL = "pip install 'mnistlr[cluster]'"
-TEMPFAIL = 75  # sweep-point's exit status for a failure worth retrying elsewhere (git or storage, not the experiment)
-WATCHDOG_ENV = (
-    "MNISTLR_SWEEP_WATCHDOG"  # set by the Dask task: the point kills its own process group if the worker dies
-)
-ORPHANED = threading.Event()  # set by the watchdog: the worker that ran this point is gone
+TEMPFAIL = 75  # sweep-point's exit status for a failure worth retrying elsewhere (git or storage, not the points)
+WATCHDOG_ENV = "MNISTLR_SWEEP_WATCHDOG"  # set by the Dask task: sweep-point stops itself if the worker dies
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
+CREDENTIALS_HINT = (
+    f"this machine's storage credentials: {CONFIG_LOCAL_ENV} naming a DVC config.local, or "
+    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment"
+)
+STORAGE_REFUSED = re.compile(
+    r"Unable to locate credentials|Forbidden|AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|\(403\)"
+)
 
 
 class TransientError(MnistlrError):
     """A failure of the shared state (clone, pull, push): another attempt may succeed."""
 
 
-# --- the grid --------------------------------------------------------------------------------------
-
-
-def expand_grid(sets: list[str]) -> list[list[str]]:
-    """Every point of the `-S` options, as `dvc exp run --queue -S` queues them: each option KEY=V1,V2,...
-    (Hydra's override grammar), their cartesian product, a repeated key's last option wins. Each point is
-    its list of KEY=VALUE overrides; points that set the same values are kept once."""
-    from dvc.exceptions import DvcException
-    from dvc.utils.cli_parse import to_path_overrides
-    from dvc.utils.hydra import get_hydra_sweeps
-    from hydra.errors import HydraException
-
-    if not sets:
-        raise MnistlrError("no -S given; accepted: one or more -S KEY=V1,V2,... e.g. -S 'optimizer=sgd,adam'")
-    for s in sets:
-        if "=" not in s:
-            raise MnistlrError(f"-S {s!r} is not KEY=V1,V2,...; e.g. -S 'optimizer=sgd,adam'")
-    by_file = to_path_overrides(sets)
-    other = sorted(set(by_file) - {"params.yaml"})
-    if other:
-        raise MnistlrError(f"-S sets params of {', '.join(other)}; accepted: keys of params.yaml only")
-    try:
-        sweeps = get_hydra_sweeps(by_file)
-    except (HydraException, DvcException) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MnistlrError(f"cannot parse -S {' -S '.join(sets)}: {first}") from None
-    points: list[list[str]] = []
-    for sweep in sweeps:
-        point = list(sweep.get("params.yaml", []))
-        if point not in points:
-            points.append(point)
-    return points
-
-
-def override_key(override: str) -> str:
-    """'train.weight_decay=0' -> 'train.weight_decay' (a leading + or ~ of Hydra's grammar dropped)."""
-    return override.partition("=")[0].lstrip("+~")
-
-
-def param_keys(params: dict, prefix: str = "") -> list[str]:
-    """Every key of params.yaml in dotted form, inner nodes included: 'train', 'train.lr', 'train.lr.sgd'."""
-    out = []
-    for k, v in params.items():
-        key = f"{prefix}{k}"
-        out.append(key)
-        if isinstance(v, dict):
-            out.extend(param_keys(v, key + "."))
-    return out
-
-
-def check_keys(points: list[list[str]], params_path: str | Path = "params.yaml") -> None:
-    """Every key the points set must be in params.yaml: a typo would run a whole sweep of identical models."""
-    params = yaml.safe_load(Path(params_path).read_text()) or {}
-    known = param_keys(params)
-    for point in points:
-        for override in point:
-            key = override_key(override)
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise MnistlrError(
-                    f"unknown param key {key!r} (not in {Path(params_path).name}){hint} "
-                    f"accepted: {', '.join(k for k in known if '.' not in k)} and their dotted sub-keys"
-                )
-
-
-def point_name(point: list[str], commit: str, prefix: str = "sweep") -> str:
-    """A short, deterministic experiment name (a valid git ref): prefix + hash of the sorted params and the commit."""
-    if not NAME_RE.match(prefix) or len(prefix) > 28:
-        raise MnistlrError(
-            f"--name-prefix {prefix!r} is not accepted; accepted: up to 28 letters, digits, - or _, "
-            "starting with a letter or digit"
-        )
-    text = commit + "\n" + "\n".join(sorted(point, key=override_key))
-    return f"{prefix}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
-
-
-def exp_ref(commit: str, name: str) -> str:
-    """The ref `dvc exp push` creates for experiment `name` of baseline `commit`."""
-    return f"refs/exps/{commit[:2]}/{commit[2:]}/{name}"
+@dataclass
+class PointResult:
+    name: str
+    overrides: list[str]
+    status: str  # done (pushed now) | skipped (on the remote before) | failed
+    error: str = ""
 
 
 # --- git -------------------------------------------------------------------------------------------
-
-
-def stop_if_orphaned() -> None:
-    """No git or dvc command starts once the worker running this point is gone."""
-    if ORPHANED.is_set():
-        raise TransientError("the Dask worker running this point died; stopped")
-
-
-def git(*args: str, cwd: str | Path = ".", error: type[MnistlrError] = MnistlrError) -> str:
-    """stdout of `git ARGS` (mnistlr.repo.run_git), unless this point's worker is gone."""
-    stop_if_orphaned()
-    return run_git(*args, cwd=cwd, error=error)
 
 
 def remote_url(remote: str, cwd: str | Path = ".") -> str:
@@ -168,17 +100,17 @@ def remote_url(remote: str, cwd: str | Path = ".") -> str:
 
 def remote_exp_refs(url: str, cwd: str | Path = ".") -> set[str]:
     """Every experiment ref on the git remote."""
-    out = git("ls-remote", url, "refs/exps/*", cwd=cwd, error=TransientError)
+    out = run_git("ls-remote", url, "refs/exps/*", cwd=cwd, error=TransientError)
     return {line.split("\t", 1)[1] for line in out.splitlines() if "\t" in line}
 
 
 def check_pushed(commit: str, remote: str, cwd: str | Path = ".") -> None:
     """The workers clone the commit from the remote: it must be there."""
-    advertised = git("ls-remote", remote, cwd=cwd)
+    advertised = run_git("ls-remote", remote, cwd=cwd)
     if any(line.split("\t", 1)[0] == commit for line in advertised.splitlines()):
         return
-    git("fetch", "-q", remote, cwd=cwd)
-    if git("for-each-ref", "--contains", commit, f"refs/remotes/{remote}", cwd=cwd).strip():
+    run_git("fetch", "-q", remote, cwd=cwd)
+    if run_git("for-each-ref", "--contains", commit, f"refs/remotes/{remote}", cwd=cwd).strip():
         return
     raise MnistlrError(
         f"commit {commit[:7]} is not on the git remote {remote!r}; the workers clone it from there: "
@@ -186,31 +118,44 @@ def check_pushed(commit: str, remote: str, cwd: str | Path = ".") -> None:
     )
 
 
-# --- one point -------------------------------------------------------------------------------------
+# --- one group, in a fresh clone ---------------------------------------------------------------------
+
+# Run in place of sweep-point (same PID and process group) when the worker that started it dies: stop the
+# group's other processes (dvc, the scoring pool), then remove the attempt's clone. exec() ends every thread
+# of the old program at once, so nothing of it writes or pushes after this.
+CLEANER = """
+import os, shutil, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+group = os.getpgrp()
+os.killpg(group, signal.SIGTERM)
+time.sleep(1.0)
+for pid in (p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            pgrp = int(f.read().rsplit(")", 1)[1].split()[2])
+        if pgrp == group:
+            os.kill(int(pid), signal.SIGKILL)
+    except (OSError, ValueError, IndexError):
+        pass
+shutil.rmtree(sys.argv[1], ignore_errors=True)
+"""
 
 
-def _start_watchdog(cleanup: Callable[[], None]) -> None:
-    """When the process that started us dies (a killed Dask worker), kill our whole process group
-    (dvc and its stages), after removing the clone: nothing of a dead attempt keeps running or pushes."""
+def _start_watchdog(attempt: Path) -> None:
+    """When the process that started us dies (a killed Dask worker), become CLEANER: nothing of a dead attempt
+    keeps running or pushes, and its clone goes. (sweep-point runs in its own process group under Dask.)"""
     parent = os.getppid()
-    # a handler, not SIG_IGN: our children get the default back at exec, so the group's SIGTERM stops them, not us
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.5)
-        ORPHANED.set()  # no further git or dvc command starts
-        with contextlib.suppress(OSError):
-            os.killpg(os.getpgrp(), signal.SIGTERM)
-        time.sleep(1.0)
-        cleanup()
-        os.killpg(os.getpgrp(), signal.SIGKILL)
+        os.execv(sys.executable, [sys.executable, "-c", CLEANER, str(attempt)])
 
     threading.Thread(target=watch, daemon=True).start()
 
 
 def _env() -> dict[str, str]:
-    """This Python's bin folder first on PATH (the stages' `python`); a git identity for DVC's experiment
+    """This Python's bin folder first on PATH (the stages' `python`); a git identity for the experiment
     commits where git has none."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -222,25 +167,27 @@ def _env() -> dict[str, str]:
     return env
 
 
-STORAGE_REFUSED = re.compile(
-    r"Unable to locate credentials|Forbidden|AccessDenied|InvalidAccessKeyId|"
-    r"SignatureDoesNotMatch|\(403\)"
-)
-
-
-def _dvc(*args: str, cwd: Path, env: dict[str, str], error: type[MnistlrError]) -> str:
-    """stdout of `dvc ARGS` (mnistlr.repo.run_dvc), unless this point's worker is gone. Storage that refuses
-    this machine's credentials (or finds none) says where they come from."""
-    stop_if_orphaned()
+@contextlib.contextmanager
+def _environ(env: dict[str, str]) -> Iterator[None]:
+    """os.environ set to `env` for this process and what it starts (the recorder's git and dvc, the pool)."""
+    old = dict(os.environ)
+    os.environ.update(env)
     try:
-        return run_dvc(*args, cwd=cwd, env=env, error=error)
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+
+
+def _dvc(*args: str, cwd: Path, error: type[MnistlrError]) -> str:
+    """stdout of `dvc ARGS` (mnistlr.repo.run_dvc); storage that refuses this machine's credentials (or finds
+    none) says where they come from."""
+    try:
+        return run_dvc(*args, cwd=cwd, error=error)
     except MnistlrError as exc:
         if not STORAGE_REFUSED.search(str(exc)):
             raise
-        raise type(exc)(
-            f"{exc}; this machine's storage credentials: {CONFIG_LOCAL_ENV} naming a DVC config.local, or "
-            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment"
-        ) from None
+        raise type(exc)(f"{exc}; {CREDENTIALS_HINT}") from None
 
 
 def default_remote(repo: Path) -> str | None:
@@ -253,52 +200,103 @@ def default_remote(repo: Path) -> str | None:
         raise MnistlrError(f"the DVC config of the clone (with its config.local) is not valid: {exc}") from None
 
 
-def run_point(
+def push_experiments(clone: Path, url: str, commit: str, names: list[str], has_remote: bool) -> None:
+    """Push experiments `names` of `commit`: their DVC cache and run cache to the default remote first (DVC's
+    own `dvc exp push` pushes the refs first), then their git refs, so that no ref is on the remote before its
+    data is."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    refs = [exp_ref(commit, n) for n in names]
+    if has_remote:
+        revs = [run_git("rev-parse", ref, cwd=clone).strip() for ref in refs]
+        try:
+            with contextlib.chdir(clone), Repo(str(clone)) as repo:
+                repo.push(revs=revs, workspace=False, run_cache=True)
+        except DvcException as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise TransientError(
+                f"pushing the experiments' data to the DVC remote failed: {first}; {CREDENTIALS_HINT}"
+            ) from None
+    try:
+        _dvc("exp", "push", "--no-cache", url, *names, cwd=clone, error=TransientError)
+    except TransientError:
+        if set(refs) - remote_exp_refs(url, clone):  # not another attempt's refs, there already
+            raise
+
+
+def run_group(
     url: str,
     commit: str,
-    name: str,
-    point: list[str],
+    sets: list[str],
+    group: str | None = None,
+    prefix: str = "sweep",
+    name: str | None = None,
     config_local: Path | None = None,
     workdir: str | Path | None = None,
     log: Callable[[str], None] = print,
-) -> str:
-    """Run one point in a fresh clone: 'skipped' when its ref is already on the remote, else 'done'.
-    MnistlrError: the experiment failed (retrying will not help); TransientError: git or storage did."""
-    ref = exp_ref(commit, name)
-    if ref in remote_exp_refs(url):
-        log(f"{name}: already on the remote ({ref}); skipped")
-        return "skipped"
-    attempt = Path(tempfile.mkdtemp(prefix=f"mnistlr-sweep-{name}-", dir=workdir))
+) -> list[PointResult]:
+    """Run one group (or slice) of the grid, or its one point when there is no group, in a fresh clone of
+    `commit`: the points already on the remote are skipped, the rest trained in one pass, recorded, and pushed.
+    MnistlrError: the grid or the group is wrong (retrying will not help); TransientError: git or storage."""
+    attempt = Path(tempfile.mkdtemp(prefix=f"mnistlr-sweep-{prefix}-", dir=workdir))
     clone = attempt / "repo"
     if os.environ.get(WATCHDOG_ENV):
-        _start_watchdog(lambda: shutil.rmtree(attempt, ignore_errors=True))
-    env = _env()
+        _start_watchdog(attempt)
     try:
-        git("clone", "-q", "--no-checkout", url, str(clone), cwd=attempt, error=TransientError)
-        git("checkout", "-q", "--detach", commit, cwd=clone)
-        if config_local is not None:
-            (clone / ".dvc" / "config.local").touch(mode=0o600)
-            shutil.copyfile(config_local, clone / ".dvc" / "config.local")
-        has_remote = default_remote(clone) is not None
-        if has_remote:
-            _dvc("pull", "--allow-missing", cwd=clone, env=env, error=TransientError)  # not -q: it hides errors
-        else:
-            log(f"{name}: no default DVC remote: the models stay in this clone; only metrics reach git")
-        log(f"{name}: dvc exp run {' '.join('-S ' + o for o in point)}")
-        _dvc("exp", "run", "-n", name, *(a for o in point for a in ("-S", o)), cwd=clone, env=env, error=MnistlrError)
-        if has_remote:
-            _dvc("push", cwd=clone, env=env, error=TransientError)  # the data first ...
-        try:
-            _dvc("exp", "push", "--no-cache", url, name, cwd=clone, env=env, error=TransientError)  # ... the ref last
-        except TransientError:
-            if ref not in remote_exp_refs(url):
-                raise
-        log(f"{name}: pushed {ref}")
-        return "done"
+        with _environ(_env()):
+            run_git("clone", "-q", "--no-checkout", url, str(clone), cwd=attempt, error=TransientError)
+            run_git("checkout", "-q", "--detach", commit, cwd=clone)
+            points = plan(sets, clone, commit, prefix, yes=True)  # the grid as the driver planned it
+            if group is not None:
+                points = select(group_points(points), group)
+            elif name is not None:
+                points[0].name = name
+            pushed = remote_exp_refs(url, clone)
+            results = {
+                p.name: PointResult(p.name, p.overrides, "skipped") for p in points if exp_ref(commit, p.name) in pushed
+            }
+            todo = [p for p in points if p.name not in results]
+            log(
+                f"{group or points[0].name}: {len(points)} point(s) of {commit[:8]}, {len(results)} on the remote "
+                f"already, {len(todo)} to run"
+            )
+            if todo:
+                results.update(_run_and_push(clone, url, commit, todo, config_local, log))
+            return [results[p.name] for p in points]
     finally:
         shutil.rmtree(attempt, ignore_errors=True)
-        if ORPHANED.is_set():  # whatever of our group is left goes with us
-            os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def _run_and_push(
+    clone: Path, url: str, commit: str, todo: list[Point], config_local: Path | None, log: Callable[[str], None]
+) -> dict[str, PointResult]:
+    if config_local is not None:
+        (clone / ".dvc" / "config.local").touch(mode=0o600)
+        shutil.copyfile(config_local, clone / ".dvc" / "config.local")
+    has_remote = default_remote(clone) is not None
+    if has_remote:  # the commit's prepared data; a group whose data differs makes its own
+        _dvc("pull", "--allow-missing", "prepare", cwd=clone, error=TransientError)  # not -q: it hides errors
+    else:
+        log("no default DVC remote: the models stay in this clone; only the experiments' commits reach git")
+    try:
+        outcome = run_points(todo, clone, commit, quiet=not sys.stderr.isatty(), log=log)
+        failed = {o.point.name: o.error or "failed" for o in outcome.outcomes if o.status == "failed"}
+    except TransientError:
+        raise
+    except MnistlrError as exc:  # the pass stopped (its data could not be made, say): what it recorded goes out
+        done = recorded(clone, commit)
+        failed = {p.name: str(exc) for p in todo if p.name not in done}
+    names = [p.name for p in todo if p.name not in failed]
+    if names:
+        push_experiments(clone, url, commit, names, has_remote)
+        log(f"pushed {len(names)} experiment(s) to {url}")
+    return {
+        p.name: PointResult(p.name, p.overrides, "failed", failed[p.name])
+        if p.name in failed
+        else PointResult(p.name, p.overrides, "done")
+        for p in todo
+    }
 
 
 def mnistlr_command() -> list[str]:
@@ -308,22 +306,28 @@ def mnistlr_command() -> list[str]:
 
 
 @dataclass
-class PointResult:
-    name: str
-    point: list[str]
-    status: str  # done | skipped | failed
-    seconds: float = 0.0
-    error: str = ""
-    host: str = field(default_factory=lambda: os.uname().nodename)
+class TaskResult:
+    task: str  # the group or slice
+    points: list[PointResult]
+    seconds: float
+    worker: str
+    error: str = ""  # the task failed before any point had an outcome
 
 
-def point_task(url: str, commit: str, name: str, point: list[str]) -> PointResult:
-    """The Dask task: the per-point command in a subprocess (its own process group, which kills itself
-    if this worker dies), with this worker's environment: the storage credentials are the worker's own
-    (MNISTLR_DVC_CONFIG_LOCAL or the AWS variables), none travel with the task. An experiment that fails
-    is a result; a git or storage failure raises, so Dask retries the task (a fresh clone)."""
+def group_task(url: str, commit: str, sets: list[str], task: str, prefix: str) -> TaskResult:
+    """The Dask task: `mnistlr sweep-point --group TASK` in a subprocess (its own process group, which stops
+    itself if this worker dies), with this worker's environment: the storage credentials are the worker's own
+    (MNISTLR_DVC_CONFIG_LOCAL or the AWS variables), none travel with the task. Points that fail are results;
+    a git or storage failure raises, so that Dask retries the task (a fresh clone, skipping what was pushed)."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker().address
+    except (ImportError, ValueError):
+        worker = os.uname().nodename
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mnistlr-sweep-task-") as tmp:
+        out, err, results = Path(tmp) / "out.log", Path(tmp) / "err.log", Path(tmp) / "results.json"
         cmd = [
             *mnistlr_command(),
             "sweep-point",
@@ -331,20 +335,31 @@ def point_task(url: str, commit: str, name: str, point: list[str]) -> PointResul
             url,
             "--commit",
             commit,
-            "--name",
-            name,
-            *(a for o in point for a in ("-S", o)),
+            "--group",
+            task,
+            "--name-prefix",
+            prefix,
+            "--results",
+            str(results),
+            *(a for s in sets for a in ("-S", s)),
         ]
-        proc = subprocess.run(
-            cmd, cwd=tmp, env={**_env(), WATCHDOG_ENV: "1"}, capture_output=True, text=True, start_new_session=True
-        )
-    last = failure_line(proc.stderr) if proc.stderr.strip() else f"exit {proc.returncode}"
+        # files, not pipes: if this worker dies, the orphan's writes must not fail before it stops itself
+        with out.open("w") as stdout, err.open("w") as stderr:
+            proc = subprocess.run(
+                cmd,
+                cwd=tmp,
+                env={**_env(), WATCHDOG_ENV: "1"},
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+            )
+        said = err.read_text()
+        points = [PointResult(**r) for r in json.loads(results.read_text())] if results.is_file() else []
+    last = failure_line(said) if said.strip() else f"exit {proc.returncode}"
     if proc.returncode == TEMPFAIL:
-        raise RuntimeError(f"{name}: {last}")
-    if proc.returncode != 0:
-        return PointResult(name, point, "failed", time.monotonic() - start, last)
-    status = "skipped" if "already on the remote" in proc.stdout else "done"
-    return PointResult(name, point, status, time.monotonic() - start)
+        raise RuntimeError(f"{task}: {last}")
+    return TaskResult(task, points, time.monotonic() - start, worker, "" if points else last)
 
 
 # --- the driver ------------------------------------------------------------------------------------
@@ -353,9 +368,12 @@ def point_task(url: str, commit: str, name: str, point: list[str]) -> PointResul
 @dataclass
 class SweepOutcome:
     commit: str
+    points: list[Point]
     results: list[PointResult]
     compared: int = 0
+    comparison: str = ""
     summary: str = ""
+    tasks: list[TaskResult] = field(default_factory=list)
 
     @property
     def failed(self) -> list[PointResult]:
@@ -407,8 +425,24 @@ def connect(
     return Client(cluster), cluster
 
 
-def _describe(point: list[str]) -> str:
-    return " ".join(point) or "(no overrides)"
+def worker_slots(client: Any) -> int:
+    """How many tasks the cluster runs at once: its workers' threads (at least 1)."""
+    workers = client.scheduler_info().get("workers", {})
+    return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+
+
+def plan_tasks(
+    sets: list[str], workers: int | None = None, prefix: str = "sweep", cwd: str | Path = "."
+) -> tuple[str, dict[str, list[Point]]]:
+    """`mnistlr sweep --plan`: (HEAD, its tasks): the grid's groups, cut into slices for `workers` workers."""
+    root = Path(run_git("rev-parse", "--show-toplevel", cwd=cwd).strip())
+    commit = run_git("rev-parse", "HEAD", cwd=root).strip()
+    points = plan(sets, root, commit, prefix, yes=True)
+    return commit, split_groups(group_points(points), {p.name for p in points}, workers or 1)
+
+
+def _describe(overrides: list[str]) -> str:
+    return " ".join(overrides) or "(no overrides)"
 
 
 def run_sweep(
@@ -423,19 +457,18 @@ def run_sweep(
     cwd: str | Path = ".",
     log: Callable[[str], None] = print,
     connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    yes: bool = False,
 ) -> SweepOutcome:
-    """Check everything, run every point not yet on the remote, pull the results and compare them.
+    """Check everything, run every point not yet on the remote as groups, pull the results and compare them.
     No credentials leave this machine: a remote scheduler's workers use their own; a local cluster's
     workers read this repository's .dvc/config.local (unless MNISTLR_DVC_CONFIG_LOCAL names another)."""
     require_distributed()
-    root = Path(git("rev-parse", "--show-toplevel", cwd=cwd).strip())
-    points = expand_grid(sets)
-    check_keys(points, root / "params.yaml")
+    root = Path(run_git("rev-parse", "--show-toplevel", cwd=cwd).strip())
+    commit = run_git("rev-parse", "HEAD", cwd=root).strip()
+    points = plan(sets, root, commit, name_prefix, yes)
     url = remote_url(remote, root)
-    commit = git("rev-parse", "HEAD", cwd=root).strip()
     check_pushed(commit, remote, root)
-    names = [point_name(p, commit, name_prefix) for p in points]
-    if git("status", "--porcelain", "--untracked-files=no", cwd=root).strip():
+    if run_git("status", "--porcelain", "--untracked-files=no", cwd=root).strip():
         log(f"note: uncommitted changes are not part of the sweep; it runs commit {commit[:7]}")
     cfg = root / ".dvc" / "config.local"
     local_cfg = cfg if cfg.is_file() and not scheduler and CONFIG_LOCAL_ENV not in os.environ else None
@@ -446,35 +479,45 @@ def run_sweep(
         )
 
     pushed = remote_exp_refs(url, root)
-    results: dict[str, PointResult] = {}
-    todo = []
-    for name, point in zip(names, points, strict=True):
-        if exp_ref(commit, name) in pushed:
-            results[name] = PointResult(name, point, "skipped")
-        else:
-            todo.append((name, point))
+    results = {p.name: PointResult(p.name, p.overrides, "skipped") for p in points if exp_ref(commit, p.name) in pushed}
+    todo = {p.name for p in points} - set(results)
     log(
         f"sweep of {len(points)} points on {commit[:7]}: {len(results)} already on {remote} (skipped), "
         f"{len(todo)} to run"
     )
-
+    tasks_run: list[TaskResult] = []
     if todo:
         client, cluster = connect(scheduler, n_workers, local_cfg, connect_timeout_s)
         try:
-            results.update(_run_tasks(client, url, commit, todo, log))
+            slots = worker_slots(client) if scheduler else n_workers
+            tasks = split_groups(group_points(points), todo, slots)
+            log(
+                f"{len(tasks)} task(s) for {slots} worker(s), each one clone and one training pass: "
+                + ", ".join(f"{t} ({sum(p.name in todo for p in ps)} to run)" for t, ps in tasks.items())
+            )
+            done, tasks_run = _run_tasks(client, url, commit, sets, name_prefix, tasks, todo, log)
+            results.update(done)
         finally:
             client.close()
             if cluster is not None:
                 cluster.close()
 
-    outcome = SweepOutcome(commit, [results[n] for n in names])
+    outcome = SweepOutcome(commit, points, [results[p.name] for p in points], tasks=tasks_run)
     ok = [r.name for r in outcome.results if r.status in ("done", "skipped")]
     if ok:
+        from mnistlr.review import compare_experiments
+
         log(f"pulling {len(ok)} experiments from {remote}")
         run_dvc("exp", "pull", "--no-cache", "-f", remote, *ok, cwd=root)
+        status = {"done": "recorded", "skipped": "skipped", "failed": "failed"}
+        outcome.summary = summarize(
+            root,
+            commit,
+            [PointOutcome(p, status[r.status], r.error) for p, r in zip(points, outcome.results, strict=True)],
+        )
         try:
-            table, summary = compare_experiments(Path(root) / out, variant, metric, [commit], cwd=root)
-            outcome.compared, outcome.summary = len(table), summary
+            table, outcome.comparison = compare_experiments(Path(root) / out, variant, metric, [commit], cwd=root)
+            outcome.compared = len(table)
         except MnistlrError as exc:
             log(f"compare: {exc}")
     return outcome
@@ -486,19 +529,27 @@ def _executing_keys(dask_worker: Any) -> list[str]:
 
 
 def _run_tasks(
-    client: Any, url: str, commit: str, todo: list[tuple[str, list[str]]], log: Callable[[str], None]
-) -> dict[str, PointResult]:
-    """Submit one task per point (retries=2) and report progress until every one has an outcome."""
+    client: Any,
+    url: str,
+    commit: str,
+    sets: list[str],
+    prefix: str,
+    tasks: dict[str, list[Point]],
+    todo: set[str],
+    log: Callable[[str], None],
+) -> tuple[dict[str, PointResult], list[TaskResult]]:
+    """Submit one task per group or slice (retries=2) and report progress until every one has an outcome."""
     from distributed import wait
 
+    digest = hashlib.sha256("\n".join([commit, prefix, *sets]).encode()).hexdigest()[:8]
     futures = {
-        client.submit(point_task, url, commit, name, point, key=f"mnistlr-sweep-{name}", pure=False, retries=2): (
-            name,
-            point,
-        )
-        for name, point in todo
+        client.submit(
+            group_task, url, commit, sets, task, prefix, key=f"mnistlr-sweep-{task}-{digest}", pure=False, retries=2
+        ): task
+        for task in tasks
     }
     results: dict[str, PointResult] = {}
+    finished: list[TaskResult] = []
     pending = set(futures)
     last_line = ""
     while pending:
@@ -507,17 +558,24 @@ def _run_tasks(
         done = {f for f in pending if f.done()}
         pending -= done
         for fut in done:
-            name, point = futures[fut]
+            task = futures[fut]
             try:
                 res = fut.result()
             except Exception as exc:
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                res = PointResult(name, point, "failed", error=first)
-            results[name] = res
-            if res.status == "failed":
-                log(f"FAILED {name} ({_describe(point)}): {res.error}")
-            else:
-                log(f"{res.status} {name} ({_describe(point)}) in {res.seconds:.0f} s on {res.host}")
+                res = TaskResult(task, [], 0.0, "", (str(exc).strip().splitlines() or [type(exc).__name__])[0])
+            finished.append(res)
+            by_name = {r.name: r for r in res.points}
+            for p in tasks[task]:
+                if p.name not in todo:
+                    continue
+                r = by_name.get(p.name) or PointResult(p.name, p.overrides, "failed", res.error or "no result")
+                results[p.name] = r
+                if r.status == "failed":
+                    log(f"FAILED {p.name} ({_describe(p.overrides)}): {r.error}")
+                else:
+                    log(f"{r.status} {p.name} ({_describe(p.overrides)})")
+            where = f" on {res.worker}" if res.worker else ""
+            log(f"task {task}: {len(tasks[task])} point(s) in {res.seconds:.0f} s{where}")
         try:
             executing = {k for keys in client.run(_executing_keys, on_error="ignore").values() for k in keys}
         except Exception:
@@ -525,39 +583,53 @@ def _run_tasks(
         running = sum(1 for f in pending if str(f.key) in executing)
         failed = sum(1 for r in results.values() if r.status == "failed")
         line = (
-            f"progress: {len(results) - failed}/{len(futures)} done, {running} running, "
-            f"{len(pending) - running} waiting, {failed} failed"
+            f"progress: {len(results) - failed}/{len(todo)} points done, {failed} failed; "
+            f"{running} task(s) running, {len(pending) - running} waiting"
         )
         if line != last_line:
             log(line)
             last_line = line
-    return results
+    return results, finished
+
+
+# --- sweep-point: a group, or one point, from a checkout or from a Dask task ------------------------------------
 
 
 def point_from_here(
     sets: list[str],
+    group: str | None = None,
     commit: str | None = None,
     name: str | None = None,
     name_prefix: str = "sweep",
     origin: str = "origin",
     config_local: Path | None = None,
     workdir: str | Path | None = None,
+    results_file: Path | None = None,
     log: Callable[[str], None] = print,
-) -> str:
-    """`mnistlr sweep-point`: one point, from a checkout (a CI job, a SLURM task) or from a Dask task (origin a URL).
-    config_local: a DVC config.local on this machine for the clone (default: this checkout's, if any); without
-    one the clone's dvc takes the AWS variables of this environment."""
-    points = expand_grid(sets) if sets else [[]]
-    if len(points) != 1:
+) -> list[PointResult]:
+    """`mnistlr sweep-point`: a group of the grid (or one point), from a checkout (a CI job, a SLURM task) or
+    from a Dask task (origin a URL). config_local: a DVC config.local on this machine for the clone (default:
+    this checkout's, if any); without one the clone's dvc takes the AWS variables of this environment."""
+    points = expand_grid(sets)
+    if group is None and len(points) != 1:
         raise MnistlrError(
-            f"sweep-point runs one point but -S {' -S '.join(sets)} makes {len(points)}; "
-            "give single values (a CI matrix or an array job sets one point per task)"
+            f"sweep-point runs one point but -S {' -S '.join(sets)} makes {len(points)}; give single values, "
+            "or --group NAME to run a group of the grid (`mnistlr sweep --plan` lists them)"
         )
-    point = points[0]
+    if group is not None and not TASK_RE.match(group):
+        raise MnistlrError(
+            f"--group {group!r} is not accepted; accepted: a group as `mnistlr sweep --plan` names it, "
+            "g-<8 hex digits>, or a slice of one, g-<8 hex digits>.IofK"
+        )
+    if group is not None and name is not None:
+        raise MnistlrError("--name names one point; a group's points are named as `mnistlr sweep` names them")
+    point_name(points[0], "0" * 40, name_prefix)  # a bad prefix is refused before any clone
     top = git_answer("rev-parse", "--show-toplevel")
     root = Path(top.strip()) if top else None
     if root is not None and (root / "params.yaml").is_file():
-        check_keys([point], root / "params.yaml")
+        from mnistlr.grid import check_keys
+
+        check_keys(points, root / "params.yaml")
     is_url = "://" in origin or origin.startswith(("/", ".", "~")) or ("@" in origin and ":" in origin)
     if not is_url and root is None:
         raise MnistlrError(f"--origin {origin!r} is a remote name but this is no git repository; pass the URL")
@@ -565,13 +637,12 @@ def point_from_here(
     if commit is None:
         if root is None:
             raise MnistlrError("no --commit and no git repository here to take HEAD from")
-        commit = git("rev-parse", "HEAD", cwd=root).strip()
+        commit = run_git("rev-parse", "HEAD", cwd=root).strip()
     if not re.fullmatch(r"[0-9a-f]{40}", commit):
         raise MnistlrError(
             f"--commit {commit!r} is not accepted; accepted: a full 40-hex commit id (git rev-parse HEAD)"
         )
-    name = name or point_name(point, commit, name_prefix)
-    if not NAME_RE.match(name):
+    if name is not None and not NAME_RE.match(name):
         raise MnistlrError(f"--name {name!r} is not accepted; accepted: up to 40 letters, digits, - or _")
     if config_local is not None and not Path(config_local).is_file():
         raise MnistlrError(
@@ -581,4 +652,9 @@ def point_from_here(
         )
     if config_local is None and root is not None and (root / ".dvc" / "config.local").is_file():
         config_local = root / ".dvc" / "config.local"
-    return run_point(url, commit, name, point, config_local, workdir, log)
+    results = run_group(url, commit, sets, group, name_prefix, name, config_local, workdir, log)
+    for r in results:
+        log(f"{r.status} {r.name} ({_describe(r.overrides)})" + (f": {r.error}" if r.error else ""))
+    if results_file is not None:
+        atomic.write_json(results_file, [asdict(r) for r in results])
+    return results
