@@ -2,15 +2,16 @@
 local Dask cluster of 2 worker processes, on this machine.
 
 Both run the same grid (`-S optimizer=sgd,adam -S train.weight_decay=0,0.0001 -S train.batch_size=64,128`) of
-cheap points (one variant, EPOCHS epochs, CPU) from the same reproduced baseline. The sweep also does what the
-queue does not: a fresh clone per point, `dvc pull`, `dvc push` to a real S3 server (SeaweedFS on 127.0.0.1),
-`dvc exp push` to a bare git origin, then `dvc exp pull` of every result and the comparison.
+cheap points (one variant, EPOCHS epochs, CPU) from the same reproduced baseline. The sweep runs one task per
+training pass (4 here: the optimizer and the batch size are shared in a pass) and also does what the queue
+does not: a fresh clone per task, `dvc pull`, a push of its experiments to a real S3 server (SeaweedFS on
+127.0.0.1) and to a bare git origin, then `dvc exp pull` of every result and the comparison.
 
-    python bench/sweep_throughput.py [--epochs 1] [--mirror DIR | --synthetic]
+    python bench/sweep_throughput.py [--epochs 1] [--mirror DIR | --synthetic] [--out bench/results/sweep_throughput]
 
 The real MNIST comes from --mirror, else the folder MNISTLR_MNIST_DIR names; without either, a synthetic one.
 
-Prints a markdown table; writes bench/results/sweep_throughput.{json,md}. It measures; it asserts nothing.
+Prints a markdown table; writes it (and JSON beside it) only with --out. It measures; it asserts nothing.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def time_queue(project: Path, env: dict, jobs: int) -> dict:
 
 
 def time_sweep(project: Path, env: dict, workers: int) -> dict:
-    """`mnistlr sweep` on a local cluster; seconds in all, until the last point finished, and per point."""
+    """`mnistlr sweep` on a local cluster; seconds in all, until the last task finished, and per task."""
     start = time.monotonic()
     proc = subprocess.Popen(
         [
@@ -99,22 +100,23 @@ def time_sweep(project: Path, env: dict, workers: int) -> dict:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    last_point, per_point, lines = start, [], []
+    last_task, per_task, succeeded, lines = start, [], 0, []
     for line in proc.stdout:
         lines.append(line.rstrip())
-        m = re.match(r"^done \S+ \(.*\) in (\d+) s", line)
+        succeeded += bool(re.match(r"^done \S+ \(", line))
+        m = re.match(r"^task \S+: (\d+) point\(s\) in (\d+) s", line)
         if m:
-            per_point.append(int(m.group(1)))
-            last_point = time.monotonic()
+            per_task.append({"points": int(m.group(1)), "seconds": int(m.group(2))})
+            last_task = time.monotonic()
     proc.wait()
     seconds = time.monotonic() - start
     return {
         "seconds": seconds,
-        "succeeded": len(per_point),
+        "succeeded": succeeded,
         "exit": proc.returncode,
-        "points_done_at": last_point - start,
-        "driver_tail_seconds": seconds - (last_point - start),
-        "per_point_seconds": per_point,
+        "tasks_done_at": last_task - start,
+        "driver_tail_seconds": seconds - (last_task - start),
+        "tasks": per_task,
         "output_tail": lines[-6:],
     }
 
@@ -125,7 +127,9 @@ def main(
     mirror: Path = typer.Option(None, help="MNIST mirror (default: the canonical one if present, else synthetic)"),
     synthetic: bool = typer.Option(False, help="use a small synthetic mirror (1200 train images)"),
     jobs: int = typer.Option(2, help="dvc queue workers and local Dask workers"),
-    out: Path = typer.Option(REPO / "bench" / "results" / "sweep_throughput", help="JSON and markdown, no suffix"),
+    out: Path | None = typer.Option(
+        None, help="also write the table and the JSON here, e.g. bench/results/sweep_throughput (no suffix)"
+    ),
 ) -> None:
     """Measure and print experiments per hour of both ways."""
     storage_mod = load_storage_module()
@@ -148,8 +152,8 @@ def main(
         finally:
             storage_mod.stop(storage)
     n = 8
-    per_point = sorted(sweep["per_point_seconds"])
-    mean_point = sum(per_point) / len(per_point) if per_point else float("nan")
+    tasks = sweep["tasks"]
+    mean_task = sum(t["seconds"] for t in tasks) / len(tasks) if tasks else float("nan")
     result = {
         "grid": GRID,
         "points": n,
@@ -161,10 +165,10 @@ def main(
         "sweep": {
             **sweep,
             "experiments_per_hour": 3600 * sweep["succeeded"] / sweep["seconds"],
-            "mean_point_seconds": mean_point,
+            "mean_task_seconds": mean_task,
         },
-        # T(N machines of w workers) ~ ceil(P / (N w)) * point + driver tail (dvc exp pull + compare, serial)
-        "model": {"point_seconds": mean_point, "driver_tail_seconds": sweep["driver_tail_seconds"]},
+        # T(N machines of w workers) ~ ceil(tasks / (N w)) * task + driver tail (dvc exp pull + compare, serial)
+        "model": {"task_seconds": mean_task, "driver_tail_seconds": sweep["driver_tail_seconds"]},
         "command": "python bench/sweep_throughput.py " + " ".join(sys.argv[1:]),
     }
     table = "\n".join(
@@ -174,17 +178,18 @@ def main(
             "|---|---:|---:|---:|",
             f"| `dvc queue start -j {jobs}` (local, nothing pushed) | {queue['seconds']:.0f} | "
             f"{result['queue']['experiments_per_hour']:.0f} | {queue['succeeded']}/{n} |",
-            f"| `mnistlr sweep --workers {jobs}` (clone, pull, run, push to S3 + git, pull, compare) | "
+            f"| `mnistlr sweep --workers {jobs}` ({len(tasks)} tasks: clone, pull, train, push to S3 + git; "
+            "pull, compare) | "
             f"{sweep['seconds']:.0f} | {result['sweep']['experiments_per_hour']:.0f} | {sweep['succeeded']}/{n} |",
             "",
-            f"Sweep: mean {mean_point:.0f} s per point in its task (clone + pull + exp run + push); "
-            "the driver's serial "
-            f"tail (dvc exp pull of all {n} + compare) {sweep['driver_tail_seconds']:.0f} s.",
+            f"Sweep: mean {mean_task:.0f} s per task (clone + pull + one training pass of its points + push); "
+            f"the driver's serial tail (dvc exp pull of all {n} + compare) {sweep['driver_tail_seconds']:.0f} s.",
         ]
     )
     print(table)
-    atomic.write_json(out.with_suffix(".json"), result)
-    atomic.write_text(out.with_suffix(".md"), table + "\n")
+    if out is not None:
+        atomic.write_json(out.with_suffix(".json"), result)
+        atomic.write_text(out.with_suffix(".md"), table + "\n")
 
 
 if __name__ == "__main__":
