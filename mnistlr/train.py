@@ -989,7 +989,8 @@ def train_grid(
             same[1].append((name, labels))
     fitted: list[dict[str, Fitted]] = [{} for _ in points]
     x = torch.from_numpy(pixels).to(device)
-    for index, members in groups:
+
+    def train_group(index: np.ndarray, members: list[tuple[str, np.ndarray]]) -> None:
         rows = torch.from_numpy(index).to(device)
         models = [(point, name, labels) for point in points for name, labels in members]
         if params.optimizer == "lbfgs":  # full batch: the subset itself, one model at a time
@@ -1003,7 +1004,7 @@ def train_grid(
                     if on_divergence == "raise":
                         raise
                     fitted[i // len(members)][name] = Fitted(None, [], str(exc))
-            continue
+            return
         programs = fit_models(
             x,
             torch.from_numpy(np.stack([labels for _, _, labels in models])).to(device),
@@ -1021,6 +1022,18 @@ def train_grid(
         )
         for i, ((_, name, _), one) in enumerate(zip(models, programs, strict=True)):
             fitted[i // len(members)][name] = one
+
+    # A group of at least as many models as threads trains on all of them; smaller groups (a point's
+    # subsets, one model each) train side by side, one thread each, the largest first.
+    threads = torch.get_num_threads() if device.type == "cpu" and params.optimizer != "lbfgs" else 1
+    small = [g for g in groups if len(points) * len(g[1]) < threads]
+    for group in groups:
+        if len(points) * len(group[1]) >= threads:
+            train_group(*group)
+    if small:
+        small.sort(key=lambda g: -len(g[0]) * len(g[1]))
+        with ThreadPoolExecutor(min(threads, len(small)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            list(pool.map(lambda group: train_group(*group), small))
     return [{name: f[name] for name in params.variants} for f in fitted]
 
 

@@ -720,6 +720,8 @@ def small_prepared(tmp_path_factory, synthetic_mirror):
 
 
 def test_a_grid_trains_in_one_pass_and_writes_each_points_files_as_training_it_alone(small_prepared, tmp_path):
+    """Four points differing in every per-model key: each point's models and curves from the grid are byte for
+    byte the files `train` writes for that point alone, at another thread count."""
     from mnistlr.data import load_preprocessing
     from mnistlr.train import save_fitted, train
 
@@ -729,12 +731,14 @@ def test_a_grid_trains_in_one_pass_and_writes_each_points_files_as_training_it_a
         parse_params({**raw, "train": {**raw["train"], "lr": {"sgd": lr}, "weight_decay": wd, "l1": l1, "patience": p}})
         for lr, wd, l1, p in grid
     ]
-    fitted = train_grid(points, prepared)
+    with torch_threads(1):  # one program per set of images
+        fitted = train_grid(points, prepared)
     pre = load_preprocessing(prepared)
     for i, (point, variants) in enumerate(zip(points, fitted, strict=True)):
         assert list(variants) == ["full", "half", "noisy"]
         alone = tmp_path / f"alone{i}"
-        train(point, prepared, alone / "models", alone / "curves")
+        with torch_threads(2):  # full and noisy as two programs, half beside them on its own thread
+            train(point, prepared, alone / "models", alone / "curves")
         together = tmp_path / f"together{i}"
         save_fitted(point, variants, pre, together / "models", together / "curves")
         for name in variants:
