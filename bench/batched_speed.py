@@ -2,10 +2,10 @@
 
 Trains Adam (lr 0.002) on a prepared folder's training split for --epochs epochs, once as a single
 model with `fit` and then as K models at once with `fit_batched`, at each batch size, on the CPU at
---threads threads (the studies run at one). `fit` also scores train and validation after each epoch
-(its learning curve, one forward pass over 60k images); `fit_batched` does not. It measures; it asserts nothing
-(tests/test_train.py
-checks that the batched models are the ones `fit` would train). Usage:
+--threads threads (the studies run at one). `fit` also scores the validation set after each epoch (its
+learning curve); `fit_batched` does not. It measures; it asserts nothing (tests/test_train.py checks that the
+batched models are bit for bit the ones `fit` trains; bench/trainer_scaling.py measures the scaling with K
+beside the machine's peak). Usage:
   python bench/batched_speed.py --prepared data/prepared_deskewed
 """
 
