@@ -45,6 +45,7 @@ from mnistlr.grid import (
     TASK_RE,
     Point,
     PointOutcome,
+    check_keys,
     expand_grid,
     group_points,
     plan,
@@ -626,9 +627,8 @@ def point_from_here(
     point_name(points[0], "0" * 40, name_prefix)  # a bad prefix is refused before any clone
     top = git_answer("rev-parse", "--show-toplevel")
     root = Path(top.strip()) if top else None
-    if root is not None and (root / "params.yaml").is_file():
-        from mnistlr.grid import check_keys
-
+    checkout = root is not None and (root / "params.yaml").is_file() and (root / ".dvc").is_dir()
+    if checkout:
         check_keys(points, root / "params.yaml")
     is_url = "://" in origin or origin.startswith(("/", ".", "~")) or ("@" in origin and ":" in origin)
     if not is_url and root is None:
@@ -642,6 +642,8 @@ def point_from_here(
         raise MnistlrError(
             f"--commit {commit!r} is not accepted; accepted: a full 40-hex commit id (git rev-parse HEAD)"
         )
+    if checkout and group is not None and git_answer("cat-file", "-e", f"{commit}^{{commit}}", cwd=root) is not None:
+        select(group_points(plan(sets, root, commit, name_prefix, yes=True)), group)  # refused before any clone
     if name is not None and not NAME_RE.match(name):
         raise MnistlrError(f"--name {name!r} is not accepted; accepted: up to 40 letters, digits, - or _")
     if config_local is not None and not Path(config_local).is_file():
