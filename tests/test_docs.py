@@ -414,9 +414,21 @@ class Reader:
 
 
 def s3_values(storage) -> dict[str, str]:
+    """The test server's endpoint and keys, and a bucket of the page's own: the server is shared with other tests,
+    which count what their remote holds."""
+    import botocore.session  # comes with dvc-s3
+
+    bucket = f"doc-test-{uuid.uuid4().hex[:12]}"
+    botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=storage.endpoint,
+        aws_access_key_id=storage.access_key,
+        aws_secret_access_key=storage.secret_key,
+        region_name="us-east-1",
+    ).create_bucket(Bucket=bucket)
     return {
         "https://s3.example.com": storage.endpoint,
-        "BUCKET": storage.bucket,
+        "BUCKET": bucket,
         "KEY_ID": storage.access_key,
         "SECRET": storage.secret_key,
     }
