@@ -11,6 +11,7 @@ import sys
 from fractions import Fraction
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mnistlr import review, stats
@@ -315,7 +316,8 @@ def test_exp_show_asks_again_once_when_a_queued_runs_temp_folder_vanished(monkey
 def test_compare_writes_files_only_when_given_a_folder(monkeypatch, tmp_path):
     y = np.arange(300) % 10
     monkeypatch.setattr(review, "predictions_at", lambda rev, variant, cwd=".": (y, y))
-    monkeypatch.setattr(review, "curves_at", lambda rev, variant, cwd=".": None)
+    curve = pd.DataFrame({"epoch": [1, 2], "val_loss": [0.5, 0.4], "val_accuracy": [0.9, 0.92]})
+    monkeypatch.setattr(review, "curves_at", lambda rev, variant, cwd=".": curve)
     monkeypatch.chdir(tmp_path)
     fake_dvc(monkeypatch, [exp_show()])
     table, summary = review.compare_experiments(variant="full", cwd=tmp_path)
