@@ -174,22 +174,24 @@ STRIDE = 800
 
 
 def with_ones(x: torch.Tensor) -> torch.Tensor:
-    """Inputs [N, 784] (or images) as [max(N, 2), 785] rows (pixels | 1), the 1 multiplying the bias column.
-    A lone input gets a zero row beside it: a product with a single column goes another BLAS way (a
-    matrix-vector product), whose rounding of each model's row depends on how many models there are."""
+    """Inputs [N, 784] (or images) as [N + 1, 785] rows (pixels | 1), the 1 multiplying the bias column, and a
+    zero row last. A lone input is multiplied with the zero row beside it: a product with a single column goes
+    another BLAS way (a matrix-vector product), whose rounding of each model's row depends on how many models
+    there are."""
     n = x.shape[0]
-    out = torch.zeros(max(n, 2), COLS, dtype=torch.float32, device=x.device)
+    out = torch.zeros(n + 1, COLS, dtype=torch.float32, device=x.device)
     out[:n, :IN_FEATURES] = x.flatten(1)
     out[:n, IN_FEATURES] = 1
     return out
 
 
 def logits_t(theta: torch.Tensor, xp: torch.Tensor, n: int) -> torch.Tensor:
-    """Every model's logits, transposed, [K, 10, n], of theta [K * 10, 785] on the first n rows of xp (with_ones).
+    """Every model's logits, transposed, [K, 10, n], of theta [K * 10, 785] on the first n rows of xp (with_ones,
+    at least n + 1 rows when n = 1).
 
     One product for all K models; each row of theta is multiplied on its own, so a model's logits are the same
     bits for any K (the BLAS this project pins does not change a row's rounding with the number of rows)."""
-    z = torch.mm(theta, xp.t())
+    z = torch.mm(theta, xp[: max(n, 2)].t())
     return (z if z.shape[1] == n else z[:, :n]).reshape(-1, NUM_CLASSES, n)
 
 
@@ -213,17 +215,18 @@ class Batch:
 
     @staticmethod
     def of(
-        xz: torch.Tensor,
+        xp: torch.Tensor,
         ys: torch.Tensor,
         nll: torch.Tensor | None = None,
         top: torch.Tensor | None = None,
         predicted: torch.Tensor | None = None,
         z: torch.Tensor | None = None,
     ) -> Batch:
-        """The batch of inputs xz (with_ones: B rows, or B + 1 when B = 1) and labels ys [K, B], writing into the
-        given buffers (new ones where None)."""
+        """The batch of inputs xp (with_ones: its first B rows, and a zero row after them when B = 1) and labels
+        ys [K, B], writing into the given buffers (new ones where None)."""
         k, b = ys.shape
         device = ys.device
+        xz = xp[: max(b, 2)]
         z = torch.empty(k * NUM_CLASSES, xz.shape[0], device=device) if z is None else z
         return Batch(
             xb=xz[:b],
@@ -531,31 +534,28 @@ class Program:
         finite = torch.isfinite(self.storage).view(self.k, -1).all(dim=1).tolist()
         return loss, accuracy, finite
 
-    def scores(self, xp: torch.Tensor, y: torch.Tensor, models: Sequence[int]) -> dict[int, tuple[float, float]]:
-        """(cross-entropy, accuracy) on (xp, y) of each model in `models`, by `scores`, a few models per product."""
-        out: dict[int, tuple[float, float]] = {}
-        for lo in range(0, self.k, SCORE_CHUNK):
-            wanted = [i for i in models if lo <= i < lo + SCORE_CHUNK]
-            if wanted:
-                hi = min(lo + SCORE_CHUNK, self.k)
-                found = scores(self.theta[lo * NUM_CLASSES : hi * NUM_CLASSES], xp, y)
-                out.update((i, found[i - lo]) for i in wanted)
-        return out
+    def scores(self, xp: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float]]:
+        """(cross-entropy, accuracy) of each model on (xp, y), by `scores`."""
+        return scores(self.theta, xp, y)
 
 
-SCORE_CHUNK = 8  # models scored per product: [8 * 10, N] logits at a time keep the validation pass in cache
+SCORE_ROWS = 1024  # inputs per product when scoring: the product packs each input once for all K models
 
 
 def scores(theta: torch.Tensor, xp: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float]]:
     """(cross-entropy, accuracy) of each model of theta [K * 10, 785] on inputs xp (with_ones) with labels y:
     the mean of each example's float32 log-probability of its label, summed in float64 model by model (the
-    training curve's own rule), and the share whose first top logit is the label. A model's scores are the
-    same bits for any K."""
-    n = y.shape[0]
-    z = logits_t(theta, xp, n)
-    k = z.shape[0]
-    nll = torch.gather(torch.log_softmax(z, dim=1), 1, y.view(1, 1, n).expand(k, 1, n))
-    correct = torch.max(z, dim=1).indices == y
+    training curve's own rule), and the share whose first top logit is the label. The inputs go SCORE_ROWS at a
+    time through one product for all K models; a model's scores are the same bits for any K."""
+    n, k = y.shape[0], theta.shape[0] // NUM_CLASSES
+    nll = torch.empty(k, 1, n, device=theta.device)
+    correct = torch.empty(k, n, dtype=torch.bool, device=theta.device)
+    for lo in range(0, n, SCORE_ROWS):
+        hi = min(lo + SCORE_ROWS, n)
+        z = logits_t(theta, xp[lo:], hi - lo)
+        labels = y[lo:hi].view(1, 1, -1).expand(k, 1, -1)
+        torch.gather(torch.log_softmax(z, dim=1), 1, labels, out=nll[:, :, lo:hi])
+        torch.eq(torch.max(z, dim=1).indices, labels[:, 0], out=correct[:, lo:hi])
     loss, accuracy = _running_scores(nll, correct)
     return list(zip(loss, accuracy, strict=True))
 
@@ -692,8 +692,7 @@ def fit_models(
         if not any(lo + i in active for i in range(program.k)):
             return None  # every model of this program has stopped
         loss, accuracy, finite = program.epoch(perm, factors[first - 1 : first - 1 + steps], first, graphs[j])
-        good = [i for i in range(program.k) if lo + i in active and finite[i] and math.isfinite(loss[i])]
-        val = program.scores(val_xp, val_y, good) if val_xp is not None else {}
+        val = program.scores(val_xp, val_y) if val_xp is not None else []
         return loss, accuracy, finite, val
 
     with ExitStack() as stack:
