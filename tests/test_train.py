@@ -606,12 +606,13 @@ def test_each_model_of_a_batch_is_bit_for_bit_the_model_trained_alone(case, k):
 @pytest.mark.parametrize("b", [1, 2, 20, 64])
 def test_a_models_products_are_the_same_bits_beside_any_number_of_models(b):
     """What batched training rests on: on one thread, a model's gradient, logits and scores are the same bits
-    whether it is multiplied alone or as any row block of 2 to 40 models (the BLAS might block the product by
-    its number of rows; this one does not). A batch of one input takes the padded path (with_ones)."""
+    whether it is multiplied alone or as any row block of 2 to 120 models, at any position (the BLAS might block
+    the product by its number of rows; this one does not). A batch of one input takes the padded path
+    (with_ones); the validation set of 1100 inputs goes through scores in two chunks, the second of 76."""
     torch.manual_seed(0)
-    theta = torch.randn(400, STRIDE)[:, :785] * 0.1  # 40 models, laid out as in training
-    xp, labels = with_ones(torch.randn(b, 784)), torch.randint(0, 10, (40, b))
-    val_xp, val_y = with_ones(torch.randn(50, 784)), torch.randint(0, 10, (50,))
+    theta = torch.randn(1200, STRIDE)[:, :785] * 0.1  # 120 models, laid out as in training
+    xp, labels = with_ones(torch.randn(b, 784)), torch.randint(0, 10, (120, b))
+    val_xp, val_y = with_ones(torch.randn(1100, 784)), torch.randint(0, 10, (1100,))
 
     def products(lo: int, k: int):
         out, batch = torch.zeros(k * 10, STRIDE)[:, :785], Batch.of(xp, labels[lo : lo + k])
@@ -620,9 +621,9 @@ def test_a_models_products_are_the_same_bits_beside_any_number_of_models(b):
         return out, batch.nll, batch.predicted, scores(block, val_xp, val_y)
 
     with torch_threads(1):
-        alone = [products(i, 1) for i in range(40)]
-        for k in (2, 3, 5, 8, 16, 24, 40):
-            for lo in sorted({0, 1, 7, 40 - k} - set(range(41 - k, 41))):
+        alone = [products(i, 1) for i in range(120)]
+        for k in (2, 3, 5, 8, 16, 24, 40, 120):
+            for lo in sorted({0, 1, 7, 120 - k} - set(range(121 - k, 121))):
                 out, nll, predicted, found = products(lo, k)
                 for i in range(k):
                     grad, nll_i, predicted_i, found_i = alone[lo + i]
