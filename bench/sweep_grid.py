@@ -28,6 +28,8 @@ from pathlib import Path
 
 import typer
 
+from mnistlr import atomic
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 GRID = ["train.lr.sgd=0.025,0.05,0.1,0.2,0.4,0.8", "train.weight_decay=0,1e-5,1e-4,1e-3"]
@@ -70,9 +72,10 @@ def timed(*cmd: str, cwd: Path) -> tuple[float, float, subprocess.CompletedProce
     return time.perf_counter() - start, int(proc.stderr.strip().splitlines()[-1]) / 1024, proc
 
 
-def reproduced(tmp: Path) -> Path:
-    """This repository's tracked files in a fresh git repository, `dvc repro` run and committed."""
-    base = tmp / "base"
+def reproduced() -> Path:
+    """This repository's tracked files in a fresh git repository (a temporary folder), `dvc repro` run and
+    committed."""
+    base = Path(tempfile.mkdtemp(prefix="mnistlr-grid-bench-")) / "base"
     files = sh("git", "ls-files", cwd=REPO).stdout.split()
     for rel in files:
         if rel.startswith(("dvc.lock", "metrics/", "plots/", "reports/")) or not (REPO / rel).is_file():
@@ -87,7 +90,8 @@ def reproduced(tmp: Path) -> Path:
 
 
 def copy(base: Path, name: str) -> Path:
-    dest = base.parent / name
+    """A copy of the reproduced project beside it (caches and run cache included)."""
+    dest = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=base.parent)) / "proj"
     shutil.copytree(base, dest, symlinks=True)
     return dest
 
@@ -176,15 +180,15 @@ def main(
     keep: bool = typer.Option(False, help="keep the temporary projects"),
 ) -> None:
     """Time a grid in one pass against DVC's queue, check they record the same experiments."""
-    tmp = Path(tempfile.mkdtemp(prefix="mnistlr-grid-bench-"))
+    base = reproduced()
     try:
-        base = reproduced(tmp)
         results: dict = {"jobs": jobs, "grid": GRID}
-        results["sweep"] = sweep(copy(base, "sweep"), GRID)
+        swept = copy(base, "sweep")
+        results["sweep"] = sweep(swept, GRID)
         if with_queue:
             q = copy(base, "queue")
             results["queue"] = queue(q, GRID, jobs)
-            mine, theirs = experiments(tmp / "sweep"), experiments(q)
+            mine, theirs = experiments(swept), experiments(q)
             results["compared"] = len(set(mine) & set(theirs))
             results["identical"] = sum(mine[p] == theirs[p] for p in set(mine) & set(theirs))
         if large:
@@ -192,11 +196,11 @@ def main(
         text = report(results)
         typer.echo(text)
         if out is not None:
-            out.write_text(text)
-            out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+            atomic.write_text(out, text)
+            atomic.write_json(out.with_suffix(".json"), results)
     finally:
         if not keep:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(base.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from mnistlr import atomic
 from mnistlr.errors import MnistlrError
 from mnistlr.params import Params, group_key, parse_params, read_yaml
 from mnistlr.record import PARAMS, Recorder, point_params, recorded
@@ -237,7 +238,7 @@ def lay_out(point: Point, trained: Trained, folder: Path, worktree: Path) -> Non
     from mnistlr.data import load_preprocessing
 
     folder.mkdir(parents=True)
-    (folder / PARAMS).write_text(point.text)
+    atomic.write_text(folder / PARAMS, point.text)
     for shared in ("data", "experiments"):
         if (worktree / shared).exists():
             (folder / shared).symlink_to(worktree / shared)

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from mnistlr import atomic
 from mnistlr.errors import MnistlrError
 from mnistlr.repo import git_answer, run_dvc, run_git
 
@@ -56,7 +57,7 @@ def point_params(params_text: str, overrides: list[str], scratch: Path) -> str:
 
     scratch.mkdir(parents=True, exist_ok=True)
     path = scratch / PARAMS
-    path.write_text(params_text)
+    atomic.write_text(path, params_text)
     try:
         apply_overrides(path, overrides)
     except DvcException as exc:
@@ -116,16 +117,15 @@ class Recorder:
         logging.getLogger("dvc").setLevel(logging.WARNING)  # not DVC's "Updating lock file" for every point
         self.wt.parent.mkdir(parents=True, exist_ok=True)
         # one process at a time adds or prunes worktrees (a sweep's pool processes each add their own)
-        with open(self.wt.parent / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with _locked(self.wt.parent / ".lock"):
             remove_stale_worktrees(self.root)
             if self.wt.exists():
                 shutil.rmtree(self.wt)
             run_git("worktree", "add", "--detach", "--quiet", str(self.wt), self.baseline, cwd=self.root)
         # The worktree shares this repository's cache (and so its run cache); links keep checkouts cheap.
         cache = run_dvc("cache", "dir", cwd=self.root).strip()
-        (self.wt / ".dvc" / "config.local").write_text(
-            f'[cache]\n    dir = {cache}\n    type = "reflink,hardlink,copy"\n'
+        atomic.write_text(
+            self.wt / ".dvc" / "config.local", f'[cache]\n    dir = {cache}\n    type = "reflink,hardlink,copy"\n'
         )
         self._base_lock = (yaml.safe_load((self.wt / LOCK).read_text()) or {}).get("stages", {})
         return self
@@ -138,8 +138,7 @@ class Recorder:
             self._repo.close()
             self._repo = None
         shutil.rmtree(self.wt, ignore_errors=True)
-        with open(self.wt.parent / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with _locked(self.wt.parent / ".lock"):
             run_git("worktree", "prune", cwd=self.root)
 
     @property
@@ -149,7 +148,7 @@ class Recorder:
     def prepare(self, params_text: str, first: str = "prepare") -> None:
         """Make the worktree's data what `params_text` gives, as `dvc repro <first>` does: restored from
         the cache or the run cache when this data was made before, else made here."""
-        (self.wt / PARAMS).write_text(params_text)
+        atomic.write_text(self.wt / PARAMS, params_text)
         run_dvc("repro", first, cwd=self.wt)
         if self._repo is None:
             from dvc.repo import Repo
@@ -181,7 +180,7 @@ class Recorder:
         from dvc.stage.utils import _get_stage_files
 
         ref = exp_ref(self.baseline, name)
-        (self.wt / PARAMS).write_text(params_text)
+        atomic.write_text(self.wt / PARAMS, params_text)
         for rel in self._outputs:
             target, source = self.wt / rel, outputs / rel
             if target.is_dir():
@@ -217,6 +216,17 @@ class Recorder:
                 run_git("update-ref", ref, commit, "", cwd=self.wt)  # raises with git's own line
             return existing.strip()
         return commit
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path` (an empty lock file, created if missing) for the block."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -273,8 +273,9 @@ def _run_and_push(
     clone: Path, url: str, commit: str, todo: list[Point], config_local: Path | None, log: Callable[[str], None]
 ) -> dict[str, PointResult]:
     if config_local is not None:
-        (clone / ".dvc" / "config.local").touch(mode=0o600)
-        shutil.copyfile(config_local, clone / ".dvc" / "config.local")
+        with atomic.atomic_path(clone / ".dvc" / "config.local") as tmp:
+            tmp.touch(mode=0o600)  # credentials: readable by this user only, before a byte is in it
+            shutil.copyfile(config_local, tmp)
     has_remote = default_remote(clone) is not None
     if has_remote:  # the commit's prepared data; a group whose data differs makes its own
         _dvc("pull", "--allow-missing", "prepare", cwd=clone, error=TransientError)  # not -q: it hides errors
@@ -328,7 +329,9 @@ def group_task(url: str, commit: str, sets: list[str], task: str, prefix: str) -
         worker = os.uname().nodename
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mnistlr-sweep-task-") as tmp:
-        out, err, results = Path(tmp) / "out.log", Path(tmp) / "err.log", Path(tmp) / "results.json"
+        out = Path(tmp) / "out.log"
+        err = Path(tmp) / "err.log"
+        results = Path(tmp) / "results.json"
         cmd = [
             *mnistlr_command(),
             "sweep-point",
