@@ -67,6 +67,7 @@ def write_mirror(folder: Path, n_train: int = 1200, n_test: int = 300, seed: int
 LONGEST_FIRST = (
     "test_docs.py",
     "test_sweep_dask.py",
+    "test_grid.py",
     "test_review_e2e.py",
     "test_sweep_e2e.py",
     "test_workflow.py",
@@ -76,6 +77,7 @@ LONGEST_FIRST = (
     "test_predict.py",
     "test_studies.py",
     "test_team_e2e.py",
+    "test_habits.py",
     "test_cli.py",
     "test_faults.py",
     "test_run_cache.py",
