@@ -14,14 +14,16 @@ the same matrix products; and the training cost per point of a 24-point grid.
 3. Adam's private fused kernel (train.fused_adam_step) against the same update in public tensor operations:
    the train stage's training (train.train_variants) with optimizer adam, both ways.
 
-Each figure is the best of --repeats runs; the load average before and after is printed, since other
-processes on the machine slow it. It measures; it asserts nothing. Writes a results file only with --out:
+Each figure is the best of --repeats runs, beside the share of the machine's CPUs that other processes
+used during that run (from /proc/stat): a figure taken while others ran is slower than the machine.
+It measures; it asserts nothing. Writes a results file only with --out:
 
     python bench/trainer_scaling.py --prepared data/prepared [--out bench/results/trainer_scaling.md]
 """
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import sys
@@ -53,13 +55,33 @@ LRS = [0.025, 0.05, 0.1, 0.2, 0.4, 0.8]
 WEIGHT_DECAYS = [0.0, 1e-5, 1e-4, 1e-3]
 
 
-def best_of(repeats: int, run) -> float:
-    times = []
+def busy_seconds() -> float | None:
+    """CPU seconds the whole machine has been busy since boot (/proc/stat), or None where there is none."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def best_of(repeats: int, run) -> tuple[float, float | None]:
+    """(the best wall time of `repeats` runs, the share of the machine's CPUs that other processes used during
+    that run), the share None where /proc/stat is missing."""
+    best: tuple[float, float | None] = (math.inf, None)
     for _ in range(repeats):
-        start = time.perf_counter()
+        busy, own, start = busy_seconds(), time.process_time(), time.perf_counter()
         run()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        wall = time.perf_counter() - start
+        others = None
+        if busy is not None:
+            others = max(0.0, busy_seconds() - busy - (time.process_time() - own)) / (wall * os.cpu_count())
+        best = min(best, (wall, others), key=lambda b: b[0])
+    return best
+
+
+def share(others: float | None) -> str:
+    return "?" if others is None else f"{100 * others:.0f} %"
 
 
 def peak(models: int, threads: int, batch: int, seconds: float = 1.0) -> float:
@@ -97,7 +119,7 @@ def square_peak(threads: int, n: int = 2048, repeats: int = 5) -> float:
     """GFLOP/s of one large square float32 product on `threads` torch threads: the machine's matmul ceiling."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
-    return 2 * n**3 / best_of(repeats, lambda: torch.mm(a, b)) / 1e9
+    return 2 * n**3 / best_of(repeats, lambda: torch.mm(a, b))[0] / 1e9
 
 
 def grid_points(params_file: Path) -> list:
@@ -137,11 +159,16 @@ def main(
         f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, CPU pins "
         f"{'on' if PINNED else 'off'}; load average before: {load_before[0]:.2f}",
         "",
+        f"Measured by `python bench/trainer_scaling.py --epochs {epochs} --repeats {repeats}` (models "
+        f"{', '.join(map(str, models))}; threads {', '.join(map(str, threads))}) on a prepared folder of "
+        f"{params_file.name}'s data; each figure the best of {repeats} runs.",
+        "",
         f"## Scaling: K models on {n} training images, {epochs} epochs, batch {cfg.batch_size}, "
         f"validation ({n_val}) scored each epoch",
         "",
-        "| threads | models | wall s | ms per model-epoch | trainer GFLOP/s | peak GFLOP/s, same shapes | of peak |",
-        "|--:|--:|--:|--:|--:|--:|--:|",
+        "| threads | models | wall s | ms per model-epoch | trainer GFLOP/s | peak GFLOP/s, same shapes | of peak "
+        "| other processes |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     typer.echo("\n".join(lines))
     previous = torch.get_num_threads()
@@ -153,12 +180,12 @@ def main(
             def run(k=k, rates=rates) -> None:
                 train.fit_models(x, y.expand(k, -1), vx, vy, cfg, "sgd", rates, seed=params.seed)
 
-            wall = best_of(repeats, run)
+            wall, others = best_of(repeats, run)
             rate = k * epochs * (n * FLOPS_STEP + n_val * FLOPS_SCORE) / wall / 1e9
             top = peak(k, t, cfg.batch_size)
             row = (
                 f"| {t} | {k} | {wall:.2f} | {wall / k / epochs * 1000:.1f} | {rate:.1f} | {top:.1f} "
-                f"| {100 * rate / top:.0f} % |"
+                f"| {100 * rate / top:.0f} % | {share(others)} |"
             )
             lines.append(row)
             typer.echo(row)
@@ -175,14 +202,16 @@ def main(
             f"## The 24-point grid: train.train_grid, {len(points)} points x {len(params.variants)} variants = "
             f"{k} models, {params.train.epochs} epochs",
             "",
-            "| threads | wall s | training s per point |",
-            "|--:|--:|--:|",
+            "| threads | wall s | training s per point | other processes |",
+            "|--:|--:|--:|--:|",
         ]
         typer.echo("\n".join(lines[-5:]))
         for t in threads:
             torch.set_num_threads(t)
-            wall = best_of(repeats, lambda points=points: train.train_grid(points, prepared, on_divergence="raise"))
-            lines.append(f"| {t} | {wall:.2f} | {wall / len(points):.3f} |")
+            wall, others = best_of(
+                repeats, lambda points=points: train.train_grid(points, prepared, on_divergence="raise")
+            )
+            lines.append(f"| {t} | {wall:.2f} | {wall / len(points):.3f} | {share(others)} |")
             typer.echo(lines[-1])
     if adam:
         lines += _adam(params, prepared, threads, repeats)
@@ -202,24 +231,26 @@ def _adam(params, prepared: Path, threads: list[int], repeats: int) -> list[str]
         f"## Adam: the train stage's training (train_variants, {len(params.variants)} variants, "
         f"{params.train.epochs} epochs), fused kernel or public tensor operations",
         "",
-        "| threads | fused s | public s | public / fused |",
-        "|--:|--:|--:|--:|",
+        "| threads | fused s | public s | public / fused | other processes |",
+        "|--:|--:|--:|--:|--:|",
     ]
     typer.echo("\n".join(lines))
     init = train.Optimizer.__init__
     for t in threads:
         torch.set_num_threads(t)
-        fused = best_of(repeats, lambda: train.train_variants(adam, prepared))
+        fused, others_fused = best_of(repeats, lambda: train.train_variants(adam, prepared))
 
         def public(self, *args, **kwargs) -> None:
             init(self, *args, **{**kwargs, "fused": False})
 
         train.Optimizer.__init__ = public
         try:
-            plain = best_of(repeats, lambda: train.train_variants(adam, prepared))
+            plain, others_plain = best_of(repeats, lambda: train.train_variants(adam, prepared))
         finally:
             train.Optimizer.__init__ = init
-        lines.append(f"| {t} | {fused:.2f} | {plain:.2f} | {plain / fused:.2f} |")
+        lines.append(
+            f"| {t} | {fused:.2f} | {plain:.2f} | {plain / fused:.2f} | {share(others_fused)}, {share(others_plain)} |"
+        )
         typer.echo(lines[-1])
     return lines
 
