@@ -11,8 +11,6 @@ the same matrix products; and the training cost per point of a 24-point grid.
 2. The grid: train.train_grid over the 24 points train.lr.sgd = 0.025 .. 0.8 x train.weight_decay = 0 .. 1e-3
    (params.yaml otherwise: 5 variants, 10 epochs, batch 64: 120 models), at each --threads; its wall time
    over 24 is the training cost per point.
-3. Adam's private fused kernel (train.fused_adam_step) against the same update in public tensor operations:
-   the train stage's training (train.train_variants) with optimizer adam, both ways.
 
 Each figure is the best of --repeats runs, beside the share of the machine's CPUs that other processes
 used during that run (from /proc/stat): a figure taken while others ran is slower than the machine.
@@ -146,7 +144,6 @@ def main(
     epochs: int = typer.Option(2, help="epochs per scaling measurement"),
     repeats: int = typer.Option(2, help="runs per figure; the best is kept"),
     grid: bool = typer.Option(True, help="also time the 24-point grid (10 epochs each)"),
-    adam: bool = typer.Option(True, help="also time Adam's fused kernel against public tensor operations"),
     out: Path | None = typer.Option(None, help="write the results as markdown here"),
 ) -> None:
     params = load_params(params_file)
@@ -213,46 +210,12 @@ def main(
             )
             lines.append(f"| {t} | {wall:.2f} | {wall / len(points):.3f} | {share(others)} |")
             typer.echo(lines[-1])
-    if adam:
-        lines += _adam(params, prepared, threads, repeats)
     torch.set_num_threads(previous)
     load_after = os.getloadavg()
     lines += ["", f"Load average after: {load_after[0]:.2f}."]
     typer.echo(lines[-1])
     if out is not None:
         atomic.write_text(out, "\n".join(lines) + "\n")
-
-
-def _adam(params, prepared: Path, threads: list[int], repeats: int) -> list[str]:
-    """The train stage's training with optimizer adam, fused kernel against public tensor operations."""
-    adam = params.model_copy(update={"optimizer": "adam"})
-    lines = [
-        "",
-        f"## Adam: the train stage's training (train_variants, {len(params.variants)} variants, "
-        f"{params.train.epochs} epochs), fused kernel or public tensor operations",
-        "",
-        "| threads | fused s | public s | public / fused | other processes |",
-        "|--:|--:|--:|--:|--:|",
-    ]
-    typer.echo("\n".join(lines))
-    init = train.Optimizer.__init__
-    for t in threads:
-        torch.set_num_threads(t)
-        fused, others_fused = best_of(repeats, lambda: train.train_variants(adam, prepared))
-
-        def public(self, *args, **kwargs) -> None:
-            init(self, *args, **{**kwargs, "fused": False})
-
-        train.Optimizer.__init__ = public
-        try:
-            plain, others_plain = best_of(repeats, lambda: train.train_variants(adam, prepared))
-        finally:
-            train.Optimizer.__init__ = init
-        lines.append(
-            f"| {t} | {fused:.2f} | {plain:.2f} | {plain / fused:.2f} | {share(others_fused)}, {share(others_plain)} |"
-        )
-        typer.echo(lines[-1])
-    return lines
 
 
 if __name__ == "__main__":
