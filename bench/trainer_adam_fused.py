@@ -1,12 +1,11 @@
-"""Adam in public tensor operations (the trainer's, train.Optimizer) against torch's private fused CPU kernel
-(torch._fused_adam_, what torch.optim.Adam(fused=True) runs), which the trainer does not use.
+"""Adam through torch's fused CPU kernel (train.fused_adam_step, the trainer's one private torch call) against
+the same update in public tensor operations (train.Optimizer with fused=False): what keeping the private call
+buys.
 
-The fused variant lives here only: a subclass of train.Optimizer that sends each group of models sharing a
-learning rate through the kernel in one call, put in the trainer's place for its runs. Measured: the train
-stage's training (train.train_variants, params.yaml with optimizer adam) and, with --grid, a 24-point Adam grid
-(train.lr.adam x train.weight_decay, train.train_grid), at each --threads. Runs alternate between the two
-ways; each figure is the best of --repeats, beside the share of the CPUs other processes used during it. It
-measures; it asserts nothing. Writes a results file only with --out:
+Measured: the train stage's training (train.train_variants, params.yaml with optimizer adam) and, with --grid,
+a 24-point Adam grid (train.lr.adam x train.weight_decay, train.train_grid), at each --threads. Runs alternate
+between the two ways; each figure is the best of --repeats, beside the share of the CPUs other processes used
+during it. It measures; it asserts nothing. Writes a results file only with --out:
 
     python bench/trainer_adam_fused.py --prepared data/prepared [--out bench/results/trainer_adam_fused.md]
 """
@@ -31,7 +30,6 @@ import torch  # noqa: E402
 from trainer_scaling import best_of, share  # noqa: E402
 
 from mnistlr import atomic, train  # noqa: E402
-from mnistlr.data import IN_FEATURES, NUM_CLASSES  # noqa: E402
 from mnistlr.params import load_params  # noqa: E402
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -40,61 +38,24 @@ ADAM_LRS = [2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3, 8e-3]
 WEIGHT_DECAYS = [0.0, 1e-5, 1e-4, 1e-3]
 
 
-class FusedAdam(train.Optimizer):
-    """train.Optimizer with Adam's step through torch's fused kernel, one call per distinct learning rate (each
-    model's [10, STRIDE] block its own tensor); SGD as the trainer's."""
+class PublicAdam(train.Optimizer):
+    """train.Optimizer with Adam in public tensor operations, also on the CPU."""
 
-    def __init__(self, params, name, lrs, momentum=0.0, weight_decays=None) -> None:
-        super().__init__(params, name, lrs, momentum, weight_decays)
-        if name == "adam":
-            blocks = [t.split(NUM_CLASSES) for t in (params, self.exp_avg, self.exp_avg_sq)]
-            self.groups = {lr: [i for i in range(self.k) if self.lrs[i] == lr] for lr in dict.fromkeys(self.lrs)}
-            self.blocks = {lr: [[b[i] for i in idx] for b in blocks] for lr, idx in self.groups.items()}
-            self.step_count = torch.zeros(())  # the kernel's step counter, advanced before each step
-
-    def rates(self, factors, first_step):
-        self.factors, self.at = list(factors), 0  # the kernel takes the schedule's factor, step by step
-        return super().rates(factors, first_step)
-
-    def step(self, grad, rate, bc2) -> None:
-        if self.name != "adam":
-            super().step(grad, rate, bc2)
-            return
-        if self.weight_decay is not None:
-            grad[:, :IN_FEATURES].addcmul_(self.params[:, :IN_FEATURES], self.weight_decay)
-        factor, self.at = self.factors[self.at], self.at + 1
-        self.step_count.add_(1)
-        grads = grad.split(NUM_CLASSES)
-        for lr, idx in self.groups.items():
-            params, exp_avgs, exp_avg_sqs = self.blocks[lr]
-            torch._fused_adam_(
-                params,
-                [grads[i] for i in idx],
-                exp_avgs,
-                exp_avg_sqs,
-                [],
-                [self.step_count] * len(idx),
-                lr=lr * factor,
-                beta1=self.BETAS[0],
-                beta2=self.BETAS[1],
-                weight_decay=0.0,
-                eps=self.EPS,
-                amsgrad=False,
-                maximize=False,
-            )
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{**kwargs, "fused": False})
 
 
 def both_ways(repeats: int, run) -> tuple[tuple[float, float | None], tuple[float, float | None]]:
     """(public, fused): each the best of `repeats` runs of `run`, the two ways alternating."""
     public, fused = [], []
-    public_optimizer = train.Optimizer
+    trainers = train.Optimizer
     for _ in range(repeats):
-        public.append(best_of(1, run))
-        train.Optimizer = FusedAdam
+        fused.append(best_of(1, run))
+        train.Optimizer = PublicAdam
         try:
-            fused.append(best_of(1, run))
+            public.append(best_of(1, run))
         finally:
-            train.Optimizer = public_optimizer
+            train.Optimizer = trainers
     return min(public, key=lambda b: b[0]), min(fused, key=lambda b: b[0])
 
 

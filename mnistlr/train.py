@@ -279,6 +279,43 @@ def add_penalties(grad: torch.Tensor, theta: torch.Tensor, l1: torch.Tensor | No
 # --- 3. the optimizers ------------------------------------------------------------------------------
 
 
+def fused_adam_step(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    exp_avgs: Sequence[torch.Tensor],
+    exp_avg_sqs: Sequence[torch.Tensor],
+    step: torch.Tensor,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> None:
+    """One Adam step of torch.optim.Adam(fused=True) on CPU tensors, in place: each tensor of `params` with
+    its gradient and moments, at step `step` (a 0-d float tensor, counted from 1, already advanced).
+
+    The project's one private torch call: torch.optim.Adam(fused=True) runs this kernel, but its step() imports
+    torch's dynamo compiler (seconds per process), and the same update in public tensor operations (Optimizer
+    with fused=False) takes eight passes over the parameters instead of one: the train stage with optimizer adam
+    about 7 % longer on two threads, a 24-point Adam grid 20 % (bench/results/trainer_adam_fused.md).
+    tests/test_train.py checks it against torch.optim.Adam(fused=True) and fails, naming this function, when a
+    torch release changes it.
+    """
+    torch._fused_adam_(
+        list(params),
+        list(grads),
+        list(exp_avgs),
+        list(exp_avg_sqs),
+        [],
+        [step] * len(params),  # the kernel only reads the counter: one tensor serves every block
+        lr=lr,
+        beta1=betas[0],
+        beta2=betas[1],
+        weight_decay=0.0,
+        eps=eps,
+        amsgrad=False,
+        maximize=False,
+    )
+
+
 class Optimizer:
     """SGD (with momentum) or Adam on K models' padded parameters [K * 10, STRIDE], with torch.optim.SGD's and
     Adam's update rules (L2 as weight decay added to the gradient of the weights, not the bias), each model
@@ -286,10 +323,10 @@ class Optimizer:
 
     `rates(factors, first_step)` gives each model's signed step size [S, K, 1] for a run of S steps (the
     schedule's factor times its learning rate, for Adam divided by the first bias correction), and Adam's
-    second bias correction; `step` reads one row of those tables, so that a CUDA graph can replay it. Adam is
-    torch.optim.Adam's single-tensor update in public tensor operations (torch's fused CPU kernel is private,
-    and measured no more than about 5 % faster on the train stage: bench/results/trainer_adam_fused.md). Every
-    pass covers whole models' rows, so a model's update is the same bits for any K.
+    second bias correction; `step` reads one row of those tables, so that a CUDA graph can replay it. On the
+    CPU, Adam runs as torch's fused kernel (fused_adam_step), one call per distinct learning rate; `fused`
+    False (or a GPU) runs the same update as tensor operations. Every pass covers whole models' rows, so a
+    model's update is the same bits for any K.
     """
 
     BETAS, EPS = (0.9, 0.999), 1e-8  # Adam's defaults in torch.optim.Adam
@@ -301,6 +338,7 @@ class Optimizer:
         lrs: Sequence[float],
         momentum: float = 0.0,
         weight_decays: Sequence[float] | None = None,
+        fused: bool | None = None,
     ) -> None:
         if name not in ("sgd", "adam"):
             raise MnistlrError(f"optimizer {name!r} is not accepted here; accepted: sgd, adam (lbfgs has its own loop)")
@@ -310,9 +348,16 @@ class Optimizer:
         self.flat = params.view(k, -1)  # a model per row
         self.weight_decay = per_model_column(weight_decays, params.device) if any(weight_decays) else None
         self.buffer: torch.Tensor | None = None  # SGD momentum
+        self.fused = name == "adam" and (params.device.type == "cpu" if fused is None else fused)
         if name == "adam":
             self.exp_avg, self.exp_avg_sq = torch.zeros_like(params), torch.zeros_like(params)
             self.denom = torch.empty_like(params)
+            # the fused kernel takes each model's [10, STRIDE] block as its own tensor, and the models that
+            # share a learning rate in one call
+            blocks = [t.split(NUM_CLASSES) for t in (params, self.exp_avg, self.exp_avg_sq)]
+            self.groups = {lr: [i for i in range(k) if self.lrs[i] == lr] for lr in dict.fromkeys(self.lrs)}
+            self.blocks = {lr: [[b[i] for i in idx] for b in blocks] for lr, idx in self.groups.items()}
+            self.step_count = torch.zeros((), dtype=torch.float32)  # the fused kernel's step counter, t
 
     def rates(self, factors: Sequence[float], first_step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """([S, K, 1] signed step sizes, [S] sqrt of Adam's second bias correction or None) for steps first_step,
@@ -330,9 +375,9 @@ class Optimizer:
             self.params.device
         )
 
-    def step(self, grad: torch.Tensor, rate: torch.Tensor, bc2: torch.Tensor | None) -> None:
+    def step(self, grad: torch.Tensor, rate: torch.Tensor, bc2: torch.Tensor | None, factor: float) -> None:
         """One step with each model's signed step size `rate` [K, 1] and Adam's sqrt(second bias correction)
-        `bc2` (0-d) from the tables of `rates`."""
+        `bc2` (0-d) from the tables of `rates`; the fused kernel takes the schedule's `factor` instead."""
         params, k = self.params, self.k
         if self.weight_decay is not None:
             grad[:, :IN_FEATURES].addcmul_(params[:, :IN_FEATURES], self.weight_decay)
@@ -348,6 +393,13 @@ class Optimizer:
             flat.addcmul_(update.view(k, -1), rate)
             return
         b1, b2 = self.BETAS
+        if self.fused:
+            self.step_count.add_(1)  # the kernel corrects the bias from the step counter, advanced first
+            grads = grad.split(NUM_CLASSES)
+            for lr, idx in self.groups.items():
+                params_g, exp_avgs, exp_avg_sqs = self.blocks[lr]
+                fused_adam_step(params_g, [grads[i] for i in idx], exp_avgs, exp_avg_sqs, self.step_count, lr * factor)
+            return
         self.exp_avg.lerp_(grad, 1 - b1)
         self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         denom = torch.sqrt(self.exp_avg_sq, out=self.denom).div_(bc2).add_(self.EPS)
@@ -459,11 +511,11 @@ class Program:
         """Model i's [10, 785] parameters (a view)."""
         return self.theta[i * NUM_CLASSES : (i + 1) * NUM_CLASSES]
 
-    def run_step(self, s: int, rate: torch.Tensor, bc2: torch.Tensor | None) -> None:
-        """Step s of the epoch, with each model's signed step size `rate` [K, 1] (and Adam's `bc2`)."""
+    def run_step(self, s: int, rate: torch.Tensor, bc2: torch.Tensor | None, factor: float) -> None:
+        """Step s of the epoch, with each model's signed step size `rate` [K, 1] (and Adam's `bc2`, `factor`)."""
         gradient(self.theta, self.batches[s], self.cfg.loss, self.grad)
         add_penalties(self.grad_storage, self.storage, self.l1, self.cfg.grad_clip, self.k)
-        self.opt.step(self.grad_storage, rate, bc2)
+        self.opt.step(self.grad_storage, rate, bc2, factor)
 
     def epoch(
         self, perm: torch.Tensor, factors: Sequence[float], first_step: int, graph: _EpochGraph | None
@@ -477,8 +529,8 @@ class Program:
             graph.run(self, rates, bc2)
         else:
             bc2s = [None] * len(factors) if bc2 is None else bc2.unbind(0)
-            for s, (rate, bc2_s) in enumerate(zip(rates.unbind(0), bc2s, strict=True)):
-                self.run_step(s, rate, bc2_s)
+            for s, (rate, bc2_s, factor) in enumerate(zip(rates.unbind(0), bc2s, factors, strict=True)):
+                self.run_step(s, rate, bc2_s, factor)
         loss, accuracy = _running_scores(self.nll, self.predicted == self.ys)
         finite = torch.isfinite(self.storage).view(self.k, -1).all(dim=1).tolist()
         return loss, accuracy, finite
@@ -543,7 +595,7 @@ class _EpochGraph:
 
         def steps() -> None:
             for s in range(table.shape[0]):
-                program.run_step(s, table[s], None if bc2_table is None else bc2_table[s])
+                program.run_step(s, table[s], None if bc2_table is None else bc2_table[s], 1.0)
 
         if self.graph is not None:
             self.graph.replay()
