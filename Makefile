@@ -46,6 +46,8 @@ studies: $(STAMP)
 	$(BIN)/dvc --cd studies repro $(REPRO_ARGS)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 # Tutorial loop vs trainer, cold and no-op `dvc repro`, peak RSS per stage (a measurement, not a test).
