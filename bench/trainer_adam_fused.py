@@ -2,7 +2,8 @@
 the same update in public tensor operations (train.Optimizer with fused=False): what keeping the private call
 buys.
 
-Measured: the train stage's training (train.train_variants, params.yaml with optimizer adam) and, with --grid,
+Measured: one optimizer step on K models alone (thread CPU time, single-threaded kernels, as the trainer
+runs them); the train stage's training (train.train_variants, params.yaml with optimizer adam) and, with --grid,
 a 24-point Adam grid (train.lr.adam x train.weight_decay, train.train_grid), at each --threads. Runs alternate
 between the two ways; each figure is the best of --repeats, beside the share of the CPUs other processes used
 during it. It measures; it asserts nothing. Writes a results file only with --out:
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -45,6 +47,23 @@ class PublicAdam(train.Optimizer):
         super().__init__(*args, **{**kwargs, "fused": False})
 
 
+def step_cost(k: int, fused: bool, steps: int = 500) -> float:
+    """Microseconds of one Adam step (Optimizer.step) on k models, thread CPU time, one thread."""
+    storage = torch.zeros(k * 10, train.STRIDE)
+    storage[:, : train.COLS] = torch.randn(k * 10, train.COLS)
+    grad = torch.zeros_like(storage)
+    grad[:, : train.COLS] = torch.randn(k * 10, train.COLS)
+    opt = train.Optimizer(storage, "adam", [1e-3] * k, fused=fused)
+    rates, bc2 = opt.rates([1.0] * steps, 1)
+    rates, bc2 = rates.unbind(0), bc2.unbind(0)
+    for s in range(20):
+        opt.step(grad, rates[s], bc2[s], 1.0)
+    start = time.thread_time()
+    for s in range(20, steps):
+        opt.step(grad, rates[s], bc2[s], 1.0)
+    return (time.thread_time() - start) / (steps - 20) * 1e6
+
+
 def both_ways(repeats: int, run) -> tuple[tuple[float, float | None], tuple[float, float | None]]:
     """(public, fused): each the best of `repeats` runs of `run`, the two ways alternating."""
     public, fused = [], []
@@ -72,7 +91,21 @@ def main(
     lines = [
         f"{os.cpu_count()} CPUs, torch {torch.__version__}, CPU pins {'on' if PINNED else 'off'}. Measured by "
         f"`python bench/trainer_adam_fused.py --repeats {repeats}` on a prepared folder of {params_file.name}'s "
-        f"data: the best of {repeats} runs each way, alternating.",
+        f"data.",
+        "",
+        "One Adam step, thread CPU time:",
+        "",
+        "| models | public us | fused us | public / fused |",
+        "|--:|--:|--:|--:|",
+    ]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    for k in (1, 12, 24):
+        public, fused = step_cost(k, False), step_cost(k, True)
+        lines.append(f"| {k} | {public:.1f} | {fused:.1f} | {public / fused:.2f} |")
+    lines += [
+        "",
+        f"Training, wall time, the best of {repeats} runs each way, alternating:",
         "",
         "| training | threads | public s | fused s | public / fused | other processes (public, fused) |",
         "|--|--:|--:|--:|--:|--|",
@@ -92,7 +125,6 @@ def main(
             for wd in WEIGHT_DECAYS
         ]
         cases.append((f"24-point grid ({len(points) * len(params.variants)} models)", points))
-    previous = torch.get_num_threads()
     for name, points in cases:
         for t in threads:
             torch.set_num_threads(t)
