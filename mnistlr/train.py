@@ -607,6 +607,9 @@ class _EpochGraph:
             steps()
 
 
+PROGRAM_MODELS = 48  # the most models one CPU program holds (their [480, 800] floats: 1.5 MB a tensor)
+
+
 def _split(n: int, parts: int) -> list[tuple[int, int]]:
     """0..n in `parts` contiguous ranges of near-equal length."""
     return [(i * n // parts, (i + 1) * n // parts) for i in range(parts)]
@@ -669,7 +672,10 @@ def fit_models(
     order = torch.Generator().manual_seed(derive_seed(seed, "batches"))  # on the CPU: the same on every device
     cuda = device.type == "cuda"
     workers = 1 if cuda else max(1, min(torch.get_num_threads(), k))
-    parts = _split(k, workers)
+    # on the CPU, programs of at most PROGRAM_MODELS, as many for each worker: a program's parameters and
+    # gradients stay closer in cache through its epoch (120 models as one program: 26-28 ms a model-epoch
+    # here, as programs of 48: 23.5-25.5)
+    parts = _split(k, 1 if cuda else workers * math.ceil(k / (workers * PROGRAM_MODELS)))
     xs = torch.zeros(n + 1, COLS, device=device)  # this epoch's inputs in batch order (with_ones), a zero row last
     xs[:n, IN_FEATURES] = 1
     init = initial_parameters(seed).to(device)

@@ -603,6 +603,22 @@ def test_each_model_of_a_batch_is_bit_for_bit_the_model_trained_alone(case, k):
     assert not torch.equal(together[0].model.fc.weight, together[1].model.fc.weight)
 
 
+def test_models_split_into_many_programs_train_as_in_one(monkeypatch):
+    """Eight models as programs of at most three (several per thread) are the bits of one program."""
+    from mnistlr import train as trainer
+
+    x, y = blobs(200)
+    labels = torch.stack([torch.roll(y, i) for i in range(8)])
+    cfg = TrainParams(epochs=2, batch_size=32, momentum=0.9)
+    args = (x, labels, x[:30], y[:30], cfg, "sgd", [0.1, 0.2, 0.05, 0.1, 0.3, 0.1, 0.02, 0.1])
+    with torch_threads(1):
+        one = fit_models(*args, weight_decays=[0, 1e-3] * 4)
+    monkeypatch.setattr(trainer, "PROGRAM_MODELS", 3)
+    with torch_threads(2):
+        many = fit_models(*args, weight_decays=[0, 1e-3] * 4)
+    assert all(same_fit(a, b) for a, b in zip(one, many, strict=True))
+
+
 @pytest.mark.parametrize("b", [1, 2, 20, 64])
 def test_a_models_products_are_the_same_bits_beside_any_number_of_models(b):
     """What batched training rests on: on one thread, a model's gradient, logits and scores are the same bits
