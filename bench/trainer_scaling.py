@@ -5,9 +5,9 @@ the same matrix products; and the training cost per point of a 24-point grid.
    params.yaml's train settings otherwise (SGD, batch 64, cosine), the validation set scored each epoch, for
    --epochs epochs, at each --threads. Per model-epoch seconds, and the trainer's GFLOP/s: the two products of
    each step (logits and gradient: 4 * 7850 flops an image) and the validation product (2 * 7850 an image)
-   over the wall time. Beside it, the peak for the same shapes: on as many Python threads as the trainer runs
-   programs, each program's two products per step ([K/t * 10, 785] x [785, 64] and [K/t * 10, 64] x [64, 785],
-   single-threaded kernels, as the trainer runs them) in a tight loop.
+   over the wall time. Beside it, the peak for the same shapes: the models split into programs as the trainer
+   splits them, on as many Python threads, each program's two products per step ([k * 10, 785] x [785, 64]
+   and [k * 10, 64] x [64, 785], single-threaded kernels, as the trainer runs them) in a tight loop.
 2. The grid: train.train_grid over the 24 points train.lr.sgd = 0.025 .. 0.8 x train.weight_decay = 0 .. 1e-3
    (params.yaml otherwise: 5 variants, 10 epochs, batch 64: 120 models), at each --threads; its wall time
    over 24 is the training cost per point.
@@ -83,25 +83,32 @@ def share(others: float | None) -> str:
 
 
 def peak(models: int, threads: int, batch: int, seconds: float = 1.0) -> float:
-    """GFLOP/s of the trainer's two per-step products for `models` split over `threads` Python threads, each
-    thread its own tensors and single-threaded kernels, in a tight loop for about `seconds`."""
-    parts = [len(p) for p in np.array_split(np.arange(models), min(threads, models))]
+    """GFLOP/s of the trainer's two per-step products for `models` split as the trainer splits them (programs
+    of at most train.PROGRAM_MODELS, as many on each of `threads` Python threads), each program its own
+    tensors, single-threaded kernels, in a tight loop for about `seconds`."""
+    workers = min(threads, models)
+    programs = workers * math.ceil(models / (workers * train.PROGRAM_MODELS))
+    sizes = [len(p) for p in np.array_split(np.arange(models), programs)]
     stop = threading.Event()
-    counts = [0] * len(parts)
+    counts = [0] * workers
 
     def loop(i: int) -> None:
         torch.set_num_threads(1)  # as the trainer's workers do: single-threaded kernels on each thread
-        rows = parts[i] * NUM_CLASSES
-        theta = torch.randn(rows, train.STRIDE)[:, : IN_FEATURES + 1]
-        grad = torch.zeros(rows, train.STRIDE)[:, : IN_FEATURES + 1]
-        xb, residual = torch.randn(batch, IN_FEATURES + 1), torch.randn(rows, batch)
+        mine = []
+        for size in sizes[i::workers]:
+            rows = size * NUM_CLASSES
+            theta = torch.randn(rows, train.STRIDE)[:, : IN_FEATURES + 1]
+            grad = torch.zeros(rows, train.STRIDE)[:, : IN_FEATURES + 1]
+            mine.append((theta, grad, torch.randn(rows, batch)))
+        xb = torch.randn(batch, IN_FEATURES + 1)
         while not stop.is_set():
             for _ in range(10):
-                torch.mm(theta, xb.t())
-                grad.addmm_(residual, xb, beta=0, alpha=1.0 / batch)
-            counts[i] += 10
+                for theta, grad, residual in mine:
+                    torch.mm(theta, xb.t())
+                    grad.addmm_(residual, xb, beta=0, alpha=1.0 / batch)
+            counts[i] += 10 * sum(sizes[i::workers])
 
-    pool = [threading.Thread(target=loop, args=(i,)) for i in range(len(parts))]
+    pool = [threading.Thread(target=loop, args=(i,)) for i in range(workers)]
     start = time.perf_counter()
     for t in pool:
         t.start()
@@ -110,7 +117,7 @@ def peak(models: int, threads: int, batch: int, seconds: float = 1.0) -> float:
     for t in pool:
         t.join()
     wall = time.perf_counter() - start
-    return sum(c * p * batch * FLOPS_STEP for c, p in zip(counts, parts, strict=True)) / wall / 1e9
+    return sum(counts) * batch * FLOPS_STEP / wall / 1e9
 
 
 def square_peak(threads: int, n: int = 2048, repeats: int = 5) -> float:
