@@ -294,8 +294,9 @@ def fused_adam_step(
 
     The project's one private torch call: torch.optim.Adam(fused=True) runs this kernel, but its step() imports
     torch's dynamo compiler (seconds per process), and the same update in public tensor operations (Optimizer
-    with fused=False) takes eight passes over the parameters instead of one: the train stage with optimizer adam
-    about 7 % longer on two threads, a 24-point Adam grid 20 % (bench/results/trainer_adam_fused.md).
+    with fused=False) takes eight passes over the parameters instead of one: 1.6 to 2 times as long a step
+    (bench/results/trainer_adam_fused.md), and about 5 % more for the train stage with optimizer adam (the
+    median of quiet runs here; single runs vary by 10 %).
     tests/test_train.py checks it against torch.optim.Adam(fused=True) and fails, naming this function, when a
     torch release changes it.
     """
