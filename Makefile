@@ -50,9 +50,11 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
-# Tutorial loop vs trainer, cold and no-op `dvc repro`, peak RSS per stage (a measurement, not a test).
+# Tutorial loop vs trainer, cold and no-op `dvc repro`, peak RSS per stage; then a grid in one pass
+# (`mnistlr sweep`) against DVC's queue of the same grid, and a 96-point grid (measurements, not tests).
 bench: $(STAMP)
 	$(BIN)/python bench/benchmark.py --out bench/results/latest.json | tee bench/results/latest.md
+	$(BIN)/python bench/sweep_grid.py --out bench/results/sweep_grid.md
 
 # Pull-request review (also run by .github/workflows/review.yml): run the pipeline,
 # write reports/review.md (params and metrics diffs against BASE, figures), then

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -89,6 +90,13 @@ def reproduced() -> Path:
     return base
 
 
+def torch_version() -> str:
+    """Without importing torch here (a second copy of it in memory would skew the peak RSS figures)."""
+    from importlib.metadata import version
+
+    return version("torch")
+
+
 def copy(base: Path, name: str) -> Path:
     """A copy of the reproduced project beside it (caches and run cache included)."""
     dest = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=base.parent)) / "proj"
@@ -140,7 +148,11 @@ def report(r: dict) -> str:
     s, q = r["sweep"], r.get("queue")
     n = s["points"]
     lines = [
-        f"Grid: {' x '.join(GRID)} ({n} points), default params otherwise, canonical MNIST; {os.cpu_count()} cores.",
+        f"Measured by `python bench/sweep_grid.py` on {platform.machine()}, {os.cpu_count()} CPUs, torch "
+        f"{r['torch']}; load average before {r['load_before']:.2f}, after {r['load_after']:.2f}.",
+        "",
+        f"Grid: {' x '.join(GRID)} ({n} points), default params otherwise, canonical MNIST. Each run starts "
+        "from its own copy of one reproduced and committed project (cache and run cache included).",
         "",
         "| run | points recorded | wall s | s a point | training s a point |",
         "|---|--:|--:|--:|--:|",
@@ -154,7 +166,8 @@ def report(r: dict) -> str:
         )
         lines += [
             "",
-            f"Sweep wall / queue wall: {s['wall_s'] / q['wall_s']:.2f}. Queue failures: {q['failed']}.",
+            f"Sweep wall / queue wall: {s['wall_s'] / q['wall_s']:.2f} (target: 0.25 or less). "
+            f"Queue failures: {q['failed']}.",
             f"Identical experiment trees (sweep vs queue, same params): {r['identical']} of {r['compared']}.",
         ]
     lines += ["", f"Sweep peak RSS (largest process): {s['peak_rss_mb']:.0f} MB."]
@@ -182,7 +195,7 @@ def main(
     """Time a grid in one pass against DVC's queue, check they record the same experiments."""
     base = reproduced()
     try:
-        results: dict = {"jobs": jobs, "grid": GRID}
+        results: dict = {"jobs": jobs, "grid": GRID, "torch": torch_version(), "load_before": os.getloadavg()[0]}
         swept = copy(base, "sweep")
         results["sweep"] = sweep(swept, GRID)
         if with_queue:
@@ -193,6 +206,7 @@ def main(
             results["identical"] = sum(mine[p] == theirs[p] for p in set(mine) & set(theirs))
         if large:
             results["large"] = sweep(copy(base, "large"), LARGE)
+        results["load_after"] = os.getloadavg()[0]
         text = report(results)
         typer.echo(text)
         if out is not None:
