@@ -127,7 +127,11 @@ class Recorder:
         atomic.write_text(
             self.wt / ".dvc" / "config.local", f'[cache]\n    dir = {cache}\n    type = "reflink,hardlink,copy"\n'
         )
-        self._base_lock = (yaml.safe_load((self.wt / LOCK).read_text()) or {}).get("stages", {})
+        # read as DVC reads it (YAML 1.2, every value as written: `0.0` stays `0.0` when it is written back)
+        from dvc.utils.serialize import parse_yaml_for_update
+
+        lock = self.wt / LOCK
+        self._base_lock = (parse_yaml_for_update(lock.read_text(), str(lock)) or {}).get("stages", {})
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -201,6 +205,10 @@ class Recorder:
                 if stage_name not in {s.name for s in committed}:
                     committed += repo.commit(self._target(stage_name), with_deps=True, force=True, relink=False)
         changed = [s for s in committed if _lock_entry(s) != self._base_lock.get(s.name)]
+        # A stage whose entry equals the baseline's as values (deps, outs, params: 0 == 0.0) is one `dvc exp run`
+        # skips: it leaves that entry as the baseline wrote it. Repo.commit rewrote it from params.yaml's text.
+        unchanged = {s.name for s in committed} - {s.name for s in changed}
+        self._keep_base_entries([name for name in unchanged if name in self._base_lock])
         exp_hash = BaseExecutor.hash_exp(changed)
         paths = sorted({p for s in committed for p in _get_stage_files(s)} | set(_top_level_paths(repo)))
         run_git("add", "--update", cwd=self.wt)
@@ -216,6 +224,14 @@ class Recorder:
                 run_git("update-ref", ref, commit, "", cwd=self.wt)  # raises with git's own line
             return existing.strip()
         return commit
+
+    def _keep_base_entries(self, names: list[str]) -> None:
+        from dvc.utils.serialize import modify_yaml
+
+        if names:
+            with modify_yaml(str(self.wt / LOCK)) as data:
+                for name in names:
+                    data["stages"][name] = self._base_lock[name]
 
 
 @contextlib.contextmanager

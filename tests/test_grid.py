@@ -107,6 +107,21 @@ def test_a_point_is_byte_for_byte_what_dvc_exp_run_commits(tmp_path, swept, repr
         assert tree(other, env, exp_refs(other, env)[name]) in trees, point
 
 
+def test_a_point_equal_to_the_baseline_keeps_its_lock_as_dvc_exp_run_does(tmp_path, reproduced):
+    """`-S train.weight_decay=0` where the baseline has 0.0: params.yaml says `0`, but every stage equals the
+    baseline's as values, so `dvc exp run` reruns nothing and commits the baseline's dvc.lock as written
+    (`0.0`). The sweep's experiment is that same tree."""
+    env = reproduced[1]
+    assert "weight_decay: 0.0" in (reproduced[0] / "params.yaml").read_text()
+    swept, other = copy_project(reproduced, tmp_path / "swept"), copy_project(reproduced, tmp_path / "other")
+    sweep(swept, env, "-S", "train.weight_decay=0")
+    dvc("exp", "run", "-S", "train.weight_decay=0", cwd=other, env=env)
+    ((_, commit),) = exp_refs(swept, env).items()
+    ((_, theirs),) = exp_refs(other, env).items()
+    assert run(["git", "show", f"{commit}:dvc.lock"], swept, env).stdout == (reproduced[0] / "dvc.lock").read_text()
+    assert tree(swept, env, commit) == tree(other, env, theirs)
+
+
 def test_dvc_exp_run_of_a_swept_point_starts_no_training_or_evaluation(tmp_path, swept):
     project, env, _ = swept
     hook = tmp_path / "hook"
