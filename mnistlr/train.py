@@ -982,7 +982,7 @@ def train_grid(
     )
     if differ:
         raise MnistlrError(
-            f"train_grid trains points that share train.group_key; these points differ in {', '.join(differ)}"
+            f"train_grid trains points that share params.group_key; these points differ in {', '.join(differ)}"
         )
     params = points[0]
     device = resolve_device(params.train.device)
