@@ -115,6 +115,25 @@ def experiments(project: Path) -> dict[str, str]:
     return out
 
 
+def blobs(project: Path, tree: str) -> dict[str, str]:
+    listing = sh("git", "ls-tree", "-r", tree, cwd=project).stdout.splitlines()
+    return {line.split("\t", 1)[1]: line.split()[2] for line in listing}
+
+
+def differing_paths(a: Path, tree_a: str, b: Path, tree_b: str) -> list[str]:
+    """The paths whose bytes differ between two experiment trees of two repositories."""
+    x, y = blobs(a, tree_a), blobs(b, tree_b)
+    return sorted(p for p in set(x) | set(y) if x.get(p) != y.get(p))
+
+
+def point_of(params_text: str) -> str:
+    """The grid's keys as a point's params.yaml sets them."""
+    from ruamel.yaml import YAML
+
+    train = YAML(typ="safe").load(params_text)["train"]
+    return f"train.lr.sgd={train['lr']['sgd']} train.weight_decay={train['weight_decay']} train.l1={train['l1']}"
+
+
 def sweep(project: Path, grid: list[str]) -> dict:
     args = [a for s in grid for a in ("-S", s)]
     wall, rss, proc = timed(str(BIN / "mnistlr"), "sweep", "--quiet", "--yes", *args, cwd=project)
@@ -170,6 +189,7 @@ def report(r: dict) -> str:
             f"Queue failures: {q['failed']}.",
             f"Identical experiment trees (sweep vs queue, same params): {r['identical']} of {r['compared']}.",
         ]
+        lines += [f"- differs: {point}: {', '.join(paths)}" for point, paths in r.get("differing", {}).items()]
     lines += ["", f"Sweep peak RSS (largest process): {s['peak_rss_mb']:.0f} MB."]
     if "large" in r:
         big = r["large"]
@@ -204,6 +224,11 @@ def main(
             mine, theirs = experiments(swept), experiments(q)
             results["compared"] = len(set(mine) & set(theirs))
             results["identical"] = sum(mine[p] == theirs[p] for p in set(mine) & set(theirs))
+            results["differing"] = {
+                point_of(p): differing_paths(swept, mine[p], q, theirs[p])
+                for p in sorted(set(mine) & set(theirs))
+                if mine[p] != theirs[p]
+            }
         if large:
             results["large"] = sweep(copy(base, "large"), LARGE)
         results["load_after"] = os.getloadavg()[0]
