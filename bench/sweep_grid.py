@@ -185,7 +185,7 @@ def report(r: dict) -> str:
         )
         lines += [
             "",
-            f"Sweep wall / queue wall: {s['wall_s'] / q['wall_s']:.2f} (target: 0.25 or less). "
+            f"Sweep wall / queue wall: {s['wall_s'] / q['wall_s']:.3f} (target: 0.25 or less). "
             f"Queue failures: {q['failed']}.",
             f"Identical experiment trees (sweep vs queue, same params): {r['identical']} of {r['compared']}.",
         ]
