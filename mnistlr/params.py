@@ -318,5 +318,5 @@ def group_key(params: Params) -> tuple[tuple[str, object], ...]:
         ("optimizer", params.optimizer),
         ("data", json.dumps(params.data.model_dump(), sort_keys=True)),
         ("variants", json.dumps({name: v.model_dump() for name, v in params.variants.items()})),
-        ("train", json.dumps(train, sort_keys=True)),
+        *((f"train.{k}", json.dumps(v, sort_keys=True)) for k, v in sorted(train.items())),
     )
