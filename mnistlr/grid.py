@@ -24,7 +24,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -179,8 +179,7 @@ def train_group(points: list[Point], prepared: Path) -> dict[str, Trained]:
 # --- evaluate and report, one process per core ------------------------------------------------------------
 
 
-_RECORDER: Recorder | None = None  # a pool process's own worktree
-_PREPARED_FOR: str | None = None  # the training pass whose data that worktree holds
+_RECORDER: Recorder | None = None  # where finish_point records: a pool process's own worktree, or the sweep's (one job)
 
 
 def start_worker(root: str, baseline: str) -> None:
@@ -192,16 +191,48 @@ def start_worker(root: str, baseline: str) -> None:
     util.Finalize(None, _RECORDER.close, exitpriority=10)
 
 
-def finish_point(folder: str, name: str, text: str, data: str) -> str | None:
+class InThisProcess(Executor):
+    """The pool of one job: each point scored and recorded in the sweep's own process and worktree, as it is
+    submitted. No process to start, no second copy of torch and the plotting libraries in memory."""
+
+    def __init__(self, rec: Recorder) -> None:
+        self.rec = rec
+
+    def __enter__(self) -> InThisProcess:
+        global _RECORDER
+        _RECORDER = self.rec
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _RECORDER
+        _RECORDER = None
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # as a pool's future holds it: raised by .result()
+            future.set_exception(exc)
+        return future
+
+
+def warm_worker(text: str) -> None:
+    """In a pool process, while the first pass trains: the imports of finish_point, and the worktree's data."""
+    import mnistlr.evaluate
+    import mnistlr.report  # noqa: F401
+
+    assert _RECORDER is not None, "warm_worker runs in a pool started with start_worker"
+    _RECORDER.prepare(text)
+
+
+def finish_point(folder: str, name: str, text: str) -> str | None:
     """In a pool process: score the point laid out in `folder` and write its report, as the evaluate and report
     stages do from the repository root (relative paths, so the outputs' text is the same); then record it as
-    experiment `name`. `data` names the training pass, whose prepared data the worktree must hold. Returns the
-    one line of a failure, or None."""
+    experiment `name`. Returns the one line of a failure, or None."""
     from mnistlr.evaluate import evaluate
     from mnistlr.params import load_params
     from mnistlr.report import build_report
 
-    global _PREPARED_FOR
     assert _RECORDER is not None, "finish_point runs in a pool started with start_worker"
     here = os.getcwd()
     os.chdir(folder)
@@ -225,9 +256,7 @@ def finish_point(folder: str, name: str, text: str, data: str) -> str | None:
         link = Path(folder) / shared
         if link.is_symlink():
             link.unlink()
-    if data != _PREPARED_FOR:
-        _RECORDER.prepare(text)
-        _PREPARED_FOR = data
+    _RECORDER.prepare(text)  # nothing to do when its data is the last point's
     _RECORDER.record(name, text, Path(folder))
     return None
 
@@ -415,19 +444,31 @@ def run_points(
     train_s = 0.0
     if todo:
         jobs = jobs or min(len(todo), os.cpu_count() or 1, 4)
-        pool = ProcessPoolExecutor(
-            max_workers=jobs, mp_context=get_context("spawn"), initializer=start_worker, initargs=(str(root), baseline)
-        )
-        with Recorder(root, baseline) as rec, progress(len(todo), quiet) as bar, pool:
-            for i, (name, group) in enumerate(groups.items(), 1):
-                bar.set_postfix_str(f"pass {i}/{len(groups)}: data")
-                rec.prepare(group[0].text)
-                bar.set_postfix_str(f"pass {i}/{len(groups)}: training {len(group)} point(s)")
-                t0 = time.perf_counter()
-                trained = train_group(group, rec.prepared)
-                train_s += time.perf_counter() - t0
-                bar.set_postfix_str(f"pass {i}/{len(groups)}: scoring and recording")
-                outcomes.update(_finish_group(name, group, trained, rec, pool, bar))
+        with Recorder(root, baseline) as rec, progress(len(todo), quiet) as bar:
+            pool: Executor = InThisProcess(rec)
+            warming = []
+            if jobs > 1:
+                pool = ProcessPoolExecutor(
+                    max_workers=jobs,
+                    mp_context=get_context("spawn"),
+                    initializer=start_worker,
+                    initargs=(str(root), baseline),
+                )
+                # the pool's processes start (imports, worktree, data) while the first pass trains
+                first = next(iter(groups.values()))[0].text
+                warming = [pool.submit(warm_worker, first) for _ in range(jobs)]
+            with pool:
+                for i, group in enumerate(groups.values(), 1):
+                    bar.set_postfix_str(f"pass {i}/{len(groups)}: data")
+                    rec.prepare(group[0].text)
+                    bar.set_postfix_str(f"pass {i}/{len(groups)}: training {len(group)} point(s)")
+                    t0 = time.perf_counter()
+                    trained = train_group(group, rec.prepared)
+                    train_s += time.perf_counter() - t0
+                    bar.set_postfix_str(f"pass {i}/{len(groups)}: scoring and recording")
+                    outcomes.update(_finish_group(group, trained, rec, pool, bar))
+                for warm in warming:
+                    warm.result()  # raises what went wrong there, if anything did
     ordered = [outcomes[p.name] for p in points]
     result = GridOutcome(baseline, ordered, train_s)
     result.summary = summarize(root, baseline, ordered)
@@ -435,7 +476,7 @@ def run_points(
 
 
 def _finish_group(
-    data: str, group: list[Point], trained: dict[str, Trained], rec: Recorder, pool: ProcessPoolExecutor, bar: Any
+    group: list[Point], trained: dict[str, Trained], rec: Recorder, pool: Executor, bar: Any
 ) -> dict[str, PointOutcome]:
     """Lay out each trained point, score and record it in the pool; the outcome of each as it completes."""
     staging = rec.wt.parent / f"points-{os.getpid()}"
@@ -450,7 +491,7 @@ def _finish_group(
                 continue
             folder = staging / p.name
             lay_out(p, trained[p.name], folder, rec.wt)
-            futures[pool.submit(finish_point, str(folder), p.name, p.text, data)] = p
+            futures[pool.submit(finish_point, str(folder), p.name, p.text)] = p
         trained.clear()  # the models are on disk now
         for future in as_completed(futures):
             p = futures[future]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -110,6 +111,7 @@ class Recorder:
         self._repo: Any = None
         self._base_lock: dict = {}
         self._outputs: list[str] = []
+        self._prepared_key: str | None = None  # the params of the data the worktree holds (prepare)
 
     # --- the worktree --------------------------------------------------------------------------------
 
@@ -151,7 +153,11 @@ class Recorder:
 
     def prepare(self, params_text: str, first: str = "prepare") -> None:
         """Make the worktree's data what `params_text` gives, as `dvc repro <first>` does: restored from
-        the cache or the run cache when this data was made before, else made here."""
+        the cache or the run cache when this data was made before, else made here. Nothing to do when the
+        params `first` reads are those of the last call (the code is the baseline's throughout)."""
+        key = self._stage_params(first, params_text)
+        if key is not None and key == self._prepared_key:
+            return
         atomic.write_text(self.wt / PARAMS, params_text)
         run_dvc("repro", first, cwd=self.wt)
         if self._repo is None:
@@ -159,6 +165,24 @@ class Recorder:
 
             self._repo = Repo(str(self.wt))
         self._outputs = self._git_outputs()
+        self._prepared_key = key
+
+    def _stage_params(self, stage: str, params_text: str) -> str | None:
+        """The values of the params.yaml keys that `stage` lists under `params:`, as one string; None when it
+        lists another params file (then only `dvc repro` can tell)."""
+        from ruamel.yaml import YAML
+
+        listed = (yaml.safe_load((self.wt / PIPELINE).read_text())["stages"][stage]).get("params") or []
+        if not all(isinstance(key, str) for key in listed):
+            return None
+        raw = YAML(typ="safe").load(params_text)
+        values = {}
+        for key in listed:
+            node = raw
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            values[key] = node
+        return json.dumps(values, sort_keys=True, default=str)
 
     def _target(self, stage: str) -> str:
         # DVC resolves a bare stage name against the process's working directory, not the repo's root
