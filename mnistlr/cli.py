@@ -249,6 +249,9 @@ def sweep_point(
     ),
     workdir: Path | None = typer.Option(None, help="where the temporary clone goes (default: the temp folder)"),
     results: Path | None = typer.Option(None, help="also write each point's outcome to this JSON file"),
+    jobs: int | None = typer.Option(
+        None, min=1, help="processes that score the points and draw their figures (default: one per core, at most 4)"
+    ),
 ) -> None:
     """Run one group of a sweep's points (or one point) in a fresh clone of the commit from the git remote: dvc pull
     of the prepared data, one training pass, each point recorded as an experiment (as `dvc exp run -S` records it),
@@ -270,6 +273,7 @@ def sweep_point(
             workdir,
             results,
             log=lambda line: typer.echo(line),
+            jobs=jobs,
         )
     except TransientError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import textwrap
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,9 +276,11 @@ def mark_indistinguishable(
     return table
 
 
-# While a queue runs, dvc can remove an experiment's temp folder (.dvc/tmp/exps/tmpXXXX) between listing it and
-# reading it ("... .dvc/tmp/exps/tmpXXXX/.dvc does not exist"); the next `dvc exp show` no longer lists it.
-VANISHED_TEMP_DIR = re.compile(r"\.dvc/tmp/exps/tmp")
+# While a queue runs, `dvc exp show` can read a queued run's temp folder (.dvc/tmp/exps/tmpXXXX) as it comes or goes:
+# "... .dvc/tmp/exps/tmpXXXX/.dvc does not exist" once the run removed it, "unexpected error - Empty git repo"
+# before the run has fetched its commit. Asked again a moment later, it no longer meets that folder that way.
+QUEUE_RACE = re.compile(r"\.dvc/tmp/exps/tmp|Empty git repo")
+QUEUE_RACE_TRIES = 4
 NOTHING_TO_COMPARE = (
     "no experiments to compare: run some with dvc exp run, e.g. dvc exp run -S optimizer=adam, "
     "or a grid: dvc exp run --queue -S 'optimizer=sgd,adam' && dvc queue start"
@@ -285,13 +288,16 @@ NOTHING_TO_COMPARE = (
 
 
 def exp_show(args: list[str], cwd: str | Path = ".") -> list[dict]:
-    """`dvc exp show ARGS --json`, asked once more when a queued run's temp folder vanished under it."""
-    try:
-        return dvc_json("exp", "show", *args, cwd=cwd)
-    except MnistlrError as exc:
-        if not VANISHED_TEMP_DIR.search(str(exc)):
-            raise
-        return dvc_json("exp", "show", *args, cwd=cwd)
+    """`dvc exp show ARGS --json`, asked again (up to QUEUE_RACE_TRIES times in all) when it met a queued run's
+    temp folder as it came or went."""
+    for attempt in range(1, QUEUE_RACE_TRIES + 1):
+        try:
+            return dvc_json("exp", "show", *args, cwd=cwd)
+        except MnistlrError as exc:
+            if attempt == QUEUE_RACE_TRIES or not QUEUE_RACE.search(str(exc)):
+                raise
+            time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
 
 
 def check_comparable(runs: list[Run]) -> None:

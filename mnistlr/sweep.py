@@ -236,9 +236,11 @@ def run_group(
     config_local: Path | None = None,
     workdir: str | Path | None = None,
     log: Callable[[str], None] = print,
+    jobs: int | None = None,
 ) -> list[PointResult]:
     """Run one group (or slice) of the grid, or its one point when there is no group, in a fresh clone of
-    `commit`: the points already on the remote are skipped, the rest trained in one pass, recorded, and pushed.
+    `commit`: the points already on the remote are skipped, the rest trained in one pass, recorded (scored in
+    `jobs` processes, as `mnistlr sweep --jobs`), and pushed.
     MnistlrError: the grid or the group is wrong (retrying will not help); TransientError: git or storage."""
     attempt = Path(tempfile.mkdtemp(prefix=f"mnistlr-sweep-{prefix}-", dir=workdir))
     clone = attempt / "repo"
@@ -263,14 +265,20 @@ def run_group(
                 f"already, {len(todo)} to run"
             )
             if todo:
-                results.update(_run_and_push(clone, url, commit, todo, config_local, log))
+                results.update(_run_and_push(clone, url, commit, todo, config_local, log, jobs))
             return [results[p.name] for p in points]
     finally:
         shutil.rmtree(attempt, ignore_errors=True)
 
 
 def _run_and_push(
-    clone: Path, url: str, commit: str, todo: list[Point], config_local: Path | None, log: Callable[[str], None]
+    clone: Path,
+    url: str,
+    commit: str,
+    todo: list[Point],
+    config_local: Path | None,
+    log: Callable[[str], None],
+    jobs: int | None = None,
 ) -> dict[str, PointResult]:
     if config_local is not None:
         with atomic.atomic_path(clone / ".dvc" / "config.local") as tmp:
@@ -282,7 +290,7 @@ def _run_and_push(
     else:
         log("no default DVC remote: the models stay in this clone; only the experiments' commits reach git")
     try:
-        outcome = run_points(todo, clone, commit, quiet=not sys.stderr.isatty(), log=log)
+        outcome = run_points(todo, clone, commit, jobs, quiet=not sys.stderr.isatty(), log=log)
         failed = {o.point.name: o.error or "failed" for o in outcome.outcomes if o.status == "failed"}
     except TransientError:
         raise
@@ -316,7 +324,7 @@ class TaskResult:
     error: str = ""  # the task failed before any point had an outcome
 
 
-def group_task(url: str, commit: str, sets: list[str], task: str, prefix: str) -> TaskResult:
+def group_task(url: str, commit: str, sets: list[str], task: str, prefix: str, jobs: int | None = None) -> TaskResult:
     """The Dask task: `mnistlr sweep-point --group TASK` in a subprocess (its own process group, which stops
     itself if this worker dies), with this worker's environment: the storage credentials are the worker's own
     (MNISTLR_DVC_CONFIG_LOCAL or the AWS variables), none travel with the task. Points that fail are results;
@@ -345,6 +353,7 @@ def group_task(url: str, commit: str, sets: list[str], task: str, prefix: str) -
             prefix,
             "--results",
             str(results),
+            *(["--jobs", str(jobs)] if jobs else []),
             *(a for s in sets for a in ("-S", s)),
         ]
         # files, not pipes: if this worker dies, the orphan's writes must not fail before it stops itself
@@ -499,7 +508,9 @@ def run_sweep(
                 f"{len(tasks)} task(s) for {slots} worker(s), each one clone and one training pass: "
                 + ", ".join(f"{t} ({sum(p.name in todo for p in ps)} to run)" for t, ps in tasks.items())
             )
-            done, tasks_run = _run_tasks(client, url, commit, sets, name_prefix, tasks, todo, log)
+            # a local cluster's workers share this machine's cores: each task scores its points in its share
+            jobs = None if scheduler else max(1, (os.cpu_count() or 1) // n_workers)
+            done, tasks_run = _run_tasks(client, url, commit, sets, name_prefix, tasks, todo, log, jobs)
             results.update(done)
         finally:
             client.close()
@@ -541,6 +552,7 @@ def _run_tasks(
     tasks: dict[str, list[Point]],
     todo: set[str],
     log: Callable[[str], None],
+    jobs: int | None = None,
 ) -> tuple[dict[str, PointResult], list[TaskResult]]:
     """Submit one task per group or slice (retries=2) and report progress until every one has an outcome."""
     from distributed import wait
@@ -548,7 +560,16 @@ def _run_tasks(
     digest = hashlib.sha256("\n".join([commit, prefix, *sets]).encode()).hexdigest()[:8]
     futures = {
         client.submit(
-            group_task, url, commit, sets, task, prefix, key=f"mnistlr-sweep-{task}-{digest}", pure=False, retries=2
+            group_task,
+            url,
+            commit,
+            sets,
+            task,
+            prefix,
+            jobs,
+            key=f"mnistlr-sweep-{task}-{digest}",
+            pure=False,
+            retries=2,
         ): task
         for task in tasks
     }
@@ -610,6 +631,7 @@ def point_from_here(
     workdir: str | Path | None = None,
     results_file: Path | None = None,
     log: Callable[[str], None] = print,
+    jobs: int | None = None,
 ) -> list[PointResult]:
     """`mnistlr sweep-point`: a group of the grid (or one point), from a checkout (a CI job, a SLURM task) or
     from a Dask task (origin a URL). config_local: a DVC config.local on this machine for the clone (default:
@@ -657,7 +679,7 @@ def point_from_here(
         )
     if config_local is None and root is not None and (root / ".dvc" / "config.local").is_file():
         config_local = root / ".dvc" / "config.local"
-    results = run_group(url, commit, sets, group, name_prefix, name, config_local, workdir, log)
+    results = run_group(url, commit, sets, group, name_prefix, name, config_local, workdir, log, jobs)
     for r in results:
         log(f"{r.status} {r.name} ({_describe(r.overrides)})" + (f": {r.error}" if r.error else ""))
     if results_file is not None:

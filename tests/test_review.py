@@ -300,13 +300,18 @@ VANISHED = (
 )
 
 
-def test_exp_show_asks_again_once_when_a_queued_runs_temp_folder_vanished(monkeypatch):
-    calls = fake_dvc(monkeypatch, [MnistlrError(VANISHED), exp_show()])
+EMPTY_REPO = "`dvc exp show --json` failed: ERROR: unexpected error - Empty git repo"
+
+
+def test_exp_show_asks_again_when_it_met_a_queued_runs_temp_folder(monkeypatch):
+    monkeypatch.setattr(review.time, "sleep", lambda s: None)
+    calls = fake_dvc(monkeypatch, [MnistlrError(VANISHED), MnistlrError(EMPTY_REPO), exp_show()])
     assert review.exp_show([]) == exp_show()
-    assert calls == [("exp", "show"), ("exp", "show")]
-    fake_dvc(monkeypatch, [MnistlrError(VANISHED), MnistlrError(VANISHED)])
-    with pytest.raises(MnistlrError, match="does not exist"):  # twice: it is not transient, say so
+    assert calls == [("exp", "show")] * 3
+    calls = fake_dvc(monkeypatch, [MnistlrError(VANISHED)] * review.QUEUE_RACE_TRIES)
+    with pytest.raises(MnistlrError, match="does not exist"):  # every time: it is not transient, say so
         review.exp_show([])
+    assert len(calls) == review.QUEUE_RACE_TRIES
     calls = fake_dvc(monkeypatch, [MnistlrError("`dvc exp show --json` failed: ERROR: not a git repository")])
     with pytest.raises(MnistlrError, match="not a git repository"):
         review.exp_show([])
