@@ -130,6 +130,10 @@ def predict(
 
 
 SET_HELP = "KEY=V1,V2,... of params.yaml, as `dvc exp run --queue -S`; repeat for a grid (the cartesian product)"
+JOBS_HELP = (
+    "processes that score and record the points (default: one per core, at most 4, each with 8 points at least; "
+    "1: the sweep's own process)"
+)
 
 
 @app.command()
@@ -138,7 +142,9 @@ def sweep(
     set_param: list[str] = typer.Option(..., "--set-param", "-S", help=SET_HELP),
     yes: bool = typer.Option(False, "--yes", help="run a grid of more than 1000 points without asking"),
     jobs: int | None = typer.Option(
-        None, min=1, help="processes that score the points and draw their figures (default: one per core, at most 4)"
+        None,
+        min=1,
+        help=JOBS_HELP,
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
     show_plan: bool = typer.Option(
@@ -250,7 +256,9 @@ def sweep_point(
     workdir: Path | None = typer.Option(None, help="where the temporary clone goes (default: the temp folder)"),
     results: Path | None = typer.Option(None, help="also write each point's outcome to this JSON file"),
     jobs: int | None = typer.Option(
-        None, min=1, help="processes that score the points and draw their figures (default: one per core, at most 4)"
+        None,
+        min=1,
+        help=JOBS_HELP,
     ),
 ) -> None:
     """Run one group of a sweep's points (or one point) in a fresh clone of the commit from the git remote: dvc pull

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from mnistlr.grid import default_jobs
 from mnistlr.repo import exe
 from tests.conftest import copy_project, dvc, run
 
@@ -70,7 +71,7 @@ def swept(tmp_path_factory, reproduced):
     """A copy of the reproduced project after `mnistlr sweep` of GRID: (project, env, the sweep's output)."""
     project = copy_project(reproduced, tmp_path_factory.mktemp("grid") / "proj")
     env = reproduced[1]
-    proc = sweep(project, env, *GRID)
+    proc = sweep(project, env, "--jobs", "2", *GRID)  # a pool (4 points would be scored in the sweep's process)
     return project, env, proc
 
 
@@ -168,17 +169,24 @@ def round_trip(tmp_path: Path, project: Path, env: dict) -> None:
 def test_a_rerun_records_only_what_is_missing(swept):
     project, env, _ = swept
     before = exp_refs(project, env)
-    again = sweep(project, env, "--jobs", "1", *GRID)  # one job: scored and recorded in the sweep's own process
+    again = sweep(project, env, *GRID)
     assert "0 to run" in again.stdout and exp_refs(project, env) == before
-    wider = sweep(project, env, "--jobs", "1", *SMALL, "-S", "optimizer=sgd", "-S", "train.weight_decay=0,1e-5,1e-4")
+    wider = sweep(project, env, *SMALL, "-S", "optimizer=sgd", "-S", "train.weight_decay=0,1e-5,1e-4")
     assert "1 to run" in wider.stdout, wider.stdout
     assert len(exp_refs(project, env)) == len(before) + 1
+
+
+def test_a_small_grid_is_scored_in_the_sweeps_own_process(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert [default_jobs(n) for n in (1, 7, 15, 16, 100)] == [1, 1, 1, 2, 2]
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert [default_jobs(n) for n in (8, 24, 100)] == [1, 3, 4]
 
 
 def test_a_diverging_point_fails_alone(tmp_path, reproduced):
     project = copy_project(reproduced, tmp_path / "proj")
     env = reproduced[1]
-    proc = sweep(project, env, "--jobs", "1", "-S", "train.lr.sgd=0.01,1e38", check=False)
+    proc = sweep(project, env, "-S", "train.lr.sgd=0.01,1e38", check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     failed = [ln for ln in proc.stderr.splitlines() if ln.startswith("failed:")]
     assert len(failed) == 1 and "train.lr.sgd=1e+38" in failed[0] and "diverged" in failed[0], proc.stderr

@@ -34,7 +34,7 @@ def test_a_swept_grid_then_compare_gives_a_grid_and_the_report_links_it(tmp_path
     # two points, one per training pass (the optimizer cannot vary within one), each recorded as the experiment
     # `dvc exp run -S <point>` records (tests/test_grid.py; the README's docs test runs DVC's queue)
     swept = run(
-        [exe("mnistlr"), "sweep", "-q", "--jobs", "1", "-S", "optimizer=sgd,adam", "-S", "train.weight_decay=1e-4"],
+        [exe("mnistlr"), "sweep", "-q", "-S", "optimizer=sgd,adam", "-S", "train.weight_decay=1e-4"],
         project,
         env,
     ).stdout
