@@ -208,3 +208,23 @@ def test_a_stage_process_runs_with_the_pins():
         check=True,
     ).stdout.split()
     assert out == (["True", "AVX2"] if mnistlr._has_avx2() else ["False", out[1]])
+
+
+def test_an_npz_is_written_without_zip64_headers_so_every_python_writes_the_same_bytes(tmp_path):
+    """np.savez forces ZIP64 headers, whose version field differs between Python patch releases (the prepared
+    data's hash changed between 3.11.7 and 3.11.2); atomic.write_arrays writes plain ones, read back alike."""
+    import zipfile
+
+    import numpy as np
+
+    from mnistlr import atomic
+
+    arrays = {"x": np.arange(12, dtype=np.float32).reshape(3, 4), "y": np.array([1, 2, 3], np.uint8)}
+    atomic.write_arrays(tmp_path / "a.npz", **arrays)
+    members = zipfile.ZipFile(tmp_path / "a.npz").infolist()
+    assert [m.filename for m in members] == ["x.npy", "y.npy"]
+    assert {(m.create_version, m.extract_version, m.date_time) for m in members} == {(20, 20, (1980, 1, 1, 0, 0, 0))}
+    with np.load(tmp_path / "a.npz", allow_pickle=False) as back:
+        assert all(np.array_equal(back[k], v) and back[k].dtype == v.dtype for k, v in arrays.items())
+    atomic.write_arrays(tmp_path / "b.npz", **arrays)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
