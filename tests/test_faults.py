@@ -382,33 +382,28 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
 
 # --- SIGKILL while a stage writes an output ---------------------------------------------------------
 
-# Loaded by every Python process of the run (PYTHONPATH): numpy's savez, which every .npz output goes
-# through, writes the first half of a models/ file, says where, then stalls before the rest, so the
-# kill lands in the middle of writing the model.
+# Loaded by every Python process of the run (PYTHONPATH): zipfile's writestr, which every .npz output goes
+# through (atomic.write_arrays), writes the first member of a models/ file, says where, then stalls before the
+# rest, so the kill lands in the middle of writing the model.
 SLOW_WRITER = """
-import io, os, time
-import numpy as np
+import os, time, zipfile
 
-_savez = np.savez
-
-
-def _slow_savez(file, *args, **kwds):
-    name = str(getattr(file, "name", file))
-    if "models/" not in name:
-        return _savez(file, *args, **kwds)
-    buf = io.BytesIO()
-    _savez(buf, *args, **kwds)
-    data = buf.getvalue()
-    file.write(data[: len(data) // 2])
-    file.flush()
-    os.fsync(file.fileno())
-    with open(os.environ["MNISTLR_TEST_WRITING"], "w") as marker:
-        marker.write(os.path.abspath(name))
-    time.sleep(600)
-    file.write(data[len(data) // 2 :])
+_writestr = zipfile.ZipFile.writestr
 
 
-np.savez = _slow_savez
+def _slow_writestr(self, zinfo_or_arcname, data, *args, **kwds):
+    # a model's .npz (atomic.write_arrays): its first member on disk, then a long pause before the rest
+    _writestr(self, zinfo_or_arcname, data, *args, **kwds)
+    name = str(self.filename or "")
+    if "models/" in name:
+        self.fp.flush()
+        os.fsync(self.fp.fileno())
+        with open(os.environ["MNISTLR_TEST_WRITING"], "w") as marker:
+            marker.write(os.path.abspath(name))
+        time.sleep(600)
+
+
+zipfile.ZipFile.writestr = _slow_writestr
 """
 
 
@@ -451,7 +446,7 @@ def test_sigkill_while_writing_the_model_shows_no_partial_file_and_repro_recover
         )
         try:
             partial = Path(_wait_for_file(marker, proc, log, timeout=240))
-            # mid-write: half the bytes are on disk, under a hidden temp name, and the output is not there
+            # mid-write: the first member is on disk, under a hidden temp name, and the output is not there
             assert partial.parent == project / "models" and partial.name.startswith(".full.npz.tmp-"), partial
             assert partial.stat().st_size > 0
             assert sorted(p.name for p in (project / "models").iterdir()) == [partial.name]
