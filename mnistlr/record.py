@@ -88,10 +88,9 @@ def remove_stale_worktrees(root: Path) -> None:
     run_git("worktree", "prune", cwd=root)
 
 
-def stage_names(root: Path) -> list[str]:
-    """The stages of the project's dvc.yaml, in file order."""
-    stages = (yaml.safe_load((root / PIPELINE).read_text()) or {}).get("stages") or {}
-    return list(stages)
+def pipeline_stages(root: Path) -> dict[str, dict]:
+    """The stages of the project's dvc.yaml, by name, in file order."""
+    return (yaml.safe_load((root / PIPELINE).read_text()) or {}).get("stages") or {}
 
 
 class Recorder:
@@ -107,7 +106,8 @@ class Recorder:
         self.root = Path(root).resolve()
         self.baseline = baseline
         self.wt = self.root / WORKTREES / f"wt-{os.getpid()}"
-        self.stages = stage_names(self.root)
+        self._pipeline = pipeline_stages(self.root)
+        self.stages = list(self._pipeline)
         self._repo: Any = None
         self._base_lock: dict = {}
         self._outputs: list[str] = []
@@ -172,7 +172,7 @@ class Recorder:
         lists another params file (then only `dvc repro` can tell)."""
         from ruamel.yaml import YAML
 
-        listed = (yaml.safe_load((self.wt / PIPELINE).read_text())["stages"][stage]).get("params") or []
+        listed = self._pipeline[stage].get("params") or []
         if not all(isinstance(key, str) for key in listed):
             return None
         raw = YAML(typ="safe").load(params_text)
@@ -228,11 +228,13 @@ class Recorder:
             for stage_name in reversed(self.stages):
                 if stage_name not in {s.name for s in committed}:
                     committed += repo.commit(self._target(stage_name), with_deps=True, force=True, relink=False)
-        changed = [s for s in committed if _lock_entry(s) != self._base_lock.get(s.name)]
+        entries = {s.name: _lock_entry(s) for s in committed}
+        changed = [s for s in committed if entries[s.name] != self._base_lock.get(s.name)]
         # A stage whose entry equals the baseline's as values (deps, outs, params: 0 == 0.0) is one `dvc exp run`
-        # skips: it leaves that entry as the baseline wrote it. Repo.commit rewrote it from params.yaml's text.
-        unchanged = {s.name for s in committed} - {s.name for s in changed}
-        self._keep_base_entries([name for name in unchanged if name in self._base_lock])
+        # skips: it leaves that entry as the baseline wrote it. Repo.commit rewrote it from params.yaml's text,
+        # which may write a value otherwise (0 for 0.0).
+        unchanged = set(entries) - {s.name for s in changed}
+        self._keep_base_entries([n for n in unchanged if _as_written(entries[n]) != _as_written(self._base_lock[n])])
         exp_hash = BaseExecutor.hash_exp(changed)
         paths = sorted({p for s in committed for p in _get_stage_files(s)} | set(_top_level_paths(repo)))
         run_git("add", "--update", cwd=self.wt)
@@ -283,6 +285,11 @@ def _lock_entry(stage: Any) -> dict:
     from dvc.stage.serialize import to_single_stage_lockfile
 
     return to_single_stage_lockfile(stage)
+
+
+def _as_written(entry: Any) -> str:
+    """A lock entry with each value's type in its text (0 and 0.0 differ), as YAML writes them."""
+    return json.dumps(entry, sort_keys=True)
 
 
 def _top_level_paths(repo: Any) -> list[str]:
