@@ -50,7 +50,7 @@ import pytest
 import yaml
 
 from mnistlr.data import MD5SUMS_ENV, MIRROR_ENV
-from mnistlr.review import QUEUE_RACE, exp_show
+from mnistlr.review import exp_show
 from tests.conftest import REPO, copy_project, dvc, run, skip_unless_ci, synthetic_digits
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -499,20 +499,8 @@ def test_the_pages_blocks_run_as_written(page, reader, request):
 # --- DVC's own habits after `make repro` ---------------------------------------------------------------
 
 
-def tty_output(argv: list[str], cwd: Path, env: dict, columns: int = 120, tries: int = 3) -> str:
-    """What `argv` draws on a terminal `columns` wide (a pseudo-terminal; colours and cursor codes stripped). Asked
-    again (up to `tries` times) when `dvc exp show` met a queued run's temp folder as it came or went (README)."""
-    for _ in range(tries - 1):
-        status, text = _on_a_terminal(argv, cwd, env, columns)
-        if status == 0 or not QUEUE_RACE.search(text):
-            break
-    else:
-        status, text = _on_a_terminal(argv, cwd, env, columns)
-    assert status == 0, text
-    return text
-
-
-def _on_a_terminal(argv: list[str], cwd: Path, env: dict, columns: int) -> tuple[int, str]:
+def tty_output(argv: list[str], cwd: Path, env: dict, columns: int = 120) -> str:
+    """What `argv` draws on a terminal `columns` wide (a pseudo-terminal; colours and cursor codes stripped)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
     proc = subprocess.Popen(
@@ -534,9 +522,9 @@ def _on_a_terminal(argv: list[str], cwd: Path, env: dict, columns: int) -> tuple
             break
         chunks.append(data)
     os.close(master)
-    status = proc.wait(timeout=60)
+    assert proc.wait(timeout=60) == 0, b"".join(chunks).decode(errors="replace")
     text = b"".join(chunks).decode(errors="replace").replace("\r", "")
-    return status, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]", "", text)
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]", "", text)
 
 
 def readme_command(prefix: str) -> str:
