@@ -276,10 +276,11 @@ def mark_indistinguishable(
     return table
 
 
-# While a queue runs, `dvc exp show` can read a queued run's temp folder (.dvc/tmp/exps/tmpXXXX) as it comes or goes:
-# "... .dvc/tmp/exps/tmpXXXX/.dvc does not exist" once the run removed it, "unexpected error - Empty git repo"
-# before the run has fetched its commit. Asked again a moment later, it no longer meets that folder that way.
-QUEUE_RACE = re.compile(r"\.dvc/tmp/exps/tmp|Empty git repo")
+# While a queue runs, `dvc exp show` can read a queued run's temp folder (.dvc/tmp/exps/tmpXXXX) or its info file
+# (.dvc/tmp/exps/run/REV/REV.run) as it comes or goes: "... .dvc/tmp/exps/tmpXXXX/.dvc does not exist" once the run
+# removed it, "unexpected error - Empty git repo" before the run has fetched its commit, "No such file or directory:
+# '.../.dvc/tmp/exps/run/...'" as a run ends. Asked again a moment later, it no longer meets them that way.
+QUEUE_RACE = re.compile(r"\.dvc/tmp/exps/(tmp|run/)|Empty git repo")
 QUEUE_RACE_TRIES = 4
 NOTHING_TO_COMPARE = (
     "no experiments to compare: run some with dvc exp run, e.g. dvc exp run -S optimizer=adam, "

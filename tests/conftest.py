@@ -76,7 +76,6 @@ LONGEST_FIRST = (
     "test_pipeline_e2e.py",
     "test_predict.py",
     "test_studies.py",
-    "test_team_e2e.py",
     "test_habits.py",
     "test_cli.py",
     "test_faults.py",

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import json
 import os
 import pty
 import queue
@@ -373,6 +375,7 @@ class Reader:
     teammate_clone: Path | None = None
     log: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)  # command as written -> what it printed
+    values: dict[str, str] = field(default_factory=dict)  # the placeholders filled in (S3 ones once a block needs them)
 
     def start(self, cwd: Path, name: str) -> Shell:
         scratch = self.root / f"scratch-{name}"
@@ -416,19 +419,19 @@ class Reader:
                 stop_background(clone)
 
 
+def s3_client(endpoint: str, key_id: str, secret: str):
+    import botocore.session  # comes with dvc-s3
+
+    return botocore.session.get_session().create_client(
+        "s3", endpoint_url=endpoint, aws_access_key_id=key_id, aws_secret_access_key=secret, region_name="us-east-1"
+    )
+
+
 def s3_values(storage) -> dict[str, str]:
     """The test server's endpoint and keys, and a bucket of the page's own: the server is shared with other tests,
     which count what their remote holds."""
-    import botocore.session  # comes with dvc-s3
-
     bucket = f"doc-test-{uuid.uuid4().hex[:12]}"
-    botocore.session.get_session().create_client(
-        "s3",
-        endpoint_url=storage.endpoint,
-        aws_access_key_id=storage.access_key,
-        aws_secret_access_key=storage.secret_key,
-        region_name="us-east-1",
-    ).create_bucket(Bucket=bucket)
+    s3_client(storage.endpoint, storage.access_key, storage.secret_key).create_bucket(Bucket=bucket)
     return {
         "https://s3.example.com": storage.endpoint,
         "BUCKET": bucket,
@@ -490,6 +493,7 @@ def test_the_pages_blocks_run_as_written(page, reader, request):
             if command.text.startswith("dvc remote modify --local"):
                 local_lines.append(command.text)
     print(f"\n{page}:\n  " + "\n  ".join(reader.log))
+    reader.values = {**mirror, **s3}
     if page in AFTERWARDS:
         AFTERWARDS[page](reader)
     if missing:
@@ -584,7 +588,78 @@ def the_readmes_dvc_exp_show_reads_at_120_columns(reader: Reader) -> None:
     assert "…" in tty_output([*plain, "--no-pager"], reader.project, env)
 
 
-AFTERWARDS = {"README.md": the_readmes_dvc_exp_show_reads_at_120_columns}
+def the_readmes_first_experiment_ran_from_train_and_its_diffs_show_it(reader: Reader) -> None:
+    """The daily loop's first command reruns train, evaluate and report (not prepare) with adam; `dvc metrics
+    diff main` lists what changed in each variant and `dvc plots diff main` draws the curves and confusion matrix."""
+    out = next(o for c, o in reader.outputs.items() if c.startswith("dvc exp run -S optimizer=adam"))
+    assert re.findall(r"Running stage '([^']+)'", out) == ["train", "evaluate", "report"], out
+    diff = next(o for c, o in reader.outputs.items() if c.startswith("dvc metrics diff main"))
+    for variant in ("full", "noise10"):  # (the easy synthetic digits give both optimizers the same accuracy)
+        assert re.search(rf"^metrics/{variant}\.json\s+test\.loss\s", diff, re.M), diff
+    page = (reader.project / "dvc_plots" / "index.html").read_text()
+    for title in ("Loss of full (train vs val)", "Validation accuracy per epoch", "Confusion matrix (test set)"):
+        assert title in page, title
+    adam = [
+        r["data"]
+        for c in exp_show([], cwd=reader.project)
+        for e in c.get("experiments") or []
+        for r in e["revs"]
+        if r["data"]["params"]["params.yaml"]["data"]["optimizer"] == "adam"
+        and r["data"]["params"]["params.yaml"]["data"]["train"]["weight_decay"] == 0
+        and (e.get("executor") or {}).get("state") in (None, "success")
+    ]
+    assert adam and all(0.5 < d["metrics"]["metrics/full.json"]["data"]["test"]["accuracy"] <= 1 for d in adam), adam
+
+
+def the_readmes_loop(reader: Reader) -> None:
+    the_readmes_first_experiment_ran_from_train_and_its_diffs_show_it(reader)
+    the_readmes_dvc_exp_show_reads_at_120_columns(reader)
+
+
+def md5_of(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def the_team_round_trip_kept_the_keys_local_and_moved_the_exact_bytes(reader: Reader) -> None:
+    """After docs/team.md: the credentials never reached a commit, `dvc exp push` sent the experiment's outputs
+    to the remote, and the teammate's applied and pulled experiment is, byte for byte, what it trained."""
+    a, b, v, env = reader.project, reader.teammate_clone, reader.values, reader.env
+    url = "s3://" + v["BUCKET"] + "/mnistlr"
+    shared, local = (a / ".dvc" / "config").read_text(), (a / ".dvc" / "config.local").read_text()
+    assert url in shared and v["https://s3.example.com"] in shared  # the remote is shared through git ...
+    assert v["KEY_ID"] not in shared and v["SECRET"] not in shared  # ... its credentials are not
+    assert v["KEY_ID"] in local and v["SECRET"] in local
+    assert run(["git", "check-ignore", "-q", ".dvc/config.local"], a, env, check=False).returncode == 0
+    assert run(["git", "ls-files", ".dvc"], a, env).stdout.split() == [".dvc/.gitignore", ".dvc/config"]
+    history = run(["git", "log", "--all", "-p", "--", ".dvc"], reader.origin, env).stdout  # all that reached origin
+    assert url in history and v["KEY_ID"] not in history and v["SECRET"] not in history
+    assert ".dvc/config.local" not in run(["git", "log", "--all", "--name-only"], reader.origin, env).stdout
+    # the experiment: its ref on origin, its outputs in the remote (sent by `dvc exp push` itself) ...
+    refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], reader.origin, env).stdout.split()
+    (ref,) = [r for r in refs if r.endswith("/adam-trial")]
+    lock = yaml.safe_load(run(["git", "show", f"{ref}:dvc.lock"], a, env).stdout)
+    (models_md5,) = [o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"] == "models"]
+    cached = a / ".dvc" / "cache" / "files" / "md5" / models_md5[:2] / models_md5[2:]
+    files = {e["relpath"]: e["md5"] for e in json.loads(cached.read_text())}
+    listing = s3_client(v["https://s3.example.com"], v["KEY_ID"], v["SECRET"]).get_paginator("list_objects_v2")
+    pages = listing.paginate(Bucket=v["BUCKET"], Prefix="mnistlr/files/md5/")
+    remote = {"".join(o["Key"].split("/")[-2:]) for page in pages for o in page.get("Contents", [])}
+    assert {models_md5, *files.values()} <= remote, (models_md5, files, len(remote))
+    again = dvc("push", cwd=a, env=env)  # as the page says: nothing left to send
+    assert "Everything is up to date" in again.stdout + again.stderr, again.stdout + again.stderr
+    # ... and the teammate's workspace holds exactly it: params, metrics and every model's bytes
+    assert yaml.safe_load((b / "params.yaml").read_text())["optimizer"] == "adam"
+    for name, md5 in files.items():
+        assert md5_of(b / "models" / name) == md5, name
+    for metrics in ("metrics/full.json", "metrics/noise10.json"):
+        assert (b / metrics).read_text() == run(["git", "show", f"{ref}:{metrics}"], a, env).stdout, metrics
+    assert "up to date" in dvc("status", "dvc.yaml", cwd=b, env=env).stdout  # the root pipeline (not studies/)
+
+
+AFTERWARDS = {
+    "README.md": the_readmes_loop,
+    "docs/team.md": the_team_round_trip_kept_the_keys_local_and_moved_the_exact_bytes,
+}
 
 
 def test_push_and_pull_without_a_remote_say_what_the_readme_quotes(tmp_path, reproduced):

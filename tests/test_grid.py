@@ -166,16 +166,6 @@ def round_trip(tmp_path: Path, project: Path, env: dict) -> None:
     assert (clone / "models" / "full.npz").read_bytes() == model
 
 
-def test_a_rerun_records_only_what_is_missing(swept):
-    project, env, _ = swept
-    before = exp_refs(project, env)
-    again = sweep(project, env, *GRID)
-    assert "0 to run" in again.stdout and exp_refs(project, env) == before
-    wider = sweep(project, env, *SMALL, "-S", "optimizer=sgd", "-S", "train.weight_decay=0,1e-5,1e-4")
-    assert "1 to run" in wider.stdout, wider.stdout
-    assert len(exp_refs(project, env)) == len(before) + 1
-
-
 def test_a_small_grid_is_scored_in_the_sweeps_own_process(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert [default_jobs(n) for n in (1, 7, 15, 16, 100)] == [1, 1, 1, 2, 2]

@@ -102,26 +102,6 @@ def test_a_figure_param_reruns_evaluate_and_report_and_a_train_param_never_prepa
     assert ran(dvc("repro", cwd=project, env=env)) == ["train", "evaluate", "report"]
 
 
-def test_exp_run_adam_then_metrics_diff_and_plots(synthetic_project):
-    project, env, _ = synthetic_project
-    commit(project, env, "baseline")
-    out = dvc("exp", "run", "-S", "optimizer=adam", cwd=project, env=env)
-    assert ran(out) == ["train", "evaluate", "report"]
-    assert yaml.safe_load((project / "params.yaml").read_text())["optimizer"] == "adam"
-    diff = dvc("metrics", "diff", "--all", "--md", cwd=project, env=env).stdout
-    assert re.search(r"metrics/full\.json\s*\|\s*test\.accuracy", diff), diff
-    shown = json.loads(dvc("exp", "show", "--json", cwd=project, env=env).stdout)
-    baseline = next(c for c in shown if c["rev"] != "workspace")
-    [exp] = [r for e in baseline["experiments"] for r in e["revs"]]
-    assert exp["data"]["params"]["params.yaml"]["data"]["optimizer"] == "adam"
-    metrics = exp["data"]["metrics"]["metrics/full.json"]["data"]
-    assert metrics == json.loads((project / "metrics" / "full.json").read_text())
-    dvc("plots", "show", "-o", "dvc_plots", cwd=project, env=env)
-    page = (project / "dvc_plots" / "index.html").read_text()
-    for title in ("Loss of full (train vs val)", "Validation accuracy per epoch", "Confusion matrix (test set)"):
-        assert title in page
-
-
 def test_exp_run_deskew_as_typed_reruns_from_prepare_and_the_model_carries_it(synthetic_project):
     project, env, _ = synthetic_project
     commit(project, env, "baseline before deskew")

@@ -301,6 +301,10 @@ VANISHED = (
 
 
 EMPTY_REPO = "`dvc exp show --json` failed: ERROR: unexpected error - Empty git repo"
+RUN_INFO_GONE = (
+    "`dvc exp show --json` failed: ERROR: unexpected error - [Errno 2] No such file or directory: "
+    "'/home/u/p/.dvc/tmp/exps/run/7aee0e79d544473c920fbc193f7355e6c5540bce/7aee0e79d544473c920fbc193f7355e6c5540bce.run'"
+)
 
 
 def test_exp_show_asks_again_when_it_met_a_queued_runs_temp_folder(monkeypatch):
@@ -308,6 +312,9 @@ def test_exp_show_asks_again_when_it_met_a_queued_runs_temp_folder(monkeypatch):
     calls = fake_dvc(monkeypatch, [MnistlrError(VANISHED), MnistlrError(EMPTY_REPO), exp_show()])
     assert review.exp_show([]) == exp_show()
     assert calls == [("exp", "show")] * 3
+    calls = fake_dvc(monkeypatch, [MnistlrError(RUN_INFO_GONE), exp_show()])
+    assert review.exp_show([]) == exp_show()
+    assert calls == [("exp", "show")] * 2
     calls = fake_dvc(monkeypatch, [MnistlrError(VANISHED)] * review.QUEUE_RACE_TRIES)
     with pytest.raises(MnistlrError, match="does not exist"):  # every time: it is not transient, say so
         review.exp_show([])
