@@ -656,9 +656,27 @@ def the_team_round_trip_kept_the_keys_local_and_moved_the_exact_bytes(reader: Re
     assert "up to date" in dvc("status", "dvc.yaml", cwd=b, env=env).stdout  # the root pipeline (not studies/)
 
 
+def the_deskew_experiment_reran_from_prepare_and_its_models_carry_it(reader: Reader) -> None:
+    """After docs/predict.md's `dvc exp run -n deskew -S data.deskew=true` (as typed): every stage reran, and the
+    data, each model (which predict applies to raw images) and the report say the digits were deskewed."""
+    from mnistlr.model import load_model
+
+    project = reader.project
+    out = next(o for c, o in reader.outputs.items() if c.startswith("dvc exp run -n deskew -S data.deskew=true"))
+    assert re.findall(r"Running stage '([^']+)'", out) == ["prepare", "train", "evaluate", "report"], out
+    record = json.loads((project / "data/prepared/preprocessing.json").read_text())
+    assert record["deskew"] is True and record["mean_std_from"].startswith("measured on the")
+    for v in ("full", "noise10"):
+        model = load_model(project / "models" / f"{v}.npz")
+        assert model.deskew and (model.mean, model.std) == (record["mean"], record["std"]), v
+    assert "This run's inputs: deskew on" in (project / "reports/report.md").read_text()
+    assert json.loads((project / "metrics/full.json").read_text())["test"]["accuracy"] > 0.9
+
+
 AFTERWARDS = {
     "README.md": the_readmes_loop,
     "docs/team.md": the_team_round_trip_kept_the_keys_local_and_moved_the_exact_bytes,
+    "docs/predict.md": the_deskew_experiment_reran_from_prepare_and_its_models_carry_it,
 }
 
 

@@ -49,7 +49,7 @@ def test_exp_save_without_repro_records_the_edit_beside_the_old_models(reproduce
     """DVC's `dvc exp save` commits every stage as the workspace stands (`dvc commit --force`): after an edit
     that was not reproduced, dvc.lock and the run cache say the old models were trained with the new value,
     and a later run of that value restores them without training. The README's advice (`dvc repro` before
-    `dvc exp save`, or `dvc exp run`; `--force` retrains) rests on this; the day DVC stops doing it, this
+    `dvc exp save`, or `dvc exp run`) rests on this; the day DVC stops doing it, this
     test fails and the advice can go."""
     project, env = copy_project(reproduced, tmp_path / "p"), reproduced[1]
     models = {p.name: p.read_bytes() for p in (project / "models").iterdir()}
@@ -65,6 +65,3 @@ def test_exp_save_without_repro_records_the_edit_beside_the_old_models(reproduce
     cached = dvc("exp", "run", "-S", f"optimizer={after}", cwd=project, env=env).stdout
     assert "Stage 'train' is cached - skipping run" in cached, cached
     assert {p.name: p.read_bytes() for p in (project / "models").iterdir()} == models
-    forced = dvc("exp", "run", "-f", "-S", f"optimizer={after}", cwd=project, env=env).stdout
-    assert "Running stage 'train'" in forced, forced
-    assert {p.name: p.read_bytes() for p in (project / "models").iterdir()} != models

@@ -100,18 +100,3 @@ def test_a_figure_param_reruns_evaluate_and_report_and_a_train_param_never_prepa
     assert ran(dvc("repro", cwd=project, env=env)) == ["evaluate", "report"]
     set_param(project, "train.epochs", 2)
     assert ran(dvc("repro", cwd=project, env=env)) == ["train", "evaluate", "report"]
-
-
-def test_exp_run_deskew_as_typed_reruns_from_prepare_and_the_model_carries_it(synthetic_project):
-    project, env, _ = synthetic_project
-    commit(project, env, "baseline before deskew")
-    out = dvc("exp", "run", "-S", "optimizer=sgd", "-S", "data.deskew=true", cwd=project, env=env)
-    assert ran(out) == ["prepare", "train", "evaluate", "report"], out.stdout
-    record = json.loads((project / "data/prepared/preprocessing.json").read_text())
-    assert record["deskew"] is True and record["mean_std_from"].startswith("measured on the")
-    for v in ("full", "noise10"):
-        model = load_model(project / "models" / f"{v}.npz")
-        assert model.deskew and (model.mean, model.std) == (record["mean"], record["std"])
-    assert "This run's inputs: deskew on" in (project / "reports/report.md").read_text()
-    assert json.loads((project / "metrics/full.json").read_text())["test"]["accuracy"] > 0.9
-    # predict on raw digit images with a deskewing model: tests/test_predict.py, on the real test set
