@@ -155,10 +155,11 @@ def start(root: str | Path, timeout: float = 60.0) -> Storage:
     raise RuntimeError(f"S3 at {endpoint} did not answer within {timeout} s ({last})")
 
 
-def stop(storage: Storage, timeout: float = 15.0) -> None:
-    """Stop the server by its PID (its whole process group), waiting for it to exit."""
+def stop(storage: Storage, timeout: float = 15.0, graceful: bool = True) -> None:
+    """Stop the server by its PID (its whole process group), waiting for it to exit. SeaweedFS takes about 2 s
+    to shut down cleanly; graceful=False kills it at once, for a server whose data is thrown away."""
     try:
-        os.killpg(storage.pid, signal.SIGTERM)
+        os.killpg(storage.pid, signal.SIGTERM if graceful else signal.SIGKILL)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout

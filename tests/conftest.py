@@ -243,4 +243,4 @@ def s3_storage(tmp_path_factory: pytest.TempPathFactory):
     try:
         yield storage
     finally:
-        storage_mod.stop(storage)
+        storage_mod.stop(storage, graceful=False)  # its data is in this session's temp folder

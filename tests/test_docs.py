@@ -564,14 +564,27 @@ def the_readmes_dvc_exp_show_reads_at_120_columns(reader: Reader) -> None:
     if running:
         run(["dvc", "queue", "kill", *running], reader.project, env, check=False)  # it may have just finished
     status = queue_done(reader.project, env)
-    finished = {
-        r["name"]: r["data"]["metrics"]["metrics/full.json"]["data"]["test"]["accuracy"]
-        for c in exp_show([], cwd=reader.project)
+    table = exp_show([], cwd=reader.project)
+    runs = {
+        r["name"]: r["data"]
+        for c in table
         for e in c.get("experiments") or []
         if (e.get("executor") or {}).get("state") in (None, "success")
         for r in e["revs"]
     }
-    assert len(finished) == 1 + status.count("Success"), (finished, status)  # the loop's first experiment too
+    assert len(runs) == 1 + status.count("Success"), (runs, status)  # the loop's first experiment too
+    finished = {n: d["metrics"]["metrics/full.json"]["data"]["test"]["accuracy"] for n, d in runs.items()}
+    # the params the loop changed that differ among the rows (the baseline's and the finished runs')
+    baseline = next(c["data"] for c in table if c["rev"] != "workspace")
+    values = {
+        key: {get(d["params"]["params.yaml"]["data"]) for d in (baseline, *runs.values())}  # as values: 0 == 0.0
+        for key, get in (
+            ("optimizer", lambda p: p["optimizer"]),
+            ("train.weight_decay", lambda p: p["train"]["weight_decay"]),
+        )
+    }
+    changed = {key for key, seen in values.items() if len(seen) > 1}
+    assert "optimizer" in changed, values  # adam, the loop's first experiment
     paged = run(argv, reader.project, env).stdout
     squeezed = tty_output([*argv, "--no-pager"], reader.project, env)
     for shown in (paged, squeezed):
@@ -579,7 +592,7 @@ def the_readmes_dvc_exp_show_reads_at_120_columns(reader: Reader) -> None:
         assert all(len(ln) <= 120 for ln in lines) and "…" not in shown, shown
         header = lines[1].split()
         assert header[0] == "Experiment" and "metrics/full.json:test.accuracy" in header, shown
-        assert {"optimizer", "train.weight_decay"} <= set(header), shown  # the params the loop changed
+        assert changed <= set(header), shown
         for name, acc in finished.items():
             row = next(ln for ln in shown.splitlines() if f"[{name}]" in ln)
             assert f"{acc:g}" in row.split(), (name, acc, row)
@@ -599,21 +612,25 @@ def the_readmes_first_experiment_ran_from_train_and_its_diffs_show_it(reader: Re
     page = (reader.project / "dvc_plots" / "index.html").read_text()
     for title in ("Loss of full (train vs val)", "Validation accuracy per epoch", "Confusion matrix (test set)"):
         assert title in page, title
-    adam = [
+    finished = [  # (run after the grid's queue has stopped: a running run has no params to read yet)
         r["data"]
         for c in exp_show([], cwd=reader.project)
         for e in c.get("experiments") or []
+        if (e.get("executor") or {}).get("state") in (None, "success")
         for r in e["revs"]
-        if r["data"]["params"]["params.yaml"]["data"]["optimizer"] == "adam"
-        and r["data"]["params"]["params.yaml"]["data"]["train"]["weight_decay"] == 0
-        and (e.get("executor") or {}).get("state") in (None, "success")
+    ]
+    adam = [
+        d
+        for d in finished
+        if d["params"]["params.yaml"]["data"]["optimizer"] == "adam"
+        and d["params"]["params.yaml"]["data"]["train"]["weight_decay"] == 0
     ]
     assert adam and all(0.5 < d["metrics"]["metrics/full.json"]["data"]["test"]["accuracy"] <= 1 for d in adam), adam
 
 
 def the_readmes_loop(reader: Reader) -> None:
+    the_readmes_dvc_exp_show_reads_at_120_columns(reader)  # first: it stops the grid's queue
     the_readmes_first_experiment_ran_from_train_and_its_diffs_show_it(reader)
-    the_readmes_dvc_exp_show_reads_at_120_columns(reader)
 
 
 def md5_of(path: Path) -> str:
@@ -673,10 +690,20 @@ def the_deskew_experiment_reran_from_prepare_and_its_models_carry_it(reader: Rea
     assert json.loads((project / "metrics/full.json").read_text())["test"]["accuracy"] > 0.9
 
 
+def the_swept_points_dvc_exp_run_restored_train_and_evaluate(reader: Reader) -> None:
+    """After docs/sweeps.md: `dvc exp run` of a point the sweep recorded finds train's and evaluate's runs in the
+    run cache (the sweep put them there) and starts neither."""
+    out = next(o for c, o in reader.outputs.items() if c.startswith("dvc exp run -S train.lr.sgd=0.2"))
+    for stage in ("train", "evaluate"):
+        assert f"Stage '{stage}' is cached - skipping run" in out, out
+    assert not {"prepare", "train", "evaluate"} & set(re.findall(r"Running stage '([^']+)'", out)), out
+
+
 AFTERWARDS = {
     "README.md": the_readmes_loop,
     "docs/team.md": the_team_round_trip_kept_the_keys_local_and_moved_the_exact_bytes,
     "docs/predict.md": the_deskew_experiment_reran_from_prepare_and_its_models_carry_it,
+    "docs/sweeps.md": the_swept_points_dvc_exp_run_restored_train_and_evaluate,
 }
 
 
