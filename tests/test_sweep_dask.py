@@ -177,12 +177,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stop(procs: list[subprocess.Popen]) -> None:
-    """Stop the processes we started, by their PIDs: SIGTERM to all at once, then SIGKILL to any still there."""
-    running = [p for p in procs if p.poll() is None]
-    for proc in running:
+def stop(proc: subprocess.Popen) -> None:
+    """Stop one process we started, by its PID: SIGTERM, then SIGKILL."""
+    if proc.poll() is None:
         os.kill(proc.pid, signal.SIGTERM)
-    for proc in running:
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -297,7 +295,8 @@ def cluster(team):
                 time.sleep(0.5)
         yield {"address": address, "workers": workers, "task_log": task_log}
     finally:
-        stop(procs)
+        for proc in reversed(procs):  # the workers, then the scheduler
+            stop(proc)
         for log in logs:
             log.close()
 
