@@ -141,11 +141,7 @@ JOBS_HELP = (
 def sweep(
     set_param: list[str] = typer.Option(..., "--set-param", "-S", help=SET_HELP),
     yes: bool = typer.Option(False, "--yes", help="run a grid of more than 1000 points without asking"),
-    jobs: int | None = typer.Option(
-        None,
-        min=1,
-        help=JOBS_HELP,
-    ),
+    jobs: int | None = typer.Option(None, min=1, help=JOBS_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
     show_plan: bool = typer.Option(
         False,
@@ -255,11 +251,7 @@ def sweep_point(
     ),
     workdir: Path | None = typer.Option(None, help="where the temporary clone goes (default: the temp folder)"),
     results: Path | None = typer.Option(None, help="also write each point's outcome to this JSON file"),
-    jobs: int | None = typer.Option(
-        None,
-        min=1,
-        help=JOBS_HELP,
-    ),
+    jobs: int | None = typer.Option(None, min=1, help=JOBS_HELP),
 ) -> None:
     """Run one group of a sweep's points (or one point) in a fresh clone of the commit from the git remote: dvc pull
     of the prepared data, one training pass, each point recorded as an experiment (as `dvc exp run -S` records it),

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import pty
@@ -51,7 +50,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnistlr.data import MD5SUMS_ENV, MIRROR_ENV
+from mnistlr.data import MD5SUMS_ENV, MIRROR_ENV, file_md5
 from mnistlr.review import exp_show
 from tests.conftest import REPO, copy_project, dvc, run, skip_unless_ci, synthetic_digits
 
@@ -548,7 +547,7 @@ def queue_done(project: Path, env: dict, timeout_s: float = 180) -> str:
         time.sleep(2)
 
 
-def the_readmes_dvc_exp_show_reads_at_120_columns(reader: Reader) -> None:
+def the_readmes_dvc_exp_show_reads_at_120_columns(reader: Reader) -> dict[str, dict]:
     """After the README's daily loop (a finished experiment, then a grid through the queue): DVC pages a table drawn
     at its full width, which is what it prints to a pipe (`less -S` cuts what passes the terminal's edge), and with
     --no-pager squeezes it into the terminal, cutting cells to `…`. Once no run is running (while one runs, DVC
@@ -599,9 +598,10 @@ def the_readmes_dvc_exp_show_reads_at_120_columns(reader: Reader) -> None:
     plain = ["dvc", "exp", "show", "--only-changed"]
     assert max(map(len, run(plain, reader.project, env).stdout.splitlines())) > 120
     assert "…" in tty_output([*plain, "--no-pager"], reader.project, env)
+    return runs  # the finished experiments, by name: their `dvc exp show --json` data
 
 
-def the_readmes_first_experiment_ran_from_train_and_its_diffs_show_it(reader: Reader) -> None:
+def the_readmes_first_experiment_ran_from_train_and_its_diffs_show_it(reader: Reader, finished: list[dict]) -> None:
     """The daily loop's first command reruns train, evaluate and report (not prepare) with adam; `dvc metrics
     diff main` lists what changed in each variant and `dvc plots diff main` draws the curves and confusion matrix."""
     out = next(o for c, o in reader.outputs.items() if c.startswith("dvc exp run -S optimizer=adam"))
@@ -612,13 +612,6 @@ def the_readmes_first_experiment_ran_from_train_and_its_diffs_show_it(reader: Re
     page = (reader.project / "dvc_plots" / "index.html").read_text()
     for title in ("Loss of full (train vs val)", "Validation accuracy per epoch", "Confusion matrix (test set)"):
         assert title in page, title
-    finished = [  # (run after the grid's queue has stopped: a running run has no params to read yet)
-        r["data"]
-        for c in exp_show([], cwd=reader.project)
-        for e in c.get("experiments") or []
-        if (e.get("executor") or {}).get("state") in (None, "success")
-        for r in e["revs"]
-    ]
     adam = [
         d
         for d in finished
@@ -629,12 +622,8 @@ def the_readmes_first_experiment_ran_from_train_and_its_diffs_show_it(reader: Re
 
 
 def the_readmes_loop(reader: Reader) -> None:
-    the_readmes_dvc_exp_show_reads_at_120_columns(reader)  # first: it stops the grid's queue
-    the_readmes_first_experiment_ran_from_train_and_its_diffs_show_it(reader)
-
-
-def md5_of(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
+    runs = the_readmes_dvc_exp_show_reads_at_120_columns(reader)  # first: it stops the grid's queue
+    the_readmes_first_experiment_ran_from_train_and_its_diffs_show_it(reader, list(runs.values()))
 
 
 def the_team_round_trip_kept_the_keys_local_and_moved_the_exact_bytes(reader: Reader) -> None:
@@ -667,7 +656,7 @@ def the_team_round_trip_kept_the_keys_local_and_moved_the_exact_bytes(reader: Re
     # ... and the teammate's workspace holds exactly it: params, metrics and every model's bytes
     assert yaml.safe_load((b / "params.yaml").read_text())["optimizer"] == "adam"
     for name, md5 in files.items():
-        assert md5_of(b / "models" / name) == md5, name
+        assert file_md5(b / "models" / name) == md5, name
     for metrics in ("metrics/full.json", "metrics/noise10.json"):
         assert (b / metrics).read_text() == run(["git", "show", f"{ref}:{metrics}"], a, env).stdout, metrics
     assert "up to date" in dvc("status", "dvc.yaml", cwd=b, env=env).stdout  # the root pipeline (not studies/)
